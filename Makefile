@@ -1,0 +1,20 @@
+# The two commands a newcomer needs: `make up` runs Darkroom, `make test` runs the test suite.
+# Both set up .venv first (scripts/bootstrap.sh), so they work on a fresh machine.
+
+INBOX ?= inbox
+PYTEST_ARGS ?=
+VENV := .venv
+
+.PHONY: setup up test bench clean
+
+setup:
+	@bash scripts/bootstrap.sh
+
+up: setup
+	$(VENV)/bin/darkroom up $(INBOX)
+
+test: setup
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,135 @@
+"""Typed settings: one object, read from the environment (``DARKROOM_*``) and a ``.env`` file.
+
+Build it with :func:`get_settings` (cached per process) and pass it down; nothing else in the
+project reads the environment for configuration.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The four per-image tasks, in the order a person reads them.
+ALL_TASKS = ("normalize", "classify", "augment", "faces")
+TaskName = Literal["normalize", "classify", "augment", "faces"]
+
+#: Which queue each task is routed to: model inference on ``gpu``, the rest on ``cpu``.
+TASK_QUEUES = {"normalize": "cpu", "augment": "cpu", "classify": "gpu", "faces": "gpu"}
+
+
+class Settings(BaseSettings):
+    """Everything Darkroom can be told. Each field is ``DARKROOM_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DARKROOM_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # Where things live.
+    data_dir: Path = Field(Path("darkroom-data"), description="Blobs, the SQLite store and local Redis live here.")
+    database_url: SecretStr | None = Field(
+        None,
+        description="SQLAlchemy URL; default: SQLite at DATA_DIR/darkroom.db. "
+        "Postgres: postgresql+psycopg://user:password@host/db",
+    )
+    broker_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL for the Celery broker.")
+    start_local_redis: bool = Field(
+        True, description="`darkroom up` starts a redis-server when none answers at a local BROKER_URL."
+    )
+
+    # What to do with each image.
+    tasks: list[TaskName] = Field(list(ALL_TASKS), description="Tasks run on every image (comma-separated).")
+    classifier_model: str = Field(
+        "vgg16", description="Registry name (vgg16, mobilenet_v2, ...) or the path of a saved .keras model."
+    )
+    classifier_weights: str = Field(
+        "imagenet",
+        description="'imagenet' (Keras download/cache), a local weights file (.h5 / .weights.h5), or 'none'.",
+    )
+    classifier_top_k: int = Field(5, ge=1, le=100)
+    face_min_confidence: float = Field(0.9, ge=0.0, le=1.0)
+    face_min_size: int = Field(20, ge=4, description="Smallest face MTCNN looks for, in pixels.")
+    augment_count: int = Field(9, ge=1, le=64)
+    augment_seed: int = 0
+    augment_rotation: float = Field(90.0, ge=0.0, le=180.0, description="Largest rotation, in degrees.")
+    augment_flip: Literal["horizontal", "vertical", "horizontal_and_vertical", "none"] = "horizontal_and_vertical"
+    augment_size: int = Field(256, ge=16, le=4096, description="Longest side of each augmented image.")
+
+    # Limits on input.
+    max_image_pixels: int = Field(100_000_000, ge=1, description="Larger images are rejected (decompression bombs).")
+    max_image_bytes: int = Field(200 * 1024 * 1024, ge=1)
+
+    # Producer.
+    settle_seconds: float = Field(1.0, ge=0.0, description="A file must be unchanged this long before it is taken.")
+    watch_polling: bool = Field(False, description="Poll instead of inotify (network mounts).")
+    rescan_seconds: float = Field(300.0, ge=0.0, description="Full rescan of the inbox every N seconds; 0 disables.")
+    max_queue_depth: int = Field(10_000, ge=1, description="Backpressure: enqueueing waits while a queue is deeper.")
+    blob_mode: Literal["copy", "link"] = Field("copy", description="How originals enter the blob store.")
+
+    # Worker.
+    concurrency: int = Field(0, ge=0, description="Worker processes; 0 means the number of CPU cores.")
+    queues: list[str] = Field(["cpu", "gpu"], description="Queues a worker consumes.")
+    task_max_retries: int = Field(5, ge=0)
+    visibility_timeout: int = Field(
+        3600, ge=60, description="Seconds before Redis redelivers an unacknowledged message; longer than any task."
+    )
+    task_time_limit: int = Field(900, ge=10, description="Hard limit for one task, seconds.")
+    prefetch_multiplier: int = Field(1, ge=1)
+    log_level: str = "INFO"
+
+    @field_validator("tasks", "queues", mode="before")
+    @classmethod
+    def _split_csv(cls, value):
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    # Derived values.
+    @property
+    def db_url(self) -> str:
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{(self.data_dir / 'darkroom.db').resolve()}"
+
+    @property
+    def redis_url(self) -> str:
+        return self.broker_url.get_secret_value()
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    def masked(self) -> dict[str, object]:
+        """Settings as plain data with every password replaced by ``***`` (for `darkroom config`)."""
+        out: dict[str, object] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = mask_url(value.get_secret_value())
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        out["database_url"] = mask_url(self.db_url)
+        return out
+
+
+def mask_url(url: str) -> str:
+    """Replace the password of a URL with ``***`` so it can be printed."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()

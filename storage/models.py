@@ -1,0 +1,175 @@
+"""The SQL schema: images, the files that brought them, task runs, and results.
+
+One ``Image`` per distinct content (sha256). Every path that arrived is a ``SourceFile`` (several
+paths may carry the same image; a refused file has no image). One ``TaskRun`` per (image, task,
+model): the ledger that says what is queued, running, done, failed or rejected. Results hang off
+the image and are keyed so that a task delivered twice leaves one result.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Stable constraint names so Alembic migrations are portable between SQLite and Postgres.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Task-run states. ``queued`` and ``running`` are pending; the other three are terminal.
+QUEUED, RUNNING, DONE, FAILED, REJECTED = "queued", "running", "done", "failed", "rejected"
+PENDING_STATES = (QUEUED, RUNNING)
+TERMINAL_STATES = (DONE, FAILED, REJECTED)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Image(Base):
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    format: Mapped[str | None] = mapped_column(String(16))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    #: Set when the content can never be processed (not an image, corrupt, too large).
+    rejected_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    files: Mapped[list[SourceFile]] = relationship(back_populates="image", order_by="SourceFile.id")
+    runs: Mapped[list[TaskRun]] = relationship(back_populates="image", order_by="TaskRun.id")
+
+
+class SourceFile(Base):
+    """A path that arrived in the inbox or an ingested tree, and what became of it."""
+
+    __tablename__ = "files"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    #: Why the file itself was refused before it became an image (e.g. a symlink out of the inbox).
+    refused_reason: Mapped[str | None] = mapped_column(Text)
+    seen_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    image: Mapped[Image | None] = relationship(back_populates="files")
+
+
+class TaskRun(Base):
+    __tablename__ = "task_runs"
+    __table_args__ = (
+        UniqueConstraint("image_id", "task", "model"),
+        Index("ix_task_runs_status_task", "status", "task"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    task: Mapped[str] = mapped_column(String(32))
+    #: The model (and its weights identity) the result comes from; '' for tasks without one.
+    model: Mapped[str] = mapped_column(String(200), default="")
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    queued_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: When the message was handed to the broker; NULL means it still has to be sent.
+    enqueued_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    duration_ms: Mapped[float | None] = mapped_column(Float)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
+
+    image: Mapped[Image] = relationship(back_populates="runs")
+
+
+class Normalization(Base):
+    """Lesson 2: pixel statistics before and after one normalization mode."""
+
+    __tablename__ = "normalizations"
+    __table_args__ = (UniqueConstraint("image_id", "mode", "per_channel"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    mode: Mapped[str] = mapped_column(String(16))
+    per_channel: Mapped[bool] = mapped_column(default=False)
+    dtype: Mapped[str] = mapped_column(String(16))
+    #: The full report (before/after min, max, mean, std) as produced by tasks.normalize.
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Label(Base):
+    """Lesson 4: one of the top-k labels a classifier gave an image."""
+
+    __tablename__ = "labels"
+    __table_args__ = (UniqueConstraint("image_id", "model", "rank"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(200))
+    rank: Mapped[int] = mapped_column(Integer)
+    class_id: Mapped[int] = mapped_column(Integer)
+    label: Mapped[str] = mapped_column(String(200))
+    score: Mapped[float] = mapped_column(Float)
+
+
+class Face(Base):
+    """Lesson 7: one detected face."""
+
+    __tablename__ = "faces"
+    __table_args__ = (UniqueConstraint("image_id", "model", "idx"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(200))
+    idx: Mapped[int] = mapped_column(Integer)
+    x: Mapped[int] = mapped_column(Integer)
+    y: Mapped[int] = mapped_column(Integer)
+    w: Mapped[int] = mapped_column(Integer)
+    h: Mapped[int] = mapped_column(Integer)
+    confidence: Mapped[float] = mapped_column(Float)
+    keypoints: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Artifact(Base):
+    """An image Darkroom made: the boxed faces, each augmentation, the contact sheet."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("image_id", "kind", "idx"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))
+    idx: Mapped[int] = mapped_column(Integer, default=0)
+    mime: Mapped[str] = mapped_column(String(32))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)

@@ -1,0 +1,421 @@
+"""Everything Darkroom reads and writes in SQL, as functions over a session.
+
+The caller owns the transaction (see :func:`storage.db.transaction`); these functions never commit.
+Writes are idempotent: registering a path twice, or completing a run twice, leaves one row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from storage.models import (
+    DONE,
+    FAILED,
+    PENDING_STATES,
+    QUEUED,
+    REJECTED,
+    RUNNING,
+    Artifact,
+    Face,
+    Image,
+    Label,
+    Normalization,
+    SourceFile,
+    TaskRun,
+    utcnow,
+)
+
+#: Which result rows and artifacts each task owns (replaced as a whole when the task completes).
+TASK_ARTIFACT_KINDS = {"faces": ("faces_boxed", "face_crop"), "augment": ("augmented", "contact_sheet")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    image_id: int | None
+    new_image: bool
+    run_ids: list[int]
+
+
+def register_file(
+    session: Session,
+    *,
+    path: str,
+    size_bytes: int,
+    mtime_ns: int,
+    sha256: str,
+    fmt: str | None,
+    width: int | None,
+    height: int | None,
+    rejected_reason: str | None,
+    work: Sequence[tuple[str, str]],
+) -> Registration:
+    """Record that ``path`` holds the content ``sha256`` and create the task runs it still needs.
+
+    Args:
+        work: (task, model) pairs to run on the image; pairs that already have a run are skipped, so a
+            duplicate adds no work while a newly configured model adds only its own runs.
+    """
+    image, new_image = _get_or_create_image(
+        session,
+        sha256=sha256,
+        size_bytes=size_bytes,
+        fmt=fmt,
+        width=width,
+        height=height,
+        rejected_reason=rejected_reason,
+    )
+    source = session.scalars(select(SourceFile).where(SourceFile.path == path)).one_or_none()
+    if source is None:
+        session.add(SourceFile(path=path, image_id=image.id, size_bytes=size_bytes, mtime_ns=mtime_ns))
+    else:  # the same name, possibly new content
+        source.image_id, source.size_bytes, source.mtime_ns, source.refused_reason = image.id, size_bytes, mtime_ns, None
+    run_ids: list[int] = []
+    if image.rejected_reason is None:
+        have = set(session.execute(select(TaskRun.task, TaskRun.model).where(TaskRun.image_id == image.id)).all())
+        for task, model in work:
+            if (task, model) not in have:
+                run = TaskRun(image_id=image.id, task=task, model=model, status=QUEUED, queued_at=utcnow())
+                session.add(run)
+                session.flush()
+                run_ids.append(run.id)
+    session.flush()
+    return Registration(image_id=image.id, new_image=new_image, run_ids=run_ids)
+
+
+def _get_or_create_image(session: Session, *, sha256: str, **fields) -> tuple[Image, bool]:
+    image = session.scalars(select(Image).where(Image.sha256 == sha256)).one_or_none()
+    if image is not None:
+        return image, False
+    try:
+        with session.begin_nested():
+            image = Image(
+                sha256=sha256,
+                size_bytes=fields["size_bytes"],
+                format=fields["fmt"],
+                width=fields["width"],
+                height=fields["height"],
+                rejected_reason=fields["rejected_reason"],
+            )
+            session.add(image)
+        return image, True
+    except IntegrityError:  # another producer registered the same content a moment ago
+        return session.scalars(select(Image).where(Image.sha256 == sha256)).one(), False
+
+
+def refuse_file(session: Session, *, path: str, reason: str, size_bytes: int | None = None,
+                mtime_ns: int | None = None) -> None:
+    """Record a path that will never become an image (e.g. a symlink leading out of the inbox)."""
+    source = session.scalars(select(SourceFile).where(SourceFile.path == path)).one_or_none()
+    if source is None:
+        session.add(SourceFile(path=path, refused_reason=reason, size_bytes=size_bytes, mtime_ns=mtime_ns))
+    else:
+        source.image_id, source.refused_reason = None, reason
+        source.size_bytes, source.mtime_ns = size_bytes, mtime_ns
+    session.flush()
+
+
+def known_files(session: Session) -> dict[str, tuple[int | None, int | None]]:
+    """path -> (size, mtime_ns) for every recorded file: the producer's start-up diff."""
+    return {p: (s, m) for p, s, m in session.execute(select(SourceFile.path, SourceFile.size_bytes, SourceFile.mtime_ns))}
+
+
+def is_known(session: Session, path: str, size_bytes: int, mtime_ns: int) -> bool:
+    row = session.execute(
+        select(SourceFile.size_bytes, SourceFile.mtime_ns).where(SourceFile.path == path)
+    ).one_or_none()
+    return row is not None and tuple(row) == (size_bytes, mtime_ns)
+
+
+# --- the run ledger ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRef:
+    """What a message needs to be sent for a run."""
+
+    id: int
+    task: str
+    model: str
+
+
+def unsent_runs(session: Session, limit: int = 1000) -> list[RunRef]:
+    """Queued runs whose message has not been handed to the broker yet."""
+    rows = session.execute(
+        select(TaskRun.id, TaskRun.task, TaskRun.model)
+        .where(TaskRun.status == QUEUED, TaskRun.enqueued_at.is_(None))
+        .order_by(TaskRun.id)
+        .limit(limit)
+    )
+    return [RunRef(*row) for row in rows]
+
+
+def mark_enqueued(session: Session, run_ids: Iterable[int]) -> None:
+    ids = list(run_ids)
+    if ids:
+        session.execute(update(TaskRun).where(TaskRun.id.in_(ids)).values(enqueued_at=utcnow()))
+
+
+def requeue_runs(session: Session, *, statuses: Sequence[str], task: str | None = None,
+                 older_than: dt.datetime | None = None) -> list[int]:
+    """Put runs in ``statuses`` back to ``queued`` (unsent) so they are sent again; returns their ids."""
+    query = select(TaskRun.id).where(TaskRun.status.in_(statuses))
+    if task:
+        query = query.where(TaskRun.task == task)
+    if older_than is not None:
+        query = query.where(func.coalesce(TaskRun.started_at, TaskRun.enqueued_at, TaskRun.queued_at) < older_than)
+    ids = list(session.scalars(query))
+    if ids:
+        session.execute(
+            update(TaskRun).where(TaskRun.id.in_(ids))
+            .values(status=QUEUED, enqueued_at=None, queued_at=utcnow(), error=None)
+        )
+        # A rejected image is re-examined from scratch.
+        image_ids = select(TaskRun.image_id).where(TaskRun.id.in_(ids))
+        session.execute(update(Image).where(Image.id.in_(image_ids)).values(rejected_reason=None))
+    return ids
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    run_id: int
+    image_id: int
+    sha256: str
+    task: str
+    model: str
+    attempts: int
+
+
+def claim_run(session: Session, run_id: int, worker: str) -> Claim | None:
+    """Mark a run ``running``; ``None`` when there is nothing to do (unknown, or already terminal)."""
+    run = session.get(TaskRun, run_id, with_for_update=session.bind.dialect.name == "postgresql")
+    if run is None or run.status not in PENDING_STATES:
+        return None
+    run.status, run.started_at, run.worker, run.attempts = RUNNING, utcnow(), worker, run.attempts + 1
+    sha = session.scalar(select(Image.sha256).where(Image.id == run.image_id))
+    return Claim(run.id, run.image_id, sha, run.task, run.model, run.attempts)
+
+
+def finish_run(session: Session, run_id: int, *, status: str, error: str | None = None) -> None:
+    run = session.get(TaskRun, run_id)
+    if run is None:
+        return
+    now = utcnow()
+    run.status, run.error, run.finished_at = status, error, now
+    if run.started_at is not None:
+        started = run.started_at if run.started_at.tzinfo else run.started_at.replace(tzinfo=dt.timezone.utc)
+        run.duration_ms = (now - started).total_seconds() * 1000.0
+    if status == REJECTED:
+        image = session.get(Image, run.image_id)
+        image.rejected_reason = error
+        # The content is unusable for every task: close the image's other pending runs too.
+        session.execute(
+            update(TaskRun)
+            .where(TaskRun.image_id == run.image_id, TaskRun.status == QUEUED, TaskRun.id != run_id)
+            .values(status=REJECTED, error=error, finished_at=now)
+        )
+
+
+def note_retry(session: Session, run_id: int, error: str) -> None:
+    """A run will be tried again: back to ``queued`` with the reason kept for `status`."""
+    session.execute(update(TaskRun).where(TaskRun.id == run_id).values(status=QUEUED, error=f"retrying: {error}"))
+
+
+# --- results (each replaces what the task wrote before: a redelivery leaves one result) -----------
+
+
+def save_normalization(session: Session, image_id: int, reports: Sequence[dict[str, Any]]) -> None:
+    session.execute(delete(Normalization).where(Normalization.image_id == image_id))
+    for report in reports:
+        session.add(Normalization(
+            image_id=image_id, mode=report["mode"], per_channel=bool(report["per_channel"]),
+            dtype=report["dtype"], report=report,
+        ))
+
+
+def save_labels(session: Session, image_id: int, model: str, labels: Sequence[dict[str, Any]]) -> None:
+    session.execute(delete(Label).where(Label.image_id == image_id, Label.model == model))
+    for label in labels:
+        session.add(Label(image_id=image_id, model=model, rank=label["rank"], class_id=label["class_id"],
+                          label=label["label"], score=float(label["score"])))
+
+
+def save_faces(session: Session, image_id: int, model: str, faces: Sequence[dict[str, Any]]) -> None:
+    session.execute(delete(Face).where(Face.image_id == image_id, Face.model == model))
+    for idx, face in enumerate(faces):
+        x, y, w, h = face["box"]
+        session.add(Face(image_id=image_id, model=model, idx=idx, x=x, y=y, w=w, h=h,
+                         confidence=float(face["confidence"]), keypoints=face["keypoints"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactData:
+    kind: str
+    idx: int
+    mime: str
+    width: int
+    height: int
+    data: bytes
+
+
+def save_artifacts(session: Session, image_id: int, task: str, artifacts: Sequence[ArtifactData]) -> None:
+    kinds = TASK_ARTIFACT_KINDS[task]
+    session.execute(delete(Artifact).where(Artifact.image_id == image_id, Artifact.kind.in_(kinds)))
+    for art in artifacts:
+        if art.kind not in kinds:
+            raise ValueError(f"task {task} cannot write artifacts of kind {art.kind}")
+        session.add(Artifact(image_id=image_id, **dataclasses.asdict(art)))
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def image_status(image: Image) -> str:
+    """An image's state, derived from its task runs."""
+    if image.rejected_reason is not None:
+        return REJECTED
+    states = {run.status for run in image.runs}
+    if not states:
+        return QUEUED
+    if RUNNING in states:
+        return RUNNING
+    if QUEUED in states:
+        return QUEUED
+    if states == {DONE}:
+        return DONE
+    return FAILED
+
+
+def pending_count(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(TaskRun).where(TaskRun.status.in_(PENDING_STATES))) or 0
+
+
+def run_counts(session: Session) -> dict[tuple[str, str], int]:
+    """(task, status) -> number of runs."""
+    rows = session.execute(select(TaskRun.task, TaskRun.status, func.count()).group_by(TaskRun.task, TaskRun.status))
+    return {(task, status): n for task, status, n in rows}
+
+
+def image_counts(session: Session) -> Counter[str]:
+    images = session.scalars(select(Image).options(selectinload(Image.runs)))
+    return Counter(image_status(img) for img in images)
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    path: str | None
+    sha256: str | None
+    task: str | None
+    status: str
+    attempts: int
+    reason: str
+
+
+def problems(session: Session, limit: int | None = None) -> list[Problem]:
+    """Every failed or rejected run and every refused file, with its reason: newest first."""
+    out: list[Problem] = []
+    first_path = (
+        select(func.min(SourceFile.path)).where(SourceFile.image_id == Image.id).correlate(Image).scalar_subquery()
+    )
+    rows = session.execute(
+        select(first_path, Image.sha256, TaskRun.task, TaskRun.status, TaskRun.attempts, TaskRun.error)
+        .join(Image, Image.id == TaskRun.image_id)
+        .where(TaskRun.status.in_((FAILED, REJECTED)))
+        .order_by(TaskRun.finished_at.desc())
+    )
+    out.extend(Problem(p, s, t, st, a, e or "") for p, s, t, st, a, e in rows)
+    refused = session.execute(select(SourceFile.path, SourceFile.refused_reason).where(SourceFile.refused_reason.is_not(None)))
+    out.extend(Problem(p, None, None, REJECTED, 0, r) for p, r in refused)
+    # Images rejected before any run existed (found bad by the producer).
+    rejected = session.execute(
+        select(first_path, Image.sha256, Image.rejected_reason)
+        .where(Image.rejected_reason.is_not(None), ~Image.runs.any())
+    )
+    out.extend(Problem(p, s, None, REJECTED, 0, r) for p, s, r in rejected)
+    return out[:limit] if limit else out
+
+
+def find_images(session: Session, selectors: Sequence[str] = ()) -> list[Image]:
+    """Images by path (as recorded, or resolved), sha256 or a sha256 prefix of 8+ characters; all when empty."""
+    query = select(Image).options(selectinload(Image.runs), selectinload(Image.files)).order_by(Image.id)
+    if not selectors:
+        return list(session.scalars(query))
+    found: dict[int, Image] = {}
+    for sel in selectors:
+        conds = [SourceFile.path == sel]
+        if len(sel) >= 8 and all(c in "0123456789abcdef" for c in sel.lower()):
+            conds.append(Image.sha256.startswith(sel.lower()))
+        matches = session.scalars(
+            query.outerjoin(SourceFile, SourceFile.image_id == Image.id).where(conds[0] if len(conds) == 1 else conds[0] | conds[1])
+        ).unique()
+        for img in matches:
+            found.setdefault(img.id, img)
+    return sorted(found.values(), key=lambda img: img.id)
+
+
+def image_results(session: Session, image: Image, *, primary_model: str | None = None) -> dict[str, Any]:
+    """One image's results in the documented JSON shape (README: "Results JSON")."""
+    paths = [f.path for f in image.files]
+    norms = {(n.mode, n.per_channel): n.report for n in
+             session.scalars(select(Normalization).where(Normalization.image_id == image.id))}
+    labels_by_model: dict[str, list[dict[str, Any]]] = {}
+    for lab in session.scalars(select(Label).where(Label.image_id == image.id).order_by(Label.model, Label.rank)):
+        labels_by_model.setdefault(lab.model, []).append(
+            {"rank": lab.rank, "class_id": lab.class_id, "label": lab.label, "score": lab.score})
+    faces = [
+        {"box": [f.x, f.y, f.w, f.h], "confidence": f.confidence, "keypoints": f.keypoints, "model": f.model}
+        for f in session.scalars(select(Face).where(Face.image_id == image.id).order_by(Face.model, Face.idx))
+    ]
+    art_counts = Counter(
+        session.scalars(select(Artifact.kind).where(Artifact.image_id == image.id))
+    )
+    errors = {run.task: run.error for run in image.runs if run.status in (FAILED, REJECTED) and run.error}
+    if image.rejected_reason and not errors:
+        errors["image"] = image.rejected_reason
+    if primary_model and primary_model in labels_by_model:
+        labels = labels_by_model[primary_model]
+    else:
+        labels = next(iter(labels_by_model.values()), [])
+    scale = norms.get(("scale", False))
+    return {
+        "path": paths[0] if paths else None,
+        "paths": paths,
+        "sha256": image.sha256,
+        "format": image.format,
+        "width": image.width,
+        "height": image.height,
+        "size_bytes": image.size_bytes,
+        "status": image_status(image),
+        "tasks": {f"{r.task}:{r.model}" if r.model else r.task: r.status for r in image.runs},
+        "normalize": _contract_normalize(scale) if scale else None,
+        "normalizations": list(norms.values()),
+        "labels": labels,
+        "labels_by_model": labels_by_model,
+        "faces": faces,
+        "augmentations": art_counts.get("augmented", 0),
+        "artifacts": dict(art_counts),
+        "errors": errors,
+    }
+
+
+def _contract_normalize(report: dict[str, Any]) -> dict[str, Any]:
+    before, after = report["before"], report["after"]
+    return {
+        "mode": report["mode"],
+        "dtype": report["dtype"],
+        "before": {"min": before["min"], "max": before["max"]},
+        "after": {"min": after["min"], "max": after["max"]},
+        "mean": after["mean"],
+        "std": after["std"],
+    }
+
+
+def artifacts_for(session: Session, image_id: int) -> list[Artifact]:
+    return list(session.scalars(select(Artifact).where(Artifact.image_id == image_id).order_by(Artifact.kind, Artifact.idx)))

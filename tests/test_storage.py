@@ -1,0 +1,187 @@
+"""The SQL store on SQLite and PostgreSQL: schema, the run ledger, idempotent results."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+from sqlalchemy import func, inspect, select
+
+from storage import repo
+from storage.db import make_engine, migrate, schema_is_current, session_factory, transaction
+from storage.models import DONE, FAILED, QUEUED, REJECTED, RUNNING, Face, Image, Label, TaskRun
+
+WORK = [("normalize", ""), ("classify", "vgg16"), ("augment", ""), ("faces", "mtcnn")]
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+
+
+@pytest.fixture()
+def sessions(db_url):
+    engine = make_engine(db_url)
+    migrate(engine)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+def _register(sessions, path, sha=SHA_A, reason=None, work=WORK):
+    with transaction(sessions) as s:
+        return repo.register_file(s, path=path, size_bytes=10, mtime_ns=1, sha256=sha, fmt="JPEG",
+                                  width=4, height=3, rejected_reason=reason, work=work)
+
+
+def test_migration_creates_every_table_and_is_repeatable(db_url):
+    engine = make_engine(db_url)
+    migrate(engine)
+    migrate(engine)  # a second start changes nothing
+    assert schema_is_current(engine)
+    tables = set(inspect(engine).get_table_names())
+    assert {"images", "files", "task_runs", "normalizations", "labels", "faces", "artifacts"} <= tables
+
+
+def _migrate_in_child(url: str) -> None:
+    migrate(make_engine(url))
+
+
+def test_concurrent_migrations_do_not_collide(db_url):
+    # Given several processes starting on an empty database at once (producer and workers)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_migrate_in_child, args=(db_url,)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    # Then every one succeeded and the schema is current
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert schema_is_current(make_engine(db_url))
+
+
+def test_register_creates_runs_once_and_duplicates_add_no_work(sessions):
+    first = _register(sessions, "/in/a.jpg")
+    assert first.new_image and len(first.run_ids) == 4
+    again = _register(sessions, "/in/a.jpg")
+    copy = _register(sessions, "/in/copy of a.jpg")
+    assert not again.new_image and again.run_ids == []
+    assert not copy.new_image and copy.run_ids == []
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Image)) == 1
+        assert s.scalar(select(func.count()).select_from(TaskRun)) == 4
+        image = repo.find_images(s)[0]
+        assert [f.path for f in image.files] == ["/in/a.jpg", "/in/copy of a.jpg"]
+        assert repo.image_status(image) == QUEUED
+
+
+def test_a_newly_configured_model_adds_only_its_own_run(sessions):
+    _register(sessions, "/in/a.jpg")
+    more = _register(sessions, "/in/a.jpg", work=WORK + [("classify", "mobilenet_v2")])
+    assert len(more.run_ids) == 1
+
+
+def test_rejected_content_gets_no_runs(sessions):
+    reg = _register(sessions, "/in/junk.jpg", sha=SHA_B, reason="/in/junk.jpg: not an image")
+    assert reg.run_ids == []
+    with sessions() as s:
+        image = repo.find_images(s, ["/in/junk.jpg"])[0]
+        assert repo.image_status(image) == REJECTED
+        problems = repo.problems(s)
+    assert [(p.path, p.status) for p in problems] == [("/in/junk.jpg", REJECTED)]
+
+
+def test_unsent_runs_are_sent_once(sessions):
+    reg = _register(sessions, "/in/a.jpg")
+    with transaction(sessions) as s:
+        unsent = repo.unsent_runs(s)
+        assert [r.id for r in unsent] == reg.run_ids
+        repo.mark_enqueued(s, [unsent[0].id])
+    with sessions() as s:
+        assert len(repo.unsent_runs(s)) == 3
+
+
+def test_claim_finish_and_redelivery(sessions):
+    reg = _register(sessions, "/in/a.jpg")
+    run_id = reg.run_ids[1]
+    with transaction(sessions) as s:
+        claim = repo.claim_run(s, run_id, "host:1")
+    assert claim.task == "classify" and claim.model == "vgg16" and claim.sha256 == SHA_A and claim.attempts == 1
+    labels = [{"rank": 1, "class_id": 3, "label": "tiger shark", "score": 0.5}]
+    for _ in range(2):  # a redelivered task writes the same result again
+        with transaction(sessions) as s:
+            repo.save_labels(s, claim.image_id, claim.model, labels)
+            repo.finish_run(s, run_id, status=DONE)
+    with transaction(sessions) as s:
+        assert repo.claim_run(s, run_id, "host:2") is None  # finished: nothing to do
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Label)) == 1
+        run = s.get(TaskRun, run_id)
+        assert run.status == DONE and run.duration_ms is not None and run.worker == "host:1"
+
+
+def test_image_state_is_derived_from_its_runs(sessions):
+    reg = _register(sessions, "/in/a.jpg")
+    ids = reg.run_ids
+
+    def state():
+        with sessions() as s:
+            return repo.image_status(repo.find_images(s)[0])
+
+    with transaction(sessions) as s:
+        repo.claim_run(s, ids[0], "w")
+    assert state() == RUNNING
+    with transaction(sessions) as s:
+        for run_id in ids[:3]:
+            repo.claim_run(s, run_id, "w")
+            repo.finish_run(s, run_id, status=DONE)
+    assert state() == QUEUED
+    with transaction(sessions) as s:
+        repo.claim_run(s, ids[3], "w")
+        repo.finish_run(s, ids[3], status=FAILED, error="boom")
+    assert state() == FAILED
+    with sessions() as s:
+        result = repo.image_results(s, repo.find_images(s)[0])
+    assert result["errors"] == {"faces": "boom"}
+    with transaction(sessions) as s:
+        assert repo.requeue_runs(s, statuses=[FAILED]) == [ids[3]]
+    assert state() == QUEUED
+
+
+def test_rejection_by_a_worker_closes_the_images_other_runs(sessions):
+    reg = _register(sessions, "/in/a.jpg")
+    with transaction(sessions) as s:
+        repo.claim_run(s, reg.run_ids[0], "w")
+        repo.finish_run(s, reg.run_ids[0], status=REJECTED, error="/in/a.jpg: truncated")
+    with sessions() as s:
+        image = repo.find_images(s)[0]
+        assert repo.image_status(image) == REJECTED
+        assert {r.status for r in image.runs} == {REJECTED}
+
+
+def test_faces_and_artifacts_are_replaced_not_duplicated(sessions):
+    reg = _register(sessions, "/in/a.jpg")
+    face = {"box": [1, 2, 3, 4], "confidence": 0.99, "keypoints": {"nose": [2, 3]}}
+    art = repo.ArtifactData(kind="faces_boxed", idx=0, mime="image/jpeg", width=4, height=3, data=b"jpeg")
+    for faces in ([face, face], [face]):
+        with transaction(sessions) as s:
+            repo.save_faces(s, reg.image_id, "mtcnn", faces)
+            repo.save_artifacts(s, reg.image_id, "faces", [art])
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Face)) == 1
+        assert len(repo.artifacts_for(s, reg.image_id)) == 1
+        with pytest.raises(ValueError):
+            repo.save_artifacts(s, reg.image_id, "faces", [repo.ArtifactData("augmented", 0, "image/jpeg", 1, 1, b"")])
+
+
+def test_find_images_by_path_and_hash_prefix(sessions):
+    _register(sessions, "/in/a.jpg")
+    _register(sessions, "/in/b.jpg", sha=SHA_B)
+    with sessions() as s:
+        assert [i.sha256 for i in repo.find_images(s, ["/in/b.jpg"])] == [SHA_B]
+        assert [i.sha256 for i in repo.find_images(s, [SHA_A[:10]])] == [SHA_A]
+        assert len(repo.find_images(s)) == 2
+        assert repo.find_images(s, ["/in/nothing.jpg"]) == []
+
+
+def test_refused_files_are_listed_with_their_reason(sessions):
+    with transaction(sessions) as s:
+        repo.refuse_file(s, path="/in/link.jpg", reason="/in/link.jpg: symbolic link outside")
+    with sessions() as s:
+        assert [(p.path, p.reason) for p in repo.problems(s)] == [("/in/link.jpg", "/in/link.jpg: symbolic link outside")]
