@@ -1,0 +1,172 @@
+"""The inbox watcher: OS events in, complete files registered.
+
+Watchdog's observer thread only records *that* a path changed (into a queue); this module's loop
+decides *when* a file is complete: its size and mtime unchanged for ``settle_seconds`` and no event
+for it in that time. Files present at start, and any whose events the kernel dropped, are found by
+a scan (at start and every ``rescan_seconds``). The observer thread is supervised: if it dies it is
+started again and the inbox rescanned.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from producer.files import is_candidate, walk
+from producer.registrar import Outcome, Registrar
+
+log = logging.getLogger(__name__)
+
+
+class _EventQueue(FileSystemEventHandler):
+    """Runs on the observer thread: keep it trivial, just hand paths over."""
+
+    def __init__(self, sink: queue.SimpleQueue[str]) -> None:
+        self.sink = sink
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory and event.event_type != "moved":
+            return
+        if event.event_type in ("opened", "closed_no_write", "deleted"):
+            return
+        for path in (getattr(event, "dest_path", None), event.src_path):
+            if path:
+                self.sink.put(os.fsdecode(path))
+
+
+@dataclass
+class _Candidate:
+    last_event: float
+    signature: tuple[int, int] | None = None  # (size, mtime_ns) at the last look
+    stable_since: float | None = None
+
+
+class InboxWatcher:
+    def __init__(self, root: Path, registrar: Registrar, *, settle_seconds: float, rescan_seconds: float,
+                 polling: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
+        self.root = Path(os.path.abspath(root))
+        self.registrar = registrar
+        self.settle = settle_seconds
+        self.rescan_every = rescan_seconds
+        self.polling = polling
+        self.clock = clock
+        self.events: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.candidates: dict[Path, _Candidate] = {}
+        self.counts: dict[Outcome, int] = {o: 0 for o in Outcome}
+        self._observer = None
+        self._last_scan = 0.0
+
+    # --- life --------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, *, until: Callable[[], bool] | None = None, tick: float = 0.2) -> None:
+        """Watch until ``stop`` is set, or until ``until()`` is true while nothing is waiting to settle."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._start_observer()
+        try:
+            self.scan()
+            while not stop.is_set():
+                self.step()
+                if until is not None and not self.candidates and until():
+                    return
+                stop.wait(tick)
+        finally:
+            self._stop_observer()
+
+    def step(self) -> None:
+        """One turn of the loop: take events, register settled files, rescan and supervise when due."""
+        now = self.clock()
+        self._drain_events(now)
+        self._register_settled(now)
+        if self._observer is not None and not self._observer.is_alive():
+            log.error("the file observer stopped; restarting it and rescanning %s", self.root)
+            self._start_observer()
+            self.scan()
+        elif self.rescan_every and now - self._last_scan >= self.rescan_every:
+            self.scan()
+        try:
+            self.registrar.send_pending()
+        except Exception:  # the broker is away: runs stay unsent in SQL and go out on a later turn
+            log.exception("could not send queued runs; will retry")
+
+    def scan(self) -> int:
+        """Make every unregistered file below the root a candidate; returns how many were new."""
+        self._last_scan = self.clock()
+        with self.registrar.sessions() as s:
+            from storage.repo import known_files
+
+            known = known_files(s)
+        found = 0
+        for path in walk(self.root):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if known.get(str(path)) != (st.st_size, st.st_mtime_ns) and path not in self.candidates:
+                self.candidates[path] = _Candidate(last_event=self._last_scan)
+                found += 1
+        if found:
+            log.info("scan of %s found %d new file(s)", self.root, found)
+        return found
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _start_observer(self) -> None:
+        observer = PollingObserver(timeout=1.0) if self.polling else Observer()
+        observer.schedule(_EventQueue(self.events), str(self.root), recursive=True)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+
+    def _stop_observer(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+
+    def _drain_events(self, now: float) -> None:
+        while True:
+            try:
+                raw = self.events.get_nowait()
+            except queue.Empty:
+                return
+            path = Path(raw)
+            if not is_candidate(path, self.root):
+                continue
+            cand = self.candidates.get(path)
+            if cand is None:
+                self.candidates[path] = _Candidate(last_event=now)
+            else:
+                cand.last_event, cand.stable_since = now, None
+
+    def _register_settled(self, now: float) -> None:
+        for path, cand in list(self.candidates.items()):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                del self.candidates[path]
+                continue
+            signature = (st.st_size, st.st_mtime_ns)
+            if signature != cand.signature:
+                cand.signature, cand.stable_since = signature, now
+                if self.settle > 0:
+                    continue
+            if now - cand.last_event < self.settle or now - cand.stable_since < self.settle:
+                continue
+            del self.candidates[path]
+            try:
+                outcome = self.registrar.register(path, send=False)
+            except Exception:  # a database or broker hiccup: try the file again on the next turn
+                log.exception("could not register %s; will retry", path)
+                self.candidates[path] = _Candidate(last_event=now)
+                continue
+            self.counts[outcome] += 1

@@ -1,0 +1,188 @@
+"""End to end: real Redis, real Celery worker processes, the real watcher, SQLite and PostgreSQL.
+
+Photos go into the inbox the ways people put them there — copied, written slowly in chunks, renamed
+in, dropped twice — and every one must end ``done`` with all four results, the duplicate adding no
+work, the results JSON keeping its documented contract.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTRACT_KEYS = {"path", "sha256", "width", "height", "status", "normalize", "labels", "faces",
+                 "augmentations", "errors"}
+
+
+@pytest.fixture(scope="session")
+def mobilenet_weights(tmp_path_factory) -> Path:
+    """A MobileNetV2 weights file made here (no download): the pipeline loads it like any local file."""
+    path = tmp_path_factory.mktemp("weights") / "mobilenet_v2.weights.h5"
+    code = ("import keras; keras.utils.set_random_seed(0); "
+            f"keras.applications.MobileNetV2(weights=None).save_weights({str(path)!r})")
+    subprocess.run([sys.executable, "-c", code], check=True, env=_base_env(), timeout=300)
+    return path
+
+
+def _base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DARKROOM_")}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
+    return env
+
+
+class Darkroom:
+    """Runs `darkroom` commands as a user would, against one data dir, database and Redis db."""
+
+    def __init__(self, tmp: Path, redis_url: str, db_url: str, **settings: str) -> None:
+        self.inbox = tmp / "inbox"
+        self.data = tmp / "data"
+        self.env = _base_env()
+        self.env.update(
+            DARKROOM_DATA_DIR=str(self.data), DARKROOM_BROKER_URL=redis_url, DARKROOM_DATABASE_URL=db_url,
+            DARKROOM_SETTLE_SECONDS="0.5", DARKROOM_CONCURRENCY="2", KERAS_HOME=str(tmp / "keras"),
+            DARKROOM_START_LOCAL_REDIS="false",
+        )
+        self.env.update({f"DARKROOM_{k.upper()}": v for k, v in settings.items()})
+        self.logs = tmp / "logs"
+        self.logs.mkdir()
+
+    def start(self, *args: str, name: str) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "wb")
+        return subprocess.Popen([sys.executable, "-m", "darkroom", *args], env=self.env, cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "darkroom", *args], env=self.env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def results(self, *selectors: str) -> list[dict]:
+        done = self.run("results", "--json", *selectors)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def wait_until_settled(self, expected_images: int, timeout: float = 300) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        results: list[dict] = []
+        while time.monotonic() < deadline:
+            done = self.run("results", "--json")
+            if done.returncode == 0:
+                results = json.loads(done.stdout)
+                if len(results) >= expected_images and all(r["status"] not in ("queued", "running") for r in results):
+                    return results
+            time.sleep(1.0)
+        raise AssertionError(f"not settled after {timeout} s: {[(r['path'], r['status']) for r in results]}\n"
+                             + self.log_tail())
+
+    def log_tail(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.logs.glob("*.log"))
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 120) -> int:
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+
+
+def _write_slowly(src: Path, dst: Path, chunks: int = 6, pause: float = 0.25) -> None:
+    data = src.read_bytes()
+    step = len(data) // chunks + 1
+    with open(dst, "wb") as fh:
+        for i in range(0, len(data), step):
+            fh.write(data[i:i + step])
+            fh.flush()
+            time.sleep(pause)
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+def test_photos_dropped_into_a_running_darkroom_end_done(db, tmp_path, redis_url, photos, mobilenet_weights,
+                                                         request):
+    db_url = f"sqlite:///{tmp_path / 'darkroom.db'}" if db == "sqlite" else request.getfixturevalue("postgres_url")
+    dr = Darkroom(tmp_path, redis_url, db_url, classifier_model="mobilenet_v2",
+                  classifier_weights=str(mobilenet_weights))
+    dr.inbox.mkdir()
+    # Given one photo already in the inbox before Darkroom starts
+    shutil.copy(photos["coffee"], dr.inbox / "coffee.jpg")
+    up = dr.start("up", str(dr.inbox), name="up")
+    try:
+        time.sleep(2)
+        # When photos arrive: copied, written slowly in chunks, renamed in, and one duplicate
+        shutil.copy(photos["astronaut"], dr.inbox / "astronaut.jpg")
+        (dr.inbox / "sub dir").mkdir()
+        _write_slowly(photos["chelsea"], dr.inbox / "sub dir" / "chelsea slow.jpg")
+        staging = tmp_path / "staging.jpg"
+        shutil.copy(photos["rocket"], staging)
+        os.rename(staging, dr.inbox / "rocket.jpg")
+        shutil.copy(photos["astronaut"], dr.inbox / "astronaut copy.jpg")
+        results = dr.wait_until_settled(expected_images=4)
+    finally:
+        code = _stop(up)
+    # Then Ctrl-C stopped watcher and worker cleanly
+    assert code == 0, dr.log_tail()
+    by_name = {Path(r["path"]).name: r for r in results}
+    assert set(by_name) == {"coffee.jpg", "astronaut.jpg", "chelsea slow.jpg", "rocket.jpg"}, dr.log_tail()
+    for r in results:
+        assert CONTRACT_KEYS <= set(r)
+        assert r["status"] == "done", (r["path"], r["errors"], dr.log_tail())
+        assert r["normalize"]["dtype"] == "uint8"
+        assert r["normalize"]["after"]["max"] <= 1.0 and len(r["normalize"]["mean"]) == 3
+        assert [lab["rank"] for lab in r["labels"]] == [1, 2, 3, 4, 5]
+        assert r["augmentations"] == 9
+        assert r["errors"] == {}
+    # The slow file was read complete, not half-written: its size is the original's
+    assert by_name["chelsea slow.jpg"]["size_bytes"] == photos["chelsea"].stat().st_size
+    astro = by_name["astronaut.jpg"]
+    assert len(astro["faces"]) == 1
+    assert sorted(Path(p).name for p in astro["paths"]) == ["astronaut copy.jpg", "astronaut.jpg"]
+    assert by_name["coffee.jpg"]["faces"] == []
+    # The duplicate added no work: four task runs per distinct photo, no more
+    status = json.loads(dr.run("status", "--json").stdout)
+    assert sum(status["runs"].values()) == 16
+    assert status["images"] == {"done": 4}
+    # Results for one photo by path, and the exported files
+    assert [r["sha256"] for r in dr.results(str(dr.inbox / "astronaut copy.jpg"))] == [astro["sha256"]]
+    export = tmp_path / "export"
+    assert dr.run("export", str(export)).returncode == 0
+    folder = export / astro["sha256"]
+    assert (folder / "faces_boxed.jpg").stat().st_size > 1000
+    assert (folder / "contact_sheet.jpg").exists() and len(list(folder.glob("augmented-*.jpg"))) == 9
+    assert json.loads((folder / "result.json").read_text())["sha256"] == astro["sha256"]
+
+
+def test_exit_when_idle_with_default_vgg16_and_no_weights(tmp_path, redis_url, photos):
+    """The default classifier's weights cannot be downloaded here: classify fails with the way to fix
+    it, the other three tasks are unaffected, and `up --exit-when-idle` still finishes."""
+    dr = Darkroom(tmp_path, redis_url, f"sqlite:///{tmp_path / 'darkroom.db'}")
+    dr.inbox.mkdir()
+    shutil.copy(photos["astronaut"], dr.inbox / "astronaut.jpg")
+    (dr.inbox / "notes.txt").write_text("not a photo")
+    (dr.inbox / "download.jpg.part").write_bytes(b"partial")  # a browser's temporary name: left alone
+    done = subprocess.run([sys.executable, "-m", "darkroom", "up", str(dr.inbox), "--exit-when-idle"],
+                          env=dr.env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = {Path(r["path"]).name: r for r in dr.results()}
+    assert set(results) == {"astronaut.jpg", "notes.txt"}
+    astro = results["astronaut.jpg"]
+    assert astro["status"] == "failed"
+    assert set(astro["errors"]) == {"classify"}
+    assert "vgg16" in astro["errors"]["classify"] and "DARKROOM_CLASSIFIER_WEIGHTS" in astro["errors"]["classify"]
+    assert astro["tasks"] == {"normalize": "done", "classify:vgg16": "failed", "augment": "done", "faces:mtcnn": "done"}
+    assert len(astro["faces"]) == 1 and astro["augmentations"] == 9
+    notes = results["notes.txt"]
+    assert notes["status"] == "rejected" and "notes.txt" in notes["errors"]["image"]
+    status = dr.run("status")
+    assert status.returncode == 0
+    assert "DARKROOM_CLASSIFIER_WEIGHTS" in status.stdout and "notes.txt" in status.stdout

@@ -1,0 +1,179 @@
+"""The four Celery tasks. Each is a thin wrapper in the manner of a web view: it reads the run from
+SQL, loads the original from the blob store, calls the pure function in ``tasks/``, and writes the
+result and the run's new state in one transaction.
+
+Failure policy:
+- the image itself is unusable (``BadImage``)     -> run ``rejected`` (and the image), never retried;
+- the model cannot be had (``ModelUnavailable``)  -> run ``failed`` with the way to fix it;
+- the database or the blob store hiccups          -> retried with exponential backoff, then ``failed``;
+- anything else                                   -> ``failed`` with the error, for `darkroom retry`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from darkroom.work import parse_classifier_key
+from storage import repo
+from storage.db import transaction
+from storage.models import DONE, FAILED, REJECTED
+from worker.app import app, task_name
+from worker.runtime import Runtime, get_runtime
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = (OperationalError, DBAPIError, FileNotFoundError, ConnectionError, TimeoutError)
+
+
+def _normalize(rt: Runtime, claim: repo.Claim, image) -> Callable:
+    from tasks.normalize import normalize_stats
+
+    report = normalize_stats(image, mode="scale", per_channel=False).to_dict()
+    return lambda s: repo.save_normalization(s, claim.image_id, [report])
+
+
+def _classify(rt: Runtime, claim: repo.Claim, image) -> Callable:
+    model, weights = parse_classifier_key(claim.model)
+    classifier = rt.classifier(model, weights)
+    labels = [lab.to_dict() for lab in classifier.predict([image], top=rt.settings.classifier_top_k)[0]]
+    return lambda s: repo.save_labels(s, claim.image_id, claim.model, labels)
+
+
+def _augment(rt: Runtime, claim: repo.Claim, image) -> Callable:
+    from tasks.augment import AugmentSpec, augment, contact_sheet
+    from tasks.imaging import encode
+
+    cfg = rt.settings
+    spec = AugmentSpec(flip=cfg.augment_flip, rotation=cfg.augment_rotation, count=cfg.augment_count,
+                       seed=cfg.augment_seed, size=cfg.augment_size)
+    images = augment(image, spec)
+    sheet = contact_sheet(images)
+    arts = [_jpeg("augmented", i, img) for i, img in enumerate(images)]
+    arts.append(_jpeg("contact_sheet", 0, sheet))
+    return lambda s: repo.save_artifacts(s, claim.image_id, "augment", arts)
+
+
+def _faces(rt: Runtime, claim: repo.Claim, image) -> Callable:
+    from tasks.draw import draw_boxes
+
+    cfg = rt.settings
+    detector = rt.face_detector(cfg.face_min_confidence, cfg.face_min_size)
+    faces = detector.detect(image)
+    boxed = draw_boxes(image, [f.box for f in faces], [f.keypoints for f in faces])
+    found = [f.to_dict() for f in faces]
+    art = _jpeg("faces_boxed", 0, boxed)
+
+    def write(s):
+        repo.save_faces(s, claim.image_id, claim.model, found)
+        repo.save_artifacts(s, claim.image_id, "faces", [art])
+
+    return write
+
+
+def _jpeg(kind: str, idx: int, pixels) -> repo.ArtifactData:
+    from tasks.imaging import encode
+
+    return repo.ArtifactData(kind=kind, idx=idx, mime="image/jpeg", width=int(pixels.shape[1]),
+                             height=int(pixels.shape[0]), data=encode(pixels, "JPEG", quality=90))
+
+
+HANDLERS: dict[str, Callable[[Runtime, repo.Claim, Any], Callable]] = {
+    "normalize": _normalize,
+    "classify": _classify,
+    "augment": _augment,
+    "faces": _faces,
+}
+
+
+def execute(task: Task, run_id: int) -> str:
+    """Run one task run to a stored result; returns the run's final (or retry) state."""
+    from tasks.classify import ModelUnavailable
+    from tasks.imaging import BadImage, decode
+
+    rt = get_runtime(app.darkroom_settings)
+    with transaction(rt.sessions) as s:
+        claim = repo.claim_run(s, run_id, rt.identity)
+    if claim is None:
+        log.info("run %s: nothing to do (unknown or already finished)", run_id)
+        return "skipped"
+    started = time.perf_counter()
+    try:
+        data = rt.blobs.read(claim.sha256)
+        image = decode(data, max_pixels=rt.settings.max_image_pixels)
+        write = HANDLERS[claim.task](rt, claim, image)
+        with transaction(rt.sessions) as s:
+            write(s)
+            repo.finish_run(s, run_id, status=DONE)
+        log.info("run %s %s %s done in %.0f ms", run_id, claim.task, claim.sha256[:12],
+                 (time.perf_counter() - started) * 1000)
+        return DONE
+    except BadImage as exc:
+        return _finish(rt, run_id, REJECTED, f"{_where(rt, claim)}: {exc}")
+    except ModelUnavailable as exc:
+        return _finish(rt, run_id, FAILED, str(exc))
+    except SoftTimeLimitExceeded:
+        return _finish(rt, run_id, FAILED, f"{_where(rt, claim)}: {claim.task} took longer than "
+                       f"{rt.settings.task_time_limit} s (DARKROOM_TASK_TIME_LIMIT)")
+    except TRANSIENT as exc:
+        if task.request.retries < rt.settings.task_max_retries:
+            delay = min(60, 2 ** task.request.retries)
+            try:
+                with transaction(rt.sessions) as s:
+                    repo.note_retry(s, run_id, _one_line(exc))
+            except TRANSIENT:
+                pass  # the database itself is away: the retry message still carries the run
+            log.warning("run %s %s: %s; retrying in %s s", run_id, claim.task, _one_line(exc), delay)
+            raise task.retry(exc=exc, countdown=delay)
+        return _finish(rt, run_id, FAILED, f"{claim.task} gave up after {task.request.retries} retries: "
+                       f"{_one_line(exc)}")
+    except Exception as exc:  # a bug or an unforeseen input: record it, keep the worker going
+        log.exception("run %s %s failed", run_id, claim.task)
+        return _finish(rt, run_id, FAILED, f"{_where(rt, claim)}: {type(exc).__name__}: {_one_line(exc)}")
+
+
+def _finish(rt: Runtime, run_id: int, status: str, error: str) -> str:
+    with transaction(rt.sessions) as s:
+        repo.finish_run(s, run_id, status=status, error=error)
+    log.warning("run %s %s: %s", run_id, status, error)
+    return status
+
+
+def _where(rt: Runtime, claim: repo.Claim) -> str:
+    """The file a person knows the image by (its first path), else its hash."""
+    try:
+        with rt.sessions() as s:
+            from sqlalchemy import func, select
+
+            from storage.models import SourceFile
+
+            path = s.scalar(select(func.min(SourceFile.path)).where(SourceFile.image_id == claim.image_id))
+        return path or claim.sha256
+    except Exception:  # noqa: BLE001 - the message must not fail for want of a name
+        return claim.sha256
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:500] if text else type(exc).__name__
+
+
+def _define(task: str):
+    @app.task(name=task_name(task), bind=True, max_retries=None)
+    def run(self: Task, run_id: int, **_params: Any) -> str:
+        return execute(self, int(run_id))
+
+    run.__name__ = run.__qualname__ = task
+    return run
+
+
+normalize = _define("normalize")
+classify = _define("classify")
+augment = _define("augment")
+faces = _define("faces")

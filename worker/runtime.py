@@ -1,0 +1,107 @@
+"""What one worker process holds: its database engine, the blob store and the loaded models.
+
+Built on first use inside the process that uses it (after Celery's fork), never at import, and
+thrown away in a child after a fork so no connection or model is shared between processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from darkroom.settings import Settings
+from storage.blobs import BlobStore
+from storage.db import make_engine, session_factory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    blobs: BlobStore
+    identity: str
+    _models: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    _failures: dict[tuple[Any, ...], tuple[float, Exception]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    #: A model that failed to load is not tried again for this long (each try may mean a download).
+    RETRY_LOAD_AFTER = 300.0
+
+    def model(self, key: tuple[Any, ...], build):
+        """The model stored under ``key``, built (and loaded) by ``build()`` on first use."""
+        with self._lock:
+            if key in self._models:
+                return self._models[key]
+            failed = self._failures.get(key)
+            if failed and time.monotonic() - failed[0] < self.RETRY_LOAD_AFTER:
+                raise failed[1]
+            configure_tensorflow()
+            try:
+                model = build()
+                model.load()
+            except Exception as exc:
+                self._failures[key] = (time.monotonic(), exc)
+                raise
+            self._models[key] = model
+            self._failures.pop(key, None)
+            log.info("loaded model %s in process %s", key, os.getpid())
+            return model
+
+    def classifier(self, model: str, weights: str):
+        from tasks.classify import Classifier
+
+        return self.model(("classify", model, weights), lambda: Classifier.create(model, weights))
+
+    def face_detector(self, min_confidence: float, min_size: int):
+        from tasks.faces import FaceDetector
+
+        return self.model(("faces", min_confidence, min_size), lambda: FaceDetector(min_confidence, min_size))
+
+
+_runtime: Runtime | None = None
+_tf_configured = False
+
+
+def get_runtime(settings: Settings) -> Runtime:
+    global _runtime
+    if _runtime is None:
+        engine = make_engine(settings.db_url)
+        _runtime = Runtime(
+            settings=settings,
+            sessions=session_factory(engine),
+            blobs=BlobStore(settings.blob_dir),
+            identity=f"{socket.gethostname()}:{os.getpid()}",
+        )
+    return _runtime
+
+
+def _forget_after_fork() -> None:
+    global _runtime, _tf_configured
+    _runtime, _tf_configured = None, False
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def configure_tensorflow() -> None:
+    """Let TensorFlow share a GPU politely (memory growth) before the first model is built."""
+    global _tf_configured
+    if _tf_configured:
+        return
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised in this process
+            pass
+    _tf_configured = True
