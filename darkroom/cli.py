@@ -275,12 +275,13 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     else:
         out.print(f"queues: {depths}", highlight=False)
     if problems:
-        ptable = Table(title=f"failed and rejected ({len(problems)})")
-        for col in ("file", "task", "status", "attempts", "reason"):
-            ptable.add_column(col, overflow="fold")
+        # One line each, never wrapped: reasons are long, and people grep and copy them.
+        out.print(f"\n[bold]failed and rejected ({len(problems)})[/]")
         for p in problems:
-            ptable.add_row(p.path or (p.sha256 or "")[:12], p.task or "-", p.status, str(p.attempts), p.reason)
-        out.print(ptable)
+            where = p.path or (p.sha256 or "")[:12]
+            what = f"{p.task} {p.status}" if p.task else p.status
+            tries = f", {p.attempts} attempt(s)" if p.attempts else ""
+            out.print(f"- {where} [{what}{tries}]: {p.reason}", soft_wrap=True, highlight=False, markup=False)
 
 
 @app.command()

@@ -20,10 +20,10 @@ def classifier_key(model: str, weights: str) -> str:
 
 def parse_classifier_key(key: str) -> tuple[str, str]:
     """Inverse of :func:`classifier_key`: (model, weights)."""
-    if is_model_path(key):
-        return key, "imagenet"
     name, sep, weights = key.partition("@")
-    return (name, weights) if sep else (name, "imagenet")
+    if sep and not is_model_path(name):
+        return name, weights
+    return key, "imagenet"
 
 
 def is_model_path(model: str) -> bool:

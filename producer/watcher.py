@@ -156,10 +156,8 @@ class InboxWatcher:
                 del self.candidates[path]
                 continue
             signature = (st.st_size, st.st_mtime_ns)
-            if signature != cand.signature:
+            if signature != cand.signature or cand.stable_since is None:
                 cand.signature, cand.stable_since = signature, now
-                if self.settle > 0:
-                    continue
             if now - cand.last_event < self.settle or now - cand.stable_since < self.settle:
                 continue
             del self.candidates[path]

@@ -71,10 +71,11 @@ class Darkroom:
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
-    def wait_until_settled(self, expected_images: int, timeout: float = 300) -> list[dict]:
+    def wait_until_settled(self, expected_images: int, proc: subprocess.Popen, timeout: float = 300) -> list[dict]:
         deadline = time.monotonic() + timeout
         results: list[dict] = []
         while time.monotonic() < deadline:
+            assert proc.poll() is None, f"darkroom exited early with {proc.returncode}\n{self.log_tail()}"
             done = self.run("results", "--json")
             if done.returncode == 0:
                 results = json.loads(done.stdout)
@@ -127,7 +128,7 @@ def test_photos_dropped_into_a_running_darkroom_end_done(db, tmp_path, redis_url
         shutil.copy(photos["rocket"], staging)
         os.rename(staging, dr.inbox / "rocket.jpg")
         shutil.copy(photos["astronaut"], dr.inbox / "astronaut copy.jpg")
-        results = dr.wait_until_settled(expected_images=4)
+        results = dr.wait_until_settled(expected_images=4, proc=up)
     finally:
         code = _stop(up)
     # Then Ctrl-C stopped watcher and worker cleanly

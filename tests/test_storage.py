@@ -185,3 +185,11 @@ def test_refused_files_are_listed_with_their_reason(sessions):
         repo.refuse_file(s, path="/in/link.jpg", reason="/in/link.jpg: symbolic link outside")
     with sessions() as s:
         assert [(p.path, p.reason) for p in repo.problems(s)] == [("/in/link.jpg", "/in/link.jpg: symbolic link outside")]
+
+
+@pytest.mark.parametrize("model, weights", [("vgg16", "imagenet"), ("vgg16", "none"),
+                                            ("mobilenet_v2", "/w/my weights@2.h5"), ("/m/x@y.keras", "imagenet")])
+def test_classifier_keys_read_back(model, weights):
+    from darkroom.work import classifier_key, parse_classifier_key
+
+    assert parse_classifier_key(classifier_key(model, weights)) == (model, weights)

@@ -48,7 +48,6 @@ def _classify(rt: Runtime, claim: repo.Claim, image) -> Callable:
 
 def _augment(rt: Runtime, claim: repo.Claim, image) -> Callable:
     from tasks.augment import AugmentSpec, augment, contact_sheet
-    from tasks.imaging import encode
 
     cfg = rt.settings
     spec = AugmentSpec(flip=cfg.augment_flip, rotation=cfg.augment_rotation, count=cfg.augment_count,
@@ -164,16 +163,25 @@ def _one_line(exc: BaseException) -> str:
     return text[0][:500] if text else type(exc).__name__
 
 
-def _define(task: str):
-    @app.task(name=task_name(task), bind=True, max_retries=None)
-    def run(self: Task, run_id: int, **_params: Any) -> str:
-        return execute(self, int(run_id))
-
-    run.__name__ = run.__qualname__ = task
-    return run
+# One Celery task per vision task, each with its own name and route (see worker.app). Messages carry
+# the run id only; extra keyword arguments from newer producers are ignored, not fatal.
 
 
-normalize = _define("normalize")
-classify = _define("classify")
-augment = _define("augment")
-faces = _define("faces")
+@app.task(name=task_name("normalize"), bind=True)
+def normalize(self: Task, run_id: int, **_params: Any) -> str:
+    return execute(self, int(run_id))
+
+
+@app.task(name=task_name("classify"), bind=True)
+def classify(self: Task, run_id: int, **_params: Any) -> str:
+    return execute(self, int(run_id))
+
+
+@app.task(name=task_name("augment"), bind=True)
+def augment(self: Task, run_id: int, **_params: Any) -> str:
+    return execute(self, int(run_id))
+
+
+@app.task(name=task_name("faces"), bind=True)
+def faces(self: Task, run_id: int, **_params: Any) -> str:
+    return execute(self, int(run_id))

@@ -1,0 +1,1 @@
+"""Pure vision functions: arrays in, arrays and plain data out."""

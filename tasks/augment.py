@@ -1,0 +1,309 @@
+"""Lesson 6, image augmentation: modified copies of a photograph, and a contact sheet of them.
+
+The course uses Keras 2's ``ImageDataGenerator(horizontal_flip=True, vertical_flip=True,
+rotation_range=90)``. Keras 3 has no ImageDataGenerator; its preprocessing layers do the same
+transforms, applied here one after another to a batch of copies of the image:
+
+- horizontal and vertical flips, each independently with probability 1/2, as the generator
+  does them (Keras's ``RandomFlip("horizontal_and_vertical")`` flips both or neither). The
+  draws come from ``keras.random`` and the flip itself is a numpy slice, far cheaper than the
+  layer's broadcast select;
+- a rotation uniform in [-rotation, +rotation] degrees (``RandomRotation``);
+- optionally shifts, zoom, brightness and contrast (``RandomTranslation``, ``RandomZoom``,
+  ``RandomBrightness``, ``RandomContrast``), off by default.
+
+Empty areas are filled as the generator fills them (``fill_mode="nearest"`` by default).
+
+Results are reproducible: each step draws its parameters from a fresh
+``keras.random.SeedGenerator`` seeded from ``(spec.seed, step position)`` and passed to the
+layer's ``get_random_transformation``, so the same image and spec give byte-identical images in
+any call and any process, whatever ran before. (A layer's own ``seed=`` would not do: its
+generator advances on every call, so a cached layer gives new images each time.) The layers
+therefore hold no state we use, and are built once per spec. TensorFlow ops run on the CPU,
+where they are bit-for-bit repeatable.
+
+TensorFlow/Keras are imported inside functions only: worker processes fork after importing this
+module, and TensorFlow must not be initialised before the fork.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tasks.imaging import fit_within
+
+__all__ = ["FILL_MODES", "FLIPS", "AugmentSpec", "augment", "contact_sheet", "parse_spec"]
+
+FLIPS = ("horizontal", "vertical", "horizontal_and_vertical", "none")
+FILL_MODES = ("nearest", "constant", "reflect", "wrap")
+
+_FLIP_ALIASES = {"h": "horizontal", "v": "vertical", "hv": "horizontal_and_vertical",
+                 "vh": "horizontal_and_vertical", "both": "horizontal_and_vertical", "none": "none",
+                 "no": "none", "off": "none", **{f: f for f in FLIPS}}
+
+
+def _check_range(name: str, value: float, low: float, high: float, *, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if not isinstance(value, kinds) or isinstance(value, bool) or not low <= value <= high:
+        what = "a whole number" if integer else "a number"
+        raise ValueError(f"{name} must be {what} from {low} to {high}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """What augmentations to make. New transforms are new fields with "off" defaults, so
+    existing callers and stored specs keep their meaning.
+
+    Attributes:
+        flip: "horizontal", "vertical", "horizontal_and_vertical" (each direction independently,
+            like ``horizontal_flip=True, vertical_flip=True``) or "none".
+        rotation: Largest rotation either way, in degrees, 0-180 (``rotation_range``).
+        count: Number of images to make.
+        seed: Seed of the random transforms; the same seed gives the same images.
+        size: Longest side of the outputs; the input is first downscaled to it, which also
+            keeps the work cheap.
+        width_shift: Largest horizontal shift, as a fraction of the width (0-1).
+        height_shift: Largest vertical shift, as a fraction of the height (0-1).
+        zoom: Largest zoom in or out, as a fraction (0.2: zoomed by 0.8-1.2).
+        brightness: Largest brightness change, as a fraction of the 0-255 range (0-1).
+        contrast: Largest contrast change, as a fraction (0-1).
+        fill_mode: How areas uncovered by rotation, shift or zoom are filled: "nearest",
+            "constant", "reflect" or "wrap".
+        fill_value: The 0-255 grey level used by ``fill_mode="constant"``.
+    """
+
+    flip: str = "horizontal_and_vertical"
+    rotation: float = 90.0
+    count: int = 9
+    seed: int = 0
+    size: int = 256
+    width_shift: float = 0.0
+    height_shift: float = 0.0
+    zoom: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    fill_mode: str = "nearest"
+    fill_value: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.flip not in FLIPS:
+            raise ValueError(f"flip must be one of {', '.join(FLIPS)}; got {self.flip!r}")
+        if self.fill_mode not in FILL_MODES:
+            raise ValueError(f"fill_mode must be one of {', '.join(FILL_MODES)}; got {self.fill_mode!r}")
+        _check_range("rotation", self.rotation, 0.0, 180.0)
+        _check_range("count", self.count, 1, 1024, integer=True)
+        _check_range("size", self.size, 1, 1 << 16, integer=True)
+        _check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
+        for name in ("width_shift", "height_shift", "zoom", "brightness", "contrast"):
+            _check_range(name, getattr(self, name), 0.0, 1.0)
+        _check_range("fill_value", self.fill_value, 0.0, 255.0)
+
+
+def augment(image: np.ndarray, spec: AugmentSpec = AugmentSpec()) -> list[np.ndarray]:
+    """Make ``spec.count`` randomly transformed copies of ``image``.
+
+    Args:
+        image: ``HxWx3`` RGB (or ``HxW`` grayscale) ``uint8`` pixels.
+        spec: The transforms and their ranges.
+
+    Returns:
+        ``spec.count`` ``uint8`` RGB arrays, each the size of ``image`` downscaled so its
+        longest side is at most ``spec.size``. The same image and spec always give the same
+        images; with no transform enabled they are copies of the downscaled image.
+    """
+    small = fit_within(_rgb(image), spec.size)
+    # Only the transform fields shape the layers: one cached pipeline serves every seed and count.
+    pipeline = _pipeline(dataclasses.replace(spec, count=1, seed=0, size=1))
+    if not pipeline:
+        return [small.copy() for _ in range(spec.count)]
+
+    import keras
+
+    pixels = np.repeat(small[None].astype(np.float32), spec.count, axis=0)
+    with _cpu():
+        for position, step in enumerate(pipeline):
+            # A fresh generator per step and call: the draws depend on nothing but the spec.
+            seed = keras.random.SeedGenerator(_layer_seed(spec.seed, position))
+            if isinstance(step, _Flip):
+                pixels = step(pixels, seed)
+                continue
+            batch = keras.ops.convert_to_tensor(pixels)
+            transformation = step.get_random_transformation(batch, training=True, seed=seed)
+            pixels = keras.ops.convert_to_numpy(step.transform_images(batch, transformation, training=True))
+    pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    return [np.ascontiguousarray(p) for p in pixels]
+
+
+def contact_sheet(
+    images: list[np.ndarray],
+    cols: int = 3,
+    pad: int = 4,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> np.ndarray:
+    """Lay images out in a grid, like the lesson's 3x3 figure.
+
+    Every cell has the size of the largest image; smaller images are centred in theirs. ``pad``
+    pixels of ``background`` separate the cells and frame the sheet.
+
+    Args:
+        images: ``uint8`` RGB (or grayscale) arrays, possibly of different sizes.
+        cols: Cells per row (fewer when there are fewer images).
+        pad: Gap between and around cells, in pixels.
+        background: RGB colour of the gaps and of unused cell area.
+
+    Returns:
+        A ``uint8`` RGB array of shape ``(rows * (cell_h + pad) + pad, cols * (cell_w + pad) + pad, 3)``
+        with ``rows = ceil(len(images) / cols)``.
+    """
+    if not images:
+        raise ValueError("contact_sheet needs at least one image")
+    if cols < 1 or pad < 0:
+        raise ValueError(f"cols must be >= 1 and pad >= 0, got cols={cols}, pad={pad}")
+    tiles = [_rgb(img) for img in images]
+    cell_h = max(t.shape[0] for t in tiles)
+    cell_w = max(t.shape[1] for t in tiles)
+    cols = min(cols, len(tiles))
+    rows = math.ceil(len(tiles) / cols)
+    sheet = np.empty((rows * (cell_h + pad) + pad, cols * (cell_w + pad) + pad, 3), dtype=np.uint8)
+    sheet[...] = np.asarray(background, dtype=np.uint8)
+    for i, tile in enumerate(tiles):
+        row, col = divmod(i, cols)
+        top = pad + row * (cell_h + pad) + (cell_h - tile.shape[0]) // 2
+        left = pad + col * (cell_w + pad) + (cell_w - tile.shape[1]) // 2
+        sheet[top : top + tile.shape[0], left : left + tile.shape[1]] = tile
+    return sheet
+
+
+def parse_spec(text: str, base: AugmentSpec = AugmentSpec()) -> AugmentSpec:
+    """Read a spec from ``"key=value,key=value"`` text, e.g. ``"flip=hv,rotation=90,zoom=0.2"``.
+
+    Keys are :class:`AugmentSpec` field names; keys not given keep ``base``'s values. ``flip``
+    also takes the short forms h, v, hv and none.
+
+    Raises:
+        ValueError: Unknown key (the message lists the valid ones) or a bad value.
+    """
+    fields = {f.name: f for f in dataclasses.fields(AugmentSpec)}
+    changes: dict[str, Any] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        key, sep, raw = (s.strip() for s in item.partition("="))
+        key = key.lower().replace("-", "_")
+        if key not in fields:
+            raise ValueError(f"unknown augmentation setting {key!r}: valid settings are {', '.join(fields)}")
+        if not sep or not raw:
+            raise ValueError(f"augmentation setting {key!r} needs a value, as in {key}=...")
+        changes[key] = _parse_value(key, raw, fields[key].type)
+    try:
+        return dataclasses.replace(base, **changes)
+    except ValueError as exc:
+        raise ValueError(f"bad augmentation spec {text!r}: {exc}") from None
+
+
+# --- internals -----------------------------------------------------------------------------------
+
+
+def _parse_value(key: str, raw: str, kind: Any) -> Any:
+    kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    if key == "flip":
+        try:
+            return _FLIP_ALIASES[raw.lower()]
+        except KeyError:
+            raise ValueError(f"flip must be one of h, v, hv, none (or {', '.join(FLIPS)}); got {raw!r}") from None
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"augmentation setting {key!r} must be a number ({kind}); got {raw!r}") from None
+    return raw.lower()
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        raise ValueError(f"expected uint8 pixels, got {getattr(image, 'dtype', type(image).__name__)}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 RGB or HxW grayscale image, got shape {image.shape}")
+    return image
+
+
+def _layer_seed(seed: int, position: int) -> int:
+    # SeedSequence spreads (seed, position) over 32 bits: neighbouring seeds share no draws.
+    return int(np.random.SeedSequence([seed, position]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+@dataclass(frozen=True)
+class _Flip:
+    """A random flip of each image with probability 1/2, along ``axis`` of an NHWC batch
+    (2: left-right, 1: upside down). Keras's RandomFlip draws the same way, but applies the
+    flip with a broadcast select over the whole batch, several times slower than numpy."""
+
+    axis: int
+
+    def __call__(self, pixels: np.ndarray, seed: Any) -> np.ndarray:
+        import keras
+
+        draws = keras.ops.convert_to_numpy(keras.random.uniform((len(pixels),), seed=seed))
+        chosen = draws < 0.5
+        pixels[chosen] = np.flip(pixels[chosen], axis=self.axis)
+        return pixels
+
+
+@functools.lru_cache(maxsize=16)
+def _pipeline(spec: AugmentSpec) -> tuple[Any, ...]:
+    """The steps for ``spec``, in order (flips, then Keras layers); only those that change
+    something."""
+    layers: list[Any] = []
+    fill = {"fill_mode": spec.fill_mode, "fill_value": spec.fill_value, "interpolation": "bilinear"}
+
+    def keras_layers() -> Any:
+        import keras
+
+        return keras.layers
+
+    if spec.flip in ("horizontal", "horizontal_and_vertical"):
+        layers.append(_Flip(axis=2))
+    if spec.flip in ("vertical", "horizontal_and_vertical"):
+        layers.append(_Flip(axis=1))
+    if spec.rotation > 0:
+        # Keras's factor is a fraction of a full turn: 90 degrees = 0.25.
+        layers.append(keras_layers().RandomRotation(spec.rotation / 360.0, **fill))
+    if spec.width_shift > 0 or spec.height_shift > 0:
+        layers.append(keras_layers().RandomTranslation(spec.height_shift, spec.width_shift, **fill))
+    if spec.zoom > 0:
+        # Zoom in and out alike, keeping the aspect ratio (width_factor None).
+        layers.append(keras_layers().RandomZoom((-spec.zoom, spec.zoom), **fill))
+    if spec.brightness > 0:
+        layers.append(keras_layers().RandomBrightness(spec.brightness, value_range=(0, 255)))
+    if spec.contrast > 0:
+        layers.append(keras_layers().RandomContrast(spec.contrast, value_range=(0, 255)))
+    return tuple(layers)
+
+
+@contextlib.contextmanager
+def _cpu() -> Iterator[None]:
+    """Run TensorFlow ops on the CPU: GPU kernels may differ in the last bit between devices,
+    which would break reproducibility, and these images are small. No-op on other backends."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        yield
+        return
+    import tensorflow as tf
+
+    with tf.device("/CPU:0"):
+        yield

@@ -1,0 +1,207 @@
+"""tasks.augment: lesson 6's flipped and rotated copies, reproducible, and their contact sheet."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage import data
+
+from tasks.augment import AugmentSpec, augment, contact_sheet, parse_spec
+from tasks.imaging import fit_within
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def astro() -> np.ndarray:
+    return data.astronaut()
+
+
+@pytest.fixture(scope="module")
+def tall(astro) -> np.ndarray:
+    return np.ascontiguousarray(astro[:, :384])  # 512 high, 384 wide
+
+
+def digest(images: list[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for img in images:
+        h.update(repr(img.shape).encode())
+        h.update(img.tobytes())
+    return h.hexdigest()
+
+
+def test_shapes_dtype_count(tall):
+    images = augment(tall, AugmentSpec(count=5, size=128))
+    assert len(images) == 5
+    for img in images:
+        assert img.shape == (128, 96, 3) and img.dtype == np.uint8 and img.flags.c_contiguous
+
+
+def test_default_is_the_lesson(astro):
+    images = augment(astro)
+    assert len(images) == 9 and all(img.shape == (256, 256, 3) for img in images)
+    # Nine random flips and rotations of up to 90 degrees: no two alike, none the original.
+    small = fit_within(astro, 256)
+    assert all(not np.array_equal(img, small) for img in images)
+    assert len({img.tobytes() for img in images}) == 9
+
+
+def test_same_spec_same_images(astro):
+    spec = AugmentSpec(seed=5, zoom=0.2, width_shift=0.1, height_shift=0.1, brightness=0.2, contrast=0.2)
+    first, second = augment(astro, spec), augment(astro, spec)
+    assert digest(first) == digest(second)
+    # Another spec in between (sharing layers with nothing) changes nothing either.
+    augment(astro, AugmentSpec(seed=6))
+    assert digest(augment(astro, spec)) == digest(first)
+
+
+def test_same_images_in_a_fresh_process(astro):
+    code = (
+        "import hashlib; from skimage import data; from tasks.augment import augment, AugmentSpec; "
+        "h = hashlib.sha256(); "
+        "images = augment(data.astronaut(), AugmentSpec(seed=3)); "
+        "[(h.update(repr(i.shape).encode()), h.update(i.tobytes())) for i in images]; "
+        "print(h.hexdigest())"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == digest(augment(astro, AugmentSpec(seed=3)))
+
+
+def test_different_seeds_differ(astro):
+    a, b = augment(astro, AugmentSpec(seed=1)), augment(astro, AugmentSpec(seed=2))
+    assert all(not np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_nothing_enabled_gives_the_resized_input(tall):
+    images = augment(tall, AugmentSpec(flip="none", rotation=0, count=4))
+    expected = fit_within(tall, 256)
+    assert len(images) == 4
+    assert all(np.array_equal(img, expected) for img in images)
+    images[0][0, 0] = 0  # copies, not one shared array
+    assert not np.shares_memory(images[0], images[1])
+
+
+def test_flip_only_gives_flips(tall):
+    small = fit_within(tall, 256)
+    images = augment(tall, AugmentSpec(flip="horizontal", rotation=0, count=12))
+    mirrored = small[:, ::-1]
+    kinds = ["same" if np.array_equal(i, small) else "mirror" if np.array_equal(i, mirrored) else "other"
+             for i in images]
+    assert "other" not in kinds and {"same", "mirror"} == set(kinds)
+    both = augment(tall, AugmentSpec(flip="horizontal_and_vertical", rotation=0, count=16, seed=1))
+    # Independent flips, as ImageDataGenerator(horizontal_flip=True, vertical_flip=True): all 4 kinds.
+    refs = {"id": small, "h": small[:, ::-1], "v": small[::-1], "hv": small[::-1, ::-1]}
+    kinds = {next(k for k, ref in refs.items() if np.array_equal(img, ref)) for img in both}
+    assert kinds == {"id", "h", "v", "hv"}
+
+
+def test_rotation_only_keeps_size_and_changes_pixels(tall):
+    small = fit_within(tall, 256)
+    images = augment(tall, AugmentSpec(flip="none", rotation=30, count=3))
+    assert all(img.shape == small.shape and not np.array_equal(img, small) for img in images)
+    # A rotation about the centre keeps the centre pixel's neighbourhood roughly in place.
+    cy, cx = small.shape[0] // 2, small.shape[1] // 2
+    for img in images:
+        assert np.abs(img[cy, cx].astype(int) - small[cy, cx].astype(int)).max() < 40
+
+
+def rotation_angles(degrees: float, count: int = 9) -> list[float]:
+    """Angles (degrees) by which augment turned a white blob 40 px right of the centre."""
+    image = np.zeros((101, 101, 3), np.uint8)
+    image[48:53, 88:93] = 255
+    angles = []
+    for out in augment(image, AugmentSpec(flip="none", rotation=degrees, count=count)):
+        ys, xs = np.nonzero(out[..., 0] > 127)
+        angles.append(float(np.degrees(np.arctan2(ys.mean() - 50, xs.mean() - 50))))
+    return angles
+
+
+def test_rotation_range_is_degrees_either_way():
+    small = rotation_angles(10)
+    assert max(abs(a) for a in small) <= 10 + 1.5  # within the range (blob centroid is approximate)
+    assert max(abs(a) for a in small) > 3
+    assert any(a > 0 for a in small) and any(a < 0 for a in small)
+    large = rotation_angles(90, count=16)
+    assert max(abs(a) for a in large) <= 90 + 1.5 and max(abs(a) for a in large) > 45
+
+
+def test_grayscale_input(astro):
+    images = augment(data.camera(), AugmentSpec(count=2))
+    assert all(img.shape == (256, 256, 3) for img in images)
+
+
+def test_contact_sheet_geometry():
+    tiles = [np.full((20, 30, 3), i * 20, np.uint8) for i in range(9)]
+    sheet = contact_sheet(tiles, cols=3, pad=4)
+    assert sheet.shape == (3 * 20 + 4 * 4, 3 * 30 + 4 * 4, 3) and sheet.dtype == np.uint8
+    for i in range(9):
+        row, col = divmod(i, 3)
+        top, left = 4 + row * 24, 4 + col * 34
+        assert (sheet[top : top + 20, left : left + 30] == i * 20).all()
+    assert (sheet[:4] == 255).all() and (sheet[:, :4] == 255).all() and (sheet[24:28] == 255).all()
+
+
+def test_contact_sheet_mixed_sizes_centred():
+    big = np.zeros((40, 60, 3), np.uint8)
+    small = np.full((20, 30, 3), 9, np.uint8)
+    sheet = contact_sheet([big, small, small, small], cols=2, pad=2, background=(1, 2, 3))
+    assert sheet.shape == (2 * 40 + 3 * 2, 2 * 60 + 3 * 2, 3)
+    # The second cell starts at x = 2 + 60 + 2 = 64; the small image is centred in it.
+    top, left = 2 + (40 - 20) // 2, 64 + (60 - 30) // 2
+    assert (sheet[top : top + 20, left : left + 30] == 9).all()
+    assert (sheet[2, 64] == (1, 2, 3)).all()  # the cell's unused corner is background
+
+
+def test_contact_sheet_of_augmentations(astro):
+    sheet = contact_sheet(augment(astro))
+    assert sheet.shape == (3 * 256 + 16, 3 * 256 + 16, 3)
+
+
+def test_parse_spec():
+    spec = parse_spec("flip=hv,rotation=90,zoom=0.2,count=9,seed=3")
+    assert spec == AugmentSpec(flip="horizontal_and_vertical", rotation=90.0, zoom=0.2, count=9, seed=3)
+    assert parse_spec("flip=h").flip == "horizontal"
+    assert parse_spec("flip=v, rotation=45").flip == "vertical"
+    assert parse_spec("flip=none").flip == "none"
+    assert parse_spec("fill_mode=reflect, width_shift=0.1").fill_mode == "reflect"
+    assert parse_spec("") == AugmentSpec()
+    base = AugmentSpec(size=128)
+    assert parse_spec("seed=4", base) == AugmentSpec(size=128, seed=4)
+
+
+def test_parse_spec_unknown_key():
+    with pytest.raises(ValueError) as err:
+        parse_spec("flip=h,spin=90")
+    message = str(err.value)
+    assert "'spin'" in message and "rotation" in message and "zoom" in message and "fill_mode" in message
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("flip=sideways", "flip"),
+    ("rotation=lots", "rotation"),
+    ("rotation=270", "rotation"),
+    ("count=0", "count"),
+    ("fill_mode=mirror", "fill_mode"),
+    ("zoom", "zoom"),
+])
+def test_parse_spec_bad_values(text, needle):
+    with pytest.raises(ValueError, match=needle):
+        parse_spec(text)
+
+
+def test_spec_validates():
+    with pytest.raises(ValueError, match="flip"):
+        AugmentSpec(flip="diagonal")
+    with pytest.raises(ValueError, match="zoom"):
+        AugmentSpec(zoom=-0.1)
+    with pytest.raises(ValueError, match="count must be a whole number"):
+        AugmentSpec(count=2.5)

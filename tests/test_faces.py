@@ -1,0 +1,195 @@
+"""tasks.faces: MTCNN face detection (lesson 7 and its bonus) on scikit-image's sample photos."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+skimage_data = pytest.importorskip("skimage.data")
+
+from tasks.faces import KEYPOINTS, Face, FaceDetector, crop  # noqa: E402
+
+# The astronaut's face in skimage.data.astronaut() (512x512): roughly x 170..280, y 50..190.
+ASTRONAUT_FACE_X = (170, 280)
+ASTRONAUT_FACE_Y = (50, 190)
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector().load()
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return skimage_data.astronaut()
+
+
+@pytest.fixture(scope="module")
+def collage(astronaut) -> np.ndarray:
+    """2x2 tiles of the astronaut's head, each a little differently sized, on a 320x320 canvas."""
+    from PIL import Image
+
+    head = astronaut[30:230, 140:320]
+    tiles = [np.asarray(Image.fromarray(head).resize((160, 160), Image.BILINEAR)) for _ in range(4)]
+    top = np.concatenate(tiles[:2], axis=1)
+    bottom = np.concatenate(tiles[2:], axis=1)
+    return np.concatenate([top, bottom], axis=0)
+
+
+def test_module_import_is_light():
+    """Workers fork after importing tasks: no TensorFlow/mtcnn at import time."""
+    import subprocess
+
+    code = "import sys, tasks.faces; print(any(m in sys.modules for m in ('tensorflow', 'keras', 'mtcnn')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_lazy_load_and_identity():
+    d = FaceDetector()
+    assert not d.loaded
+    assert d.name == "mtcnn"
+    from importlib.metadata import version
+
+    assert d.version == version("mtcnn")
+    with pytest.raises(ValueError):
+        FaceDetector(min_confidence=1.5)
+    with pytest.raises(ValueError):
+        FaceDetector(min_face_size=0)
+
+
+def test_astronaut_has_one_face(detector, astronaut):
+    faces = detector.detect(astronaut)
+    assert len(faces) == 1
+    face = faces[0]
+    x, y, w, h = face.box
+    cx, cy = x + w / 2, y + h / 2
+    assert ASTRONAUT_FACE_X[0] <= cx <= ASTRONAUT_FACE_X[1]
+    assert ASTRONAUT_FACE_Y[0] <= cy <= ASTRONAUT_FACE_Y[1]
+    assert 40 <= w <= 150 and 40 <= h <= 160  # a head, not the whole photo
+    assert face.confidence >= 0.9
+    assert set(face.keypoints) == set(KEYPOINTS)
+    # Eyes above the mouth, left eye (image left) left of the right eye, all inside the box.
+    (lx, ly), (rx, ry) = face.keypoints["left_eye"], face.keypoints["right_eye"]
+    assert lx < rx
+    assert max(ly, ry) < min(face.keypoints["mouth_left"][1], face.keypoints["mouth_right"][1])
+    for px, py in face.keypoints.values():
+        assert x <= px <= x + w and y <= py <= y + h
+
+
+def test_to_dict_is_plain_json(detector, astronaut):
+    face = detector.detect(astronaut)[0]
+    d = face.to_dict()
+    assert type(d["confidence"]) is float
+    assert all(type(v) is int for v in d["box"])
+    assert all(type(c) is int for point in d["keypoints"].values() for c in point)
+    again = json.loads(json.dumps(d))
+    assert again == d
+    assert Face.from_dict(again) == face
+
+
+@pytest.mark.parametrize("name", ["coffee", "rocket"])
+def test_no_faces(detector, name):
+    assert detector.detect(getattr(skimage_data, name)()) == []
+
+
+def test_collage_has_four_faces_in_order(detector, collage):
+    faces = detector.detect(collage)
+    assert len(faces) == 4
+    centres = [(f.box[0] + f.box[2] / 2, f.box[1] + f.box[3] / 2) for f in faces]
+    # One face per 160x160 tile.
+    tiles = {(int(cx // 160), int(cy // 160)) for cx, cy in centres}
+    assert tiles == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    # Deterministic order: left to right, then top to bottom.
+    assert [(f.box[0], f.box[1]) for f in faces] == sorted((f.box[0], f.box[1]) for f in faces)
+    assert [tuple(int(c // 160) for c in centre) for centre in centres] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_boxes_are_clipped_to_the_image(detector, astronaut):
+    # The face cut in half by the top and left edges: whatever is found lies inside the image.
+    part = np.ascontiguousarray(astronaut[120:, 220:])
+    for face in FaceDetector(min_confidence=0.0).load().detect(part):
+        x, y, w, h = face.box
+        assert x >= 0 and y >= 0 and w > 0 and h > 0
+        assert x + w <= part.shape[1] and y + h <= part.shape[0]
+        for px, py in face.keypoints.values():
+            assert 0 <= px < part.shape[1] and 0 <= py < part.shape[0]
+
+
+def test_min_confidence_filters(detector, astronaut):
+    best = detector.detect(astronaut)[0].confidence
+    lenient = FaceDetector(min_confidence=0.0).load()
+    loose = lenient.detect(astronaut)
+    assert len(loose) >= 1
+    assert any(f.box == detector.detect(astronaut)[0].box for f in loose)
+    assert FaceDetector(min_confidence=min(1.0, best + 1e-4)).detect(astronaut) == []
+    for threshold in (0.0, 0.5, 0.9):
+        faces = FaceDetector(min_confidence=threshold).load().detect(astronaut)
+        assert all(f.confidence >= threshold for f in faces)
+        assert len(faces) == sum(f.confidence >= threshold for f in loose)
+
+
+def test_min_face_size(astronaut, collage):
+    # The astronaut's face is ~85x105 px; the collage's are ~75x95 px.
+    assert len(FaceDetector(min_face_size=40).detect(astronaut)) == 1
+    assert FaceDetector(min_face_size=300).detect(astronaut) == []
+    assert len(FaceDetector(min_face_size=60).detect(collage)) == 4
+    assert FaceDetector(min_face_size=120).detect(collage) == []
+    # Small faces need a small min_face_size: at 12 px MTCNN still finds the big ones.
+    assert len(FaceDetector(min_face_size=12).detect(astronaut)) == 1
+
+
+def test_large_min_face_size_does_not_break_mtcnn():
+    """mtcnn 1.0's pyramid goes below its 12 px window for min_face_size > ~23 (ValueError, or an
+    error it swallows as "no faces"); the detector must keep working for every size."""
+    from tasks.faces import _safe_min_face_size
+
+    assert _safe_min_face_size(20, 512, 512) == 20
+    assert 20 <= _safe_min_face_size(300, 512, 512) < 300
+    rng = np.random.default_rng(0)
+    detector = FaceDetector(min_confidence=0.0, min_face_size=100)
+    for side in (12, 13, 30, 97, 333):
+        assert isinstance(detector.detect(rng.integers(0, 256, (side, side + 7, 3), dtype=np.uint8)), list)
+
+
+def test_crop_shape_equals_box(detector, astronaut):
+    face = detector.detect(astronaut)[0]
+    x, y, w, h = face.box
+    patch = crop(astronaut, face)
+    assert patch.shape == (h, w, 3)
+    np.testing.assert_array_equal(patch, astronaut[y : y + h, x : x + w])
+    grown = crop(astronaut, face, margin=0.25)
+    assert grown.shape[0] > h and grown.shape[1] > w
+    # Clipped at the image edges.
+    edge = Face(box=(500, 500, 40, 40), confidence=1.0, keypoints={})
+    assert crop(astronaut, edge, margin=0.5).shape == (32, 32, 3)
+    with pytest.raises(ValueError):
+        crop(astronaut, face, margin=-0.1)
+
+
+def test_detect_batch_equals_detect(detector, astronaut, collage):
+    images = [astronaut, collage, skimage_data.coffee(), astronaut[::-1].copy(), collage]
+    batched = detector.detect_batch(images)
+    assert len(batched) == len(images)
+    for image, faces in zip(images, batched):
+        single = detector.detect(image)
+        assert len(faces) == len(single)
+        for a, b in zip(faces, single):
+            np.testing.assert_allclose(a.box, b.box, atol=1)
+            assert a.confidence == pytest.approx(b.confidence, abs=1e-4)
+    assert detector.detect_batch([]) == []
+
+
+def test_input_formats(detector, astronaut):
+    gray = skimage_data.camera()  # 2-D uint8
+    assert isinstance(detector.detect(gray), list)
+    rgba = np.concatenate([astronaut, np.full(astronaut.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    assert [f.box for f in detector.detect(rgba)] == [f.box for f in detector.detect(astronaut)]
+    assert detector.detect(np.zeros((8, 8, 3), np.uint8)) == []  # smaller than MTCNN's window
+    with pytest.raises(TypeError):
+        detector.detect(astronaut.astype(np.float32) / 255)
+    with pytest.raises(ValueError):
+        detector.detect(np.zeros((10, 10, 5), np.uint8))

@@ -1,0 +1,214 @@
+"""The producer against real SQLite and the real Redis: which files are taken, when, and what is sent."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from darkroom.settings import Settings
+from producer.files import is_candidate_name, walk
+from producer.registrar import Outcome, Registrar
+from producer.watcher import InboxWatcher
+from storage import repo
+from storage.db import make_engine, migrate
+from worker.app import create_app
+from worker.queues import queue_depths
+
+
+@pytest.mark.parametrize("name", ["photo.jpg", "IMG 0001.JPG", "été.png", "-rf.jpg", "a\nb.jpg"])
+def test_ordinary_names_are_candidates(name):
+    assert is_candidate_name(name)
+
+
+@pytest.mark.parametrize("name", [".hidden.jpg", ".photo.jpg.Xa12bc", "photo.jpg.part", "photo.jpg.crdownload",
+                                  "photo.jpg~", "photo.jpg.tmp", "#photo.jpg#", ".DS_Store", "x.swp"])
+def test_temporary_and_hidden_names_are_not(name):
+    assert not is_candidate_name(name)
+
+
+def test_walk_skips_hidden_folders_and_temp_files(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / ".cache").mkdir()
+    for rel in ("a/x.jpg", ".cache/y.jpg", "z.jpg.part", "b.png"):
+        (tmp_path / rel).write_bytes(b"x")
+    assert [p.relative_to(tmp_path).as_posix() for p in walk(tmp_path)] == ["b.png", "a/x.jpg"]
+
+
+@pytest.fixture()
+def registrar(tmp_path, redis_url):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    settings = Settings(data_dir=tmp_path / "data", broker_url=redis_url, max_queue_depth=10_000, _env_file=None)
+    migrate(make_engine(settings.db_url))
+    reg = Registrar(settings=settings, app=create_app(settings), roots=[inbox])
+    reg.inbox = inbox
+    return reg
+
+
+def _messages(redis_url: str) -> list[dict]:
+    client = redis.Redis.from_url(redis_url)
+    out = []
+    for queue in ("cpu", "gpu"):
+        for raw in client.lrange(queue, 0, -1):
+            msg = json.loads(raw)
+            assert msg["content-type"] == "application/json"
+            out.append({"queue": queue, "task": msg["headers"]["task"],
+                        "body": json.loads(__import__("base64").b64decode(msg["body"]))})
+    return out
+
+
+def test_register_stores_the_original_and_sends_one_json_message_per_run(registrar, photos, redis_url):
+    target = registrar.inbox / "astronaut.jpg"
+    shutil.copy(photos["astronaut"], target)
+    assert registrar.register(target) is Outcome.NEW
+    msgs = _messages(redis_url)
+    assert sorted((m["queue"], m["task"]) for m in msgs) == [
+        ("cpu", "darkroom.augment"), ("cpu", "darkroom.normalize"), ("gpu", "darkroom.classify"), ("gpu", "darkroom.faces")]
+    assert all(set(m["body"][1]) == {"run_id"} for m in msgs)  # ids only, never pixels
+    with registrar.sessions() as s:
+        (image,) = repo.find_images(s)
+        assert (image.width, image.height, image.format) == (512, 512, "JPEG")
+        assert repo.unsent_runs(s) == []
+    assert registrar.blobs.read(image.sha256) == target.read_bytes()
+    # The inbox file may go away once registered
+    target.unlink()
+    assert registrar.blobs.exists(image.sha256)
+
+
+def test_duplicates_unchanged_files_and_bad_content(registrar, photos, redis_url):
+    a = registrar.inbox / "a.jpg"
+    shutil.copy(photos["coffee"], a)
+    assert registrar.register(a) is Outcome.NEW
+    assert registrar.register(a) is Outcome.KNOWN
+    b = registrar.inbox / "b.jpg"
+    shutil.copy(photos["coffee"], b)
+    assert registrar.register(b) is Outcome.DUPLICATE
+    assert len(_messages(redis_url)) == 4
+    junk = registrar.inbox / "junk.jpg"
+    junk.write_bytes(os.urandom(2048))
+    assert registrar.register(junk) is Outcome.REJECTED
+    empty = registrar.inbox / "empty.jpg"
+    empty.write_bytes(b"")
+    assert registrar.register(empty) is Outcome.REJECTED
+    assert len(_messages(redis_url)) == 4  # no work for rejected content
+    with registrar.sessions() as s:
+        reasons = {Path(p.path).name: p.reason for p in repo.problems(s)}
+    assert set(reasons) == {"junk.jpg", "empty.jpg"}
+    assert str(junk) in reasons["junk.jpg"]
+
+
+def test_symlink_out_of_the_inbox_is_refused_but_inside_is_taken(registrar, photos, tmp_path):
+    outside = tmp_path / "secret.jpg"
+    shutil.copy(photos["rocket"], outside)
+    link = registrar.inbox / "link.jpg"
+    link.symlink_to(outside)
+    assert registrar.register(link) is Outcome.REFUSED
+    inside_target = registrar.inbox / "real.jpg"
+    shutil.copy(photos["rocket"], inside_target)
+    inner = registrar.inbox / "inner-link.jpg"
+    inner.symlink_to(inside_target)
+    assert registrar.register(inner) is Outcome.NEW
+    assert registrar.register(inside_target) is Outcome.DUPLICATE
+    (registrar.inbox / "dir.jpg").mkdir()
+    assert registrar.register(registrar.inbox / "dir.jpg") is Outcome.SKIPPED
+    with registrar.sessions() as s:
+        (problem,) = repo.problems(s)
+    assert problem.path == str(link) and "outside the watched folder" in problem.reason
+
+
+def test_unsent_runs_go_out_on_the_next_send(registrar, photos, redis_url):
+    a = registrar.inbox / "a.jpg"
+    shutil.copy(photos["chelsea"], a)
+    # Registered, but the process "crashed" before sending
+    assert registrar.register(a, send=False) is Outcome.NEW
+    assert _messages(redis_url) == []
+    assert registrar.send_pending() == 4
+    assert registrar.send_pending() == 0
+    assert len(_messages(redis_url)) == 4
+
+
+def test_backpressure_holds_sends_while_a_queue_is_full(registrar, photos, redis_url):
+    registrar.settings = registrar.settings.model_copy(update={"max_queue_depth": 2})
+    a = registrar.inbox / "a.jpg"
+    shutil.copy(photos["chelsea"], a)
+    registrar.register(a, send=False)
+    sent = registrar.send_pending(wait=False)
+    assert sent < 4
+    assert max(queue_depths(registrar.redis).values()) <= 2
+    # Once a worker drains the queues the rest goes out
+    redis.Redis.from_url(redis_url).delete("cpu", "gpu")
+    assert sent + registrar.send_pending(wait=False) == 4
+
+
+def _watch(registrar, stop):
+    watcher = InboxWatcher(registrar.inbox, registrar, settle_seconds=0.6, rescan_seconds=0)
+    thread = threading.Thread(target=watcher.run, args=(stop,), kwargs={"tick": 0.05}, daemon=True)
+    thread.start()
+    return watcher, thread
+
+
+def _registered(registrar) -> dict[str, int]:
+    with registrar.sessions() as s:
+        return {Path(p).name: size for p, (size, _m) in repo.known_files(s).items()}
+
+
+def _wait_for(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_watcher_takes_files_only_when_complete(registrar, photos):
+    shutil.copy(photos["coffee"], registrar.inbox / "before-start.jpg")
+    stop = threading.Event()
+    watcher, thread = _watch(registrar, stop)
+    try:
+        assert _wait_for(lambda: "before-start.jpg" in _registered(registrar))
+        # A slow writer: chunks with pauses shorter than the settle time
+        data = photos["astronaut"].read_bytes()
+        slow = registrar.inbox / "slow.jpg"
+        with open(slow, "wb") as fh:
+            for i in range(0, len(data), len(data) // 5 + 1):
+                fh.write(data[i:i + len(data) // 5 + 1])
+                fh.flush()
+                assert "slow.jpg" not in _registered(registrar)  # never taken half-written
+                time.sleep(0.3)
+        # A browser download: temporary name, then renamed
+        part = registrar.inbox / "dl.jpg.crdownload"
+        shutil.copy(photos["rocket"], part)
+        time.sleep(1.0)
+        assert "dl.jpg.crdownload" not in _registered(registrar)
+        os.rename(part, registrar.inbox / "dl.jpg")
+        assert _wait_for(lambda: {"slow.jpg", "dl.jpg"} <= set(_registered(registrar)))
+    finally:
+        stop.set()
+        thread.join(10)
+    files = _registered(registrar)
+    assert files["slow.jpg"] == len(data)
+    assert "dl.jpg.crdownload" not in files
+    assert watcher.counts[Outcome.NEW] == 3
+
+
+def test_watcher_restarts_a_dead_observer_and_rescans(registrar, photos):
+    stop = threading.Event()
+    watcher, thread = _watch(registrar, stop)
+    try:
+        assert _wait_for(lambda: watcher._observer is not None and watcher._observer.is_alive())
+        watcher._observer.stop()  # the observer thread dies
+        watcher._observer.join(5)
+        shutil.copy(photos["chelsea"], registrar.inbox / "after.jpg")
+        assert _wait_for(lambda: "after.jpg" in _registered(registrar))
+        assert watcher._observer.is_alive()
+    finally:
+        stop.set()
+        thread.join(10)
