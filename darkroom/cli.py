@@ -44,6 +44,22 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+def _settings() -> Settings:
+    """The settings, or a clear error naming each bad variable (never echoing its value: it may be a secret)."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"DARKROOM_{str(err['loc'][0]).upper()}: {err['msg']}" for err in exc.errors(include_input=False)
+        )
+        raise _fail(f"invalid settings: {problems}") from None
+    except SettingsError as exc:
+        raise _fail(f"invalid settings: {exc}") from None
+
+
 def _sessions(settings: Settings, *, migrate: bool = False):
     from storage.db import make_engine, migrate as run_migrations, schema_is_current, session_factory
 
@@ -68,7 +84,7 @@ def up(
     """Watcher and a worker (all queues) in one foreground command; Ctrl-C stops both cleanly."""
     from darkroom.services import ServiceError, ensure_redis, stop_redis
 
-    settings = get_settings()
+    settings = _settings()
     _setup_logging(settings)
     inbox.mkdir(parents=True, exist_ok=True)
     try:
@@ -143,7 +159,7 @@ def watch(
     exit_when_idle: Annotated[bool, typer.Option(help="Register what is there, wait for its results, exit.")] = False,
 ) -> None:
     """The producer alone: watch INBOX, register and enqueue every complete photo."""
-    settings = get_settings()
+    settings = _settings()
     _setup_logging(settings)
     _check_broker(settings)
     _sessions(settings, migrate=True)
@@ -170,7 +186,7 @@ def worker(
     hostname: Annotated[Optional[str], typer.Option("--hostname", "-n", help="Celery node name.")] = None,
 ) -> None:
     """A worker alone: Celery's own worker on Darkroom's app (`celery -A worker.app worker` works too)."""
-    settings = get_settings()
+    settings = _settings()
     _setup_logging(settings)
     _check_broker(settings)
     _sessions(settings, migrate=True)
@@ -198,7 +214,7 @@ def ingest(
     from producer.registrar import Outcome, Registrar
     from worker.app import app as celery_app
 
-    settings = get_settings()
+    settings = _settings()
     _setup_logging(settings)
     logging.getLogger("producer").setLevel(logging.WARNING)
     _check_broker(settings)
@@ -226,7 +242,7 @@ def ingest(
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database schema."""
-    settings = get_settings()
+    settings = _settings()
     _sessions(settings, migrate=True)
     out.print(f"schema is current in {settings.masked()['database_url']}", highlight=False)
 
@@ -242,7 +258,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     from storage import repo
     from worker.queues import queue_depths
 
-    settings = get_settings()
+    settings = _settings()
     sessions = _sessions(settings)
     with sessions() as s:
         runs = repo.run_counts(s)
@@ -293,7 +309,7 @@ def results(
     from storage import repo
     from darkroom.work import classifier_key
 
-    settings = get_settings()
+    settings = _settings()
     sessions = _sessions(settings)
     primary = classifier_key(settings.classifier_model, settings.classifier_weights)
     with sessions() as s:
@@ -342,7 +358,7 @@ def export(
     """Write the boxed images, augmented images, contact sheets and a JSON file per image."""
     from darkroom.exporting import export_images
 
-    settings = get_settings()
+    settings = _settings()
     sessions = _sessions(settings)
     n_images, n_files = export_images(sessions, directory, _expand(selectors or []), settings)
     out.print(f"exported {n_images} image(s), {n_files} file(s) to {directory}", highlight=False)
@@ -351,7 +367,7 @@ def export(
 @app.command()
 def config(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The effective settings (environment, .env, defaults), with passwords masked."""
-    masked = get_settings().masked()
+    masked = _settings().masked()
     if as_json:
         _print_json(masked)
         return
@@ -361,6 +377,23 @@ def config(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     for key, value in masked.items():
         table.add_row(key.upper(), ",".join(map(str, value)) if isinstance(value, list) else str(value))
     out.print(table)
+
+
+def _register_extensions() -> None:
+    """Commands that live in their own modules (the course's lessons, training) add themselves here."""
+    import importlib
+
+    for module in ("darkroom.course_cli", "darkroom.train_cli"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.register(app)
+
+
+_register_extensions()
 
 
 def main() -> None:

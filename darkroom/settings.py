@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: The four per-image tasks, in the order a person reads them.
 ALL_TASKS = ("normalize", "classify", "augment", "faces")
@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     )
 
     # What to do with each image.
-    tasks: list[TaskName] = Field(list(ALL_TASKS), description="Tasks run on every image (comma-separated).")
+    tasks: Annotated[list[TaskName], NoDecode] = Field(list(ALL_TASKS), description="Tasks run on every image (comma-separated).")
     classifier_model: str = Field(
         "vgg16", description="Registry name (vgg16, mobilenet_v2, ...) or the path of a saved .keras model."
     )
@@ -72,7 +72,7 @@ class Settings(BaseSettings):
 
     # Worker.
     concurrency: int = Field(0, ge=0, description="Worker processes; 0 means the number of CPU cores.")
-    queues: list[str] = Field(["cpu", "gpu"], description="Queues a worker consumes.")
+    queues: Annotated[list[str], NoDecode] = Field(["cpu", "gpu"], description="Queues a worker consumes.")
     task_max_retries: int = Field(5, ge=0)
     visibility_timeout: int = Field(
         3600, ge=60, description="Seconds before Redis redelivers an unacknowledged message; longer than any task."

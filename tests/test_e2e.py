@@ -117,7 +117,15 @@ def test_photos_dropped_into_a_running_darkroom_end_done(db, tmp_path, redis_url
     dr.inbox.mkdir()
     # Given one photo already in the inbox before Darkroom starts
     shutil.copy(photos["coffee"], dr.inbox / "coffee.jpg")
-    up = dr.start("up", str(dr.inbox), name="up")
+    if db == "sqlite":  # everything in one foreground command
+        up = dr.start("up", str(dr.inbox), name="up")
+        worker = None
+    else:  # the producer alone, and Celery's own worker command on Darkroom's app
+        up = dr.start("watch", str(dr.inbox), name="watch")
+        log = open(dr.logs / "celery.log", "wb")
+        worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "cpu,gpu",
+                                   "-c", "2", "--loglevel", "INFO"], env=dr.env, cwd=ROOT, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
     try:
         time.sleep(2)
         # When photos arrive: copied, written slowly in chunks, renamed in, and one duplicate
@@ -131,8 +139,10 @@ def test_photos_dropped_into_a_running_darkroom_end_done(db, tmp_path, redis_url
         results = dr.wait_until_settled(expected_images=4, proc=up)
     finally:
         code = _stop(up)
+        worker_code = _stop(worker, signal.SIGTERM) if worker else 0
     # Then Ctrl-C stopped watcher and worker cleanly
     assert code == 0, dr.log_tail()
+    assert worker_code == 0, dr.log_tail()
     by_name = {Path(r["path"]).name: r for r in results}
     assert set(by_name) == {"coffee.jpg", "astronaut.jpg", "chelsea slow.jpg", "rocket.jpg"}, dr.log_tail()
     for r in results:
