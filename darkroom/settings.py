@@ -58,6 +58,19 @@ class Settings(BaseSettings):
     augment_rotation: float = Field(90.0, ge=0.0, le=180.0, description="Largest rotation, in degrees.")
     augment_flip: Literal["horizontal", "vertical", "horizontal_and_vertical", "none"] = "horizontal_and_vertical"
     augment_size: int = Field(256, ge=16, le=4096, description="Longest side of each augmented image.")
+    augment: str = Field(
+        "",
+        description="More augmentation, as key=value pairs over the AUGMENT_* values, e.g. "
+        "'flip=hv,rotation=90,zoom=0.2,shear=10,channel_shift=30,fill_mode=reflect' "
+        "(keys: the fields of tasks.augment.AugmentSpec).",
+    )
+    normalize_modes: Annotated[list[str], NoDecode] = Field(
+        ["scale"],
+        description="Normalization reports stored per image (comma-separated): scale, center, standardize, "
+        "each of the last two optionally ':per_channel'. The scale report is always stored (the results' "
+        "'normalize').",
+    )
+    face_crops: bool = Field(True, description="Store a JPEG crop of every detected face.")
 
     # Limits on input.
     max_image_pixels: int = Field(100_000_000, ge=1, description="Larger images are rejected (decompression bombs).")
@@ -67,6 +80,9 @@ class Settings(BaseSettings):
     settle_seconds: float = Field(1.0, ge=0.0, description="A file must be unchanged this long before it is taken.")
     watch_polling: bool = Field(False, description="Poll instead of inotify (network mounts).")
     rescan_seconds: float = Field(300.0, ge=0.0, description="Full rescan of the inbox every N seconds; 0 disables.")
+    reconcile_seconds: float = Field(
+        30.0, ge=1.0, description="How often the producer compares the SQL ledger with the broker."
+    )
     max_queue_depth: int = Field(10_000, ge=1, description="Backpressure: enqueueing waits while a queue is deeper.")
     blob_mode: Literal["copy", "link"] = Field("copy", description="How originals enter the blob store.")
 
@@ -81,12 +97,32 @@ class Settings(BaseSettings):
     prefetch_multiplier: int = Field(1, ge=1)
     log_level: str = "INFO"
 
-    @field_validator("tasks", "queues", mode="before")
+    @field_validator("tasks", "queues", "normalize_modes", mode="before")
     @classmethod
     def _split_csv(cls, value):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("normalize_modes")
+    @classmethod
+    def _check_normalize_modes(cls, value: list[str]) -> list[str]:
+        from tasks.normalize import format_mode, parse_mode
+
+        modes: list[str] = []
+        for text in value:
+            mode = format_mode(*parse_mode(text))  # raises ValueError, which names the bad entry
+            if mode not in modes:
+                modes.append(mode)
+        return modes or ["scale"]
+
+    @field_validator("augment")
+    @classmethod
+    def _check_augment(cls, value: str) -> str:
+        from tasks.augment import parse_spec
+
+        parse_spec(value)  # raises ValueError naming the bad key or value
+        return value.strip()
 
     # Derived values.
     @property

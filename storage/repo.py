@@ -183,6 +183,46 @@ def requeue_runs(session: Session, *, statuses: Sequence[str], task: str | None 
     return ids
 
 
+def ensure_runs(session: Session, task: str, model: str) -> list[int]:
+    """Create the (``task``, ``model``) run, queued and unsent, for every image that is not rejected
+    and has none (a newly configured classifier, a task added to DARKROOM_TASKS); returns the new
+    runs' ids. Images that already have the run keep it, whatever its state."""
+    have = select(TaskRun.image_id).where(TaskRun.task == task, TaskRun.model == model)
+    image_ids = list(session.scalars(
+        select(Image.id).where(Image.rejected_reason.is_(None), Image.id.not_in(have)).order_by(Image.id)
+    ))
+    now = utcnow()
+    runs = [TaskRun(image_id=i, task=task, model=model, status=QUEUED, queued_at=now) for i in image_ids]
+    session.add_all(runs)
+    session.flush()
+    return [run.id for run in runs]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rerun:
+    created: list[int]
+    requeued: list[int]
+
+
+def rerun(session: Session, task: str, model: str, *, failed_only: bool = False) -> Rerun:
+    """Do (``task``, ``model``) again over the store: requeue its failed runs, and unless
+    ``failed_only`` also its done runs and create it for every image that lacks it (see
+    :func:`ensure_runs`). Runs still queued or running, and rejected images, are left alone.
+    Every run touched is left unsent: send them with :func:`unsent_runs` / :func:`mark_enqueued`."""
+    created = [] if failed_only else ensure_runs(session, task, model)
+    statuses = (FAILED,) if failed_only else (DONE, FAILED)
+    ids = list(session.scalars(
+        select(TaskRun.id).where(TaskRun.task == task, TaskRun.model == model, TaskRun.status.in_(statuses))
+        .order_by(TaskRun.id)
+    ))
+    if ids:
+        session.execute(
+            update(TaskRun).where(TaskRun.id.in_(ids))
+            .values(status=QUEUED, enqueued_at=None, queued_at=utcnow(), error=None)
+        )
+    return Rerun(created=created, requeued=ids)
+
+
 @dataclasses.dataclass(frozen=True)
 class Claim:
     run_id: int
@@ -369,13 +409,16 @@ def image_results(session: Session, image: Image, *, primary_model: str | None =
     for lab in session.scalars(select(Label).where(Label.image_id == image.id).order_by(Label.model, Label.rank)):
         labels_by_model.setdefault(lab.model, []).append(
             {"rank": lab.rank, "class_id": lab.class_id, "label": lab.label, "score": lab.score})
+    arts = session.execute(select(Artifact.kind, Artifact.idx).where(Artifact.image_id == image.id)).all()
+    art_counts = Counter(kind for kind, _ in arts)
+    crops = {idx for kind, idx in arts if kind == "face_crop"}
+    # faces[i]["crop"]: the idx of the face's stored crop (artifact kind face_crop; the export's
+    # face_crop-<idx>.jpg), or None when crops are not stored (DARKROOM_FACE_CROPS=false).
     faces = [
-        {"box": [f.x, f.y, f.w, f.h], "confidence": f.confidence, "keypoints": f.keypoints, "model": f.model}
+        {"box": [f.x, f.y, f.w, f.h], "confidence": f.confidence, "keypoints": f.keypoints, "model": f.model,
+         "crop": f.idx if f.idx in crops else None}
         for f in session.scalars(select(Face).where(Face.image_id == image.id).order_by(Face.model, Face.idx))
     ]
-    art_counts = Counter(
-        session.scalars(select(Artifact.kind).where(Artifact.image_id == image.id))
-    )
     errors = {run.task: run.error for run in image.runs if run.status in (FAILED, REJECTED) and run.error}
     if image.rejected_reason and not errors:
         errors["image"] = image.rejected_reason

@@ -10,7 +10,15 @@ transforms, applied here one after another to a batch of copies of the image:
   layer's broadcast select;
 - a rotation uniform in [-rotation, +rotation] degrees (``RandomRotation``);
 - optionally shifts, zoom, brightness and contrast (``RandomTranslation``, ``RandomZoom``,
-  ``RandomBrightness``, ``RandomContrast``), off by default.
+  ``RandomBrightness``, ``RandomContrast``), off by default;
+- optionally a shear, as the generator's ``shear_range`` makes it: an angle in degrees, uniform in
+  [-shear, +shear], about the image's centre (Keras 3's ``RandomShear`` shears about the top-left
+  corner by a fraction of the size, which also slides the image; the generator's matrix is applied
+  here with ``keras.ops.image.affine_transform``, the op behind Keras's own layers);
+- optionally a channel shift, as ``channel_shift_range``: an offset uniform in
+  [-channel_shift, +channel_shift] (0-255 units) added to each colour channel, drawn per channel
+  (the generator draws one offset for all three, which is a brightness change; per-channel draws
+  shift the colours, which is what the transform is used for), clipped to 0-255.
 
 Empty areas are filled as the generator fills them (``fill_mode="nearest"`` by default).
 
@@ -75,6 +83,9 @@ class AugmentSpec:
         zoom: Largest zoom in or out, as a fraction (0.2: zoomed by 0.8-1.2).
         brightness: Largest brightness change, as a fraction of the 0-255 range (0-1).
         contrast: Largest contrast change, as a fraction (0-1).
+        shear: Largest shear angle either way, in degrees (0-80), like ``shear_range``.
+        channel_shift: Largest offset added to each colour channel, in 0-255 units (0-255),
+            like ``channel_shift_range``.
         fill_mode: How areas uncovered by rotation, shift or zoom are filled: "nearest",
             "constant", "reflect" or "wrap".
         fill_value: The 0-255 grey level used by ``fill_mode="constant"``.
@@ -92,6 +103,8 @@ class AugmentSpec:
     contrast: float = 0.0
     fill_mode: str = "nearest"
     fill_value: float = 0.0
+    shear: float = 0.0
+    channel_shift: float = 0.0
 
     def __post_init__(self) -> None:
         if self.flip not in FLIPS:
@@ -105,6 +118,8 @@ class AugmentSpec:
         for name in ("width_shift", "height_shift", "zoom", "brightness", "contrast"):
             _check_range(name, getattr(self, name), 0.0, 1.0)
         _check_range("fill_value", self.fill_value, 0.0, 255.0)
+        _check_range("shear", self.shear, 0.0, 80.0)
+        _check_range("channel_shift", self.channel_shift, 0.0, 255.0)
 
 
 def augment(image: np.ndarray, spec: AugmentSpec = AugmentSpec()) -> list[np.ndarray]:
@@ -132,7 +147,7 @@ def augment(image: np.ndarray, spec: AugmentSpec = AugmentSpec()) -> list[np.nda
         for position, step in enumerate(pipeline):
             # A fresh generator per step and call: the draws depend on nothing but the spec.
             seed = keras.random.SeedGenerator(_layer_seed(spec.seed, position))
-            if isinstance(step, _Flip):
+            if isinstance(step, _OWN_STEPS):
                 pixels = step(pixels, seed)
                 continue
             batch = keras.ops.convert_to_tensor(pixels)
@@ -263,10 +278,62 @@ class _Flip:
         return pixels
 
 
+@dataclass(frozen=True)
+class _Shear:
+    """ImageDataGenerator's shear: per image an angle uniform in [-degrees, +degrees], applied about
+    the centre with the generator's matrix (in row, column terms ``[[1, -sin a], [0, cos a]]``:
+    each column slides vertically by sin(a) times its distance from the centre column)."""
+
+    degrees: float
+    fill_mode: str
+    fill_value: float
+
+    def __call__(self, pixels: np.ndarray, seed: Any) -> np.ndarray:
+        import keras
+
+        n, _, width = pixels.shape[:3]
+        draws = keras.random.uniform((n,), minval=-self.degrees, maxval=self.degrees, seed=seed)
+        angles = np.radians(keras.ops.convert_to_numpy(draws).astype(np.float64))
+        cos, sin = np.cos(angles), np.sin(angles)
+        cx = (width - 1) / 2.0
+        # Output (x, y) reads input (cos a (x - cx) + cx, y - sin a (x - cx)): [a0 a1 a2 b0 b1 b2 c0 c1].
+        transform = np.zeros((n, 8), dtype=np.float32)
+        transform[:, 0] = cos
+        transform[:, 2] = cx - cos * cx
+        transform[:, 3] = -sin
+        transform[:, 4] = 1.0
+        transform[:, 5] = sin * cx
+        out = keras.ops.image.affine_transform(
+            keras.ops.convert_to_tensor(pixels), keras.ops.convert_to_tensor(transform),
+            interpolation="bilinear", fill_mode=self.fill_mode, fill_value=self.fill_value,
+        )
+        return keras.ops.convert_to_numpy(out)
+
+
+@dataclass(frozen=True)
+class _ChannelShift:
+    """An offset uniform in [-intensity, +intensity] added to each channel of each image, clipped
+    to 0-255 (``channel_shift_range``, with one draw per channel)."""
+
+    intensity: float
+
+    def __call__(self, pixels: np.ndarray, seed: Any) -> np.ndarray:
+        import keras
+
+        shape = (len(pixels), 1, 1, pixels.shape[-1])
+        draws = keras.random.uniform(shape, minval=-self.intensity, maxval=self.intensity, seed=seed)
+        return np.clip(pixels + keras.ops.convert_to_numpy(draws).astype(np.float32), 0.0, 255.0)
+
+
+_OWN_STEPS = (_Flip, _Shear, _ChannelShift)
+
+
 @functools.lru_cache(maxsize=16)
 def _pipeline(spec: AugmentSpec) -> tuple[Any, ...]:
-    """The steps for ``spec``, in order (flips, then Keras layers); only those that change
-    something."""
+    """The steps for ``spec``, in order (flips, rotation, shifts, zoom, shear, brightness,
+    contrast, channel shift); only those that change something. A step's position among the
+    enabled ones seeds it, so enabling a new transform leaves every existing spec's images as
+    they were."""
     layers: list[Any] = []
     fill = {"fill_mode": spec.fill_mode, "fill_value": spec.fill_value, "interpolation": "bilinear"}
 
@@ -287,10 +354,14 @@ def _pipeline(spec: AugmentSpec) -> tuple[Any, ...]:
     if spec.zoom > 0:
         # Zoom in and out alike, keeping the aspect ratio (width_factor None).
         layers.append(keras_layers().RandomZoom((-spec.zoom, spec.zoom), **fill))
+    if spec.shear > 0:
+        layers.append(_Shear(spec.shear, spec.fill_mode, spec.fill_value))
     if spec.brightness > 0:
         layers.append(keras_layers().RandomBrightness(spec.brightness, value_range=(0, 255)))
     if spec.contrast > 0:
         layers.append(keras_layers().RandomContrast(spec.contrast, value_range=(0, 255)))
+    if spec.channel_shift > 0:
+        layers.append(_ChannelShift(spec.channel_shift))
     return tuple(layers)
 
 

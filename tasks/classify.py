@@ -166,9 +166,14 @@ class Label:
 
 @functools.lru_cache(maxsize=1)
 def _imagenet_index() -> tuple[tuple[str, str], ...]:
-    text = resources.files(__package__ or "tasks").joinpath("data").joinpath("imagenet_class_index.json").read_text(
-        encoding="utf-8"
-    )
+    try:
+        text = resources.files(__package__ or "tasks").joinpath("data").joinpath("imagenet_class_index.json").read_text(
+            encoding="utf-8"
+        )
+    except (NotADirectoryError, FileNotFoundError, TypeError):
+        # An editable install can make ``tasks`` a namespace package outside the source tree, which
+        # importlib.resources cannot read from; the file sits beside this module either way.
+        text = (Path(__file__).resolve().parent / "data" / "imagenet_class_index.json").read_text(encoding="utf-8")
     raw = json.loads(text)
     return tuple((str(raw[str(i)][0]), str(raw[str(i)][1])) for i in range(len(raw)))
 

@@ -18,11 +18,22 @@ the image is made. :func:`apply` makes the actual float32 array when one is want
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MODES", "NormalizationReport", "Stats", "apply", "normalize_stats", "report_lines"]
+__all__ = [
+    "MODES",
+    "NormalizationReport",
+    "Stats",
+    "apply",
+    "format_mode",
+    "normalize_many",
+    "normalize_stats",
+    "parse_mode",
+    "report_lines",
+]
 
 MODES = ("scale", "center", "standardize")
 
@@ -118,17 +129,49 @@ def normalize_stats(image: np.ndarray, mode: str = "scale", per_channel: bool = 
     """
     _check_mode(mode)
     channels = _moments(image)
+    return _report(image, channels, _stats(channels), mode, per_channel)
+
+
+def normalize_many(image: np.ndarray, modes: Sequence[tuple[str, bool]]) -> list[NormalizationReport]:
+    """One report per ``(mode, per_channel)`` pair, as :func:`normalize_stats` gives them, for the
+    cost of one: the image's pixels are counted once and every mode is derived from the counts.
+
+    Args:
+        image: As for :func:`normalize_stats`.
+        modes: ``(mode, per_channel)`` pairs, e.g. ``[("scale", False), ("standardize", True)]``.
+
+    Returns:
+        The reports, in the order of ``modes``.
+    """
+    for mode, _ in modes:
+        _check_mode(mode)
+    channels = _moments(image)
     before = _stats(channels)
-    shift, divisor = _transform(channels, before, mode, per_channel)
-    after = _stats(_Channels(
-        n=channels.n,
-        min=tuple((lo - s) / d for lo, s, d in zip(channels.min, shift, divisor)),
-        max=tuple((hi - s) / d for hi, s, d in zip(channels.max, shift, divisor)),
-        mean=tuple((m - s) / d for m, s, d in zip(channels.mean, shift, divisor)),
-        var=tuple(v / (d * d) for v, d in zip(channels.var, divisor)),
-    ))
-    return NormalizationReport(mode=mode, per_channel=bool(per_channel), dtype=image.dtype.name,
-                               before=before, after=after)
+    return [_report(image, channels, before, mode, per_channel) for mode, per_channel in modes]
+
+
+def parse_mode(text: str) -> tuple[str, bool]:
+    """Read a mode as settings and the CLI write it: ``"scale"``, ``"center"``, ``"standardize"``,
+    each optionally followed by ``":per_channel"`` (``"standardize:per_channel"``).
+
+    Raises:
+        ValueError: An unknown mode or suffix, or ``scale:per_channel`` (scaling is the same for
+            every channel, so it has no per-channel variant).
+    """
+    mode, sep, suffix = (part.strip().lower() for part in str(text).partition(":"))
+    _check_mode(mode)
+    if sep and suffix.replace("-", "_") not in ("per_channel", "channel", "channels"):
+        raise ValueError(f"unknown normalization variant {suffix!r} in {text!r}: write {mode} or {mode}:per_channel")
+    per_channel = bool(sep)
+    if per_channel and mode == "scale":
+        raise ValueError("'scale:per_channel' means nothing: dividing by 255 is the same for every channel; "
+                         "write scale, center[:per_channel] or standardize[:per_channel]")
+    return mode, per_channel
+
+
+def format_mode(mode: str, per_channel: bool) -> str:
+    """The inverse of :func:`parse_mode`: ``"standardize:per_channel"``, ``"scale"``."""
+    return f"{mode}:per_channel" if per_channel else mode
 
 
 def apply(image: np.ndarray, mode: str = "scale", per_channel: bool = False) -> np.ndarray:
@@ -177,6 +220,19 @@ def report_lines(report: NormalizationReport) -> list[str]:
 
 
 # --- internals -----------------------------------------------------------------------------------
+
+
+def _report(image: np.ndarray, channels: _Channels, before: Stats, mode: str, per_channel: bool) -> NormalizationReport:
+    shift, divisor = _transform(channels, before, mode, per_channel)
+    after = _stats(_Channels(
+        n=channels.n,
+        min=tuple((lo - s) / d for lo, s, d in zip(channels.min, shift, divisor)),
+        max=tuple((hi - s) / d for hi, s, d in zip(channels.max, shift, divisor)),
+        mean=tuple((m - s) / d for m, s, d in zip(channels.mean, shift, divisor)),
+        var=tuple(v / (d * d) for v, d in zip(channels.var, divisor)),
+    ))
+    return NormalizationReport(mode=mode, per_channel=bool(per_channel), dtype=image.dtype.name,
+                               before=before, after=after)
 
 
 def _check_mode(mode: str) -> None:
@@ -271,19 +327,24 @@ def _round(value: float) -> float:
     return float(f"{value:.6g}") + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
+def _f3(value: float) -> str:
+    text = f"{value:.3f}"
+    return "0.000" if text == "-0.000" else text  # a mean of -1e-15 is printed as 0
+
+
 def _fmt(values: tuple[float, ...]) -> str:
-    return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
+    return "[" + ", ".join(_f3(v) for v in values) + "]"
 
 
 def _min_max(stats: Stats) -> str:
-    return f"Min: {stats.min:.3f}, Max: {stats.max:.3f}"
+    return f"Min: {_f3(stats.min)}, Max: {_f3(stats.max)}"
 
 
 def _means(stats: Stats, per_channel: bool) -> str:
-    return f"Means: {_fmt(stats.mean)}" if per_channel else f"Mean: {stats.mean_all:.3f}"
+    return f"Means: {_fmt(stats.mean)}" if per_channel else f"Mean: {_f3(stats.mean_all)}"
 
 
 def _means_stds(stats: Stats, per_channel: bool) -> str:
     if per_channel:
         return f"Means: {_fmt(stats.mean)}, Standard Deviations: {_fmt(stats.std)}"
-    return f"Mean: {stats.mean_all:.3f}, Standard Deviation: {stats.std_all:.3f}"
+    return f"Mean: {_f3(stats.mean_all)}, Standard Deviation: {_f3(stats.std_all)}"

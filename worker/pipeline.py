@@ -33,10 +33,23 @@ TRANSIENT = (OperationalError, DBAPIError, FileNotFoundError, ConnectionError, T
 
 
 def _normalize(rt: Runtime, claim: repo.Claim, image) -> Callable:
-    from tasks.normalize import normalize_stats
+    from tasks.normalize import normalize_many
 
-    report = normalize_stats(image, mode="scale", per_channel=False).to_dict()
-    return lambda s: repo.save_normalization(s, claim.image_id, [report])
+    reports = [r.to_dict() for r in normalize_many(image, normalize_modes(rt.settings))]
+    return lambda s: repo.save_normalization(s, claim.image_id, reports)
+
+
+def normalize_modes(settings) -> list[tuple[str, bool]]:
+    """The (mode, per_channel) reports to store: scale first (the results' ``normalize``), then
+    every mode of ``DARKROOM_NORMALIZE_MODES``."""
+    from tasks.normalize import parse_mode
+
+    modes = [("scale", False)]
+    for text in settings.normalize_modes:
+        mode = parse_mode(text)
+        if mode not in modes:
+            modes.append(mode)
+    return modes
 
 
 def _classify(rt: Runtime, claim: repo.Claim, image) -> Callable:
@@ -47,31 +60,43 @@ def _classify(rt: Runtime, claim: repo.Claim, image) -> Callable:
 
 
 def _augment(rt: Runtime, claim: repo.Claim, image) -> Callable:
-    from tasks.augment import AugmentSpec, augment, contact_sheet
+    from tasks.augment import augment, contact_sheet
 
-    cfg = rt.settings
-    spec = AugmentSpec(flip=cfg.augment_flip, rotation=cfg.augment_rotation, count=cfg.augment_count,
-                       seed=cfg.augment_seed, size=cfg.augment_size)
-    images = augment(image, spec)
+    images = augment(image, augment_spec(rt.settings))
     sheet = contact_sheet(images)
     arts = [_jpeg("augmented", i, img) for i, img in enumerate(images)]
     arts.append(_jpeg("contact_sheet", 0, sheet))
     return lambda s: repo.save_artifacts(s, claim.image_id, "augment", arts)
 
 
+def augment_spec(settings):
+    """The augmentation the settings ask for: the ``AUGMENT_*`` values, then ``DARKROOM_AUGMENT``'s
+    ``key=value`` pairs over them."""
+    from tasks.augment import AugmentSpec, parse_spec
+
+    base = AugmentSpec(flip=settings.augment_flip, rotation=settings.augment_rotation, count=settings.augment_count,
+                       seed=settings.augment_seed, size=settings.augment_size)
+    return parse_spec(settings.augment, base)
+
+
 def _faces(rt: Runtime, claim: repo.Claim, image) -> Callable:
     from tasks.draw import draw_boxes
+    from tasks.faces import crop
 
     cfg = rt.settings
     detector = rt.face_detector(cfg.face_min_confidence, cfg.face_min_size)
     faces = detector.detect(image)
+    # The lesson's boxes around every face (its bonus), with dots on the five landmarks.
     boxed = draw_boxes(image, [f.box for f in faces], [f.keypoints for f in faces])
     found = [f.to_dict() for f in faces]
-    art = _jpeg("faces_boxed", 0, boxed)
+    arts = [_jpeg("faces_boxed", 0, boxed)]
+    if cfg.face_crops:
+        # One crop per face, its artifact idx the face's index (results: faces[i]["crop"]).
+        arts += [_jpeg("face_crop", i, crop(image, face)) for i, face in enumerate(faces)]
 
     def write(s):
         repo.save_faces(s, claim.image_id, claim.model, found)
-        repo.save_artifacts(s, claim.image_id, "faces", [art])
+        repo.save_artifacts(s, claim.image_id, "faces", arts)
 
     return write
 
@@ -92,11 +117,33 @@ HANDLERS: dict[str, Callable[[Runtime, repo.Claim, Any], Callable]] = {
 
 
 def execute(task: Task, run_id: int) -> str:
-    """Run one task run to a stored result; returns the run's final (or retry) state."""
+    """Run one task run to a stored result; returns the run's final state.
+
+    Transient trouble anywhere — claiming, reading the original, writing — is retried with
+    exponential backoff by a new message for the same run; a run whose retries are spent is
+    recorded ``failed`` when the database lets us, and otherwise left to the reconciler's lease.
+    """
+    rt = get_runtime(app.darkroom_settings)
+    try:
+        return _execute(rt, run_id)
+    except TRANSIENT as exc:
+        retries = task.request.retries
+        if retries < rt.settings.task_max_retries:
+            delay = min(60, 2 ** retries)
+            try:
+                with transaction(rt.sessions) as s:
+                    repo.note_retry(s, run_id, _one_line(exc))
+            except TRANSIENT:
+                pass  # the database itself is away: the retry message still carries the run
+            log.warning("run %s: %s; retry %d in %s s", run_id, _one_line(exc), retries + 1, delay)
+            raise task.retry(exc=exc, countdown=delay) from None
+        return _finish(rt, run_id, FAILED, f"gave up after {retries} retries: {_one_line(exc)}")
+
+
+def _execute(rt: Runtime, run_id: int) -> str:
     from tasks.classify import ModelUnavailable
     from tasks.imaging import BadImage, decode
 
-    rt = get_runtime(app.darkroom_settings)
     with transaction(rt.sessions) as s:
         claim = repo.claim_run(s, run_id, rt.identity)
     if claim is None:
@@ -107,12 +154,6 @@ def execute(task: Task, run_id: int) -> str:
         data = rt.blobs.read(claim.sha256)
         image = decode(data, max_pixels=rt.settings.max_image_pixels)
         write = HANDLERS[claim.task](rt, claim, image)
-        with transaction(rt.sessions) as s:
-            write(s)
-            repo.finish_run(s, run_id, status=DONE)
-        log.info("run %s %s %s done in %.0f ms", run_id, claim.task, claim.sha256[:12],
-                 (time.perf_counter() - started) * 1000)
-        return DONE
     except BadImage as exc:
         return _finish(rt, run_id, REJECTED, f"{_where(rt, claim)}: {exc}")
     except ModelUnavailable as exc:
@@ -120,21 +161,17 @@ def execute(task: Task, run_id: int) -> str:
     except SoftTimeLimitExceeded:
         return _finish(rt, run_id, FAILED, f"{_where(rt, claim)}: {claim.task} took longer than "
                        f"{rt.settings.task_time_limit} s (DARKROOM_TASK_TIME_LIMIT)")
-    except TRANSIENT as exc:
-        if task.request.retries < rt.settings.task_max_retries:
-            delay = min(60, 2 ** task.request.retries)
-            try:
-                with transaction(rt.sessions) as s:
-                    repo.note_retry(s, run_id, _one_line(exc))
-            except TRANSIENT:
-                pass  # the database itself is away: the retry message still carries the run
-            log.warning("run %s %s: %s; retrying in %s s", run_id, claim.task, _one_line(exc), delay)
-            raise task.retry(exc=exc, countdown=delay)
-        return _finish(rt, run_id, FAILED, f"{claim.task} gave up after {task.request.retries} retries: "
-                       f"{_one_line(exc)}")
+    except TRANSIENT:
+        raise
     except Exception as exc:  # a bug or an unforeseen input: record it, keep the worker going
         log.exception("run %s %s failed", run_id, claim.task)
         return _finish(rt, run_id, FAILED, f"{_where(rt, claim)}: {type(exc).__name__}: {_one_line(exc)}")
+    with transaction(rt.sessions) as s:
+        write(s)
+        repo.finish_run(s, run_id, status=DONE)
+    log.info("run %s %s %s done in %.0f ms", run_id, claim.task, claim.sha256[:12],
+             (time.perf_counter() - started) * 1000)
+    return DONE
 
 
 def _finish(rt: Runtime, run_id: int, status: str, error: str) -> str:

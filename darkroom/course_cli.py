@@ -1,0 +1,416 @@
+"""The course's lessons as commands: ``normalize``, ``model summary``, ``classify``, ``augment``,
+``faces`` (each on files, in this process, storing nothing), and ``rerun`` (a task over the store,
+through the queue and the workers).
+
+``darkroom.cli`` calls :func:`register` at import. Output is plain text on stdout (``--json`` for
+scripts); an error is one line on stderr, ``darkroom: ...``, with exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, Optional
+
+import typer
+
+from darkroom.settings import ALL_TASKS, Settings
+
+model_app = typer.Typer(help="Look inside models (lesson 3).", no_args_is_help=True)
+
+#: Images per forward pass for `classify` (bounds memory on long argument lists).
+_BATCH = 16
+
+
+def register(app: typer.Typer) -> None:
+    """Add the course's commands to the ``darkroom`` app."""
+    app.command("normalize")(normalize)
+    app.add_typer(model_app, name="model")
+    app.command("classify")(classify)
+    app.command("augment")(augment)
+    app.command("faces")(faces)
+    app.command("rerun")(rerun)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _die(message: str) -> NoReturn:
+    """One line on stderr and exit code 1."""
+    typer.echo(f"darkroom: {' '.join(str(message).split())}", err=True)
+    raise typer.Exit(code=1)
+
+
+def _settings() -> Settings:
+    from darkroom.cli import _settings as read
+
+    return read()
+
+
+def _check_files(paths: list[Path]) -> None:
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        _die(f"no such file: {', '.join(missing)}")
+    folders = [str(p) for p in paths if not p.is_file()]
+    if folders:
+        _die(f"not a file: {', '.join(folders)} (give image files; `darkroom ingest` takes folders)")
+
+
+def _load(path: Path, settings: Settings):
+    """The image as an HxWx3 uint8 RGB array, or a one-line error naming the file."""
+    from tasks.imaging import BadImage, decode
+
+    _check_files([path])
+    try:
+        return decode(path, max_pixels=settings.max_image_pixels)
+    except BadImage as exc:
+        _die(f"{path}: {exc}")
+    except OSError as exc:
+        _die(f"{path}: cannot be read ({exc.strerror or exc})")
+
+
+def _echo_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def _image_format(out: Path) -> str:
+    suffix = out.suffix.lower()
+    if suffix in (".jpg", ".jpeg"):
+        return "JPEG"
+    if suffix == ".png":
+        return "PNG"
+    _die(f"{out}: write a .jpg or .png file")
+
+
+def _write_image(out: Path, pixels) -> None:
+    from tasks.imaging import encode
+
+    data = encode(pixels, _image_format(out), quality=92)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+    except OSError as exc:
+        _die(f"cannot write {out}: {exc.strerror or exc}")
+
+
+# --- lesson 2: normalize -------------------------------------------------------------------------
+
+
+def normalize(
+    path: Annotated[Path, typer.Argument(help="An image file.")],
+    mode: Annotated[str, typer.Option("--mode", "-m", help="scale (to 0-1), center or standardize.")] = "scale",
+    per_channel: Annotated[bool, typer.Option("--per-channel", help="One mean (and deviation) per channel.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="The full report as JSON.")] = False,
+) -> None:
+    """Lesson 2: pixel values before and after normalization, as the lesson prints them."""
+    from tasks.normalize import format_mode, normalize_stats, parse_mode, report_lines
+
+    try:
+        mode, suffix_per_channel = parse_mode(mode)
+        mode, per_channel = parse_mode(format_mode(mode, per_channel or suffix_per_channel))
+    except ValueError as exc:
+        _die(f"--mode: {exc}")
+    settings = _settings()
+    report = normalize_stats(_load(path, settings), mode=mode, per_channel=per_channel)
+    if as_json:
+        _echo_json({"path": str(path), **report.to_dict()})
+        return
+    for line in report_lines(report):
+        typer.echo(line)
+
+
+# --- lesson 3: model summary ---------------------------------------------------------------------
+
+
+@model_app.command("summary")
+def summary(
+    name: Annotated[str, typer.Argument(
+        help="lesson3 (the lesson's CNN), lesson5, a classifier name (vgg16, mobilenet_v2, ...) "
+             "or the path of a saved .keras model.")] = "lesson3",
+    layers: Annotated[str, typer.Option(
+        "--layers", help="Layers added after the lesson's pooling layer (lesson3/lesson5): "
+                         "conv, convN (N filters), pool, poolN; e.g. conv,pool.")] = "",
+    weights: Annotated[str, typer.Option(
+        "--weights", help="Classifier weights to load: none (the architecture alone: the counts are "
+                          "the same), imagenet or a weights file.")] = "none",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Lesson 3: each layer's output shape and parameters, then how the image's shape changes."""
+    from tasks import cnn
+
+    try:
+        extra = cnn.parse_layers(layers)
+    except ValueError as exc:
+        _die(f"--layers: {exc}")
+    model = _summary_model(name, extra, weights)
+    rows = cnn.layer_rows(model)
+    total, trainable, frozen = cnn.total_params(model)
+    story = cnn.shape_story(model)
+    if as_json:
+        _echo_json({"model": model.name, "input_shape": list(cnn.input_shape(model)),
+                    "layers": [r.to_dict() for r in rows], "total_params": total,
+                    "trainable_params": trainable, "non_trainable_params": frozen, "shape_story": story})
+        return
+    table = [("Layer (type)", "Output Shape", "Param #")]
+    table += [(f"{r.name} ({r.kind})", _shape_text(r.output_shape), f"{r.params:,}") for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    typer.echo(f'Model: "{model.name}"')
+    for i, row in enumerate(table):
+        typer.echo(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}".rstrip())
+        if i == 0:
+            typer.echo("-" * (sum(widths) + 4))
+    typer.echo(f"Total params: {total:,}")
+    typer.echo(f"Trainable params: {trainable:,}")
+    typer.echo(f"Non-trainable params: {frozen:,}")
+    typer.echo("")
+    typer.echo("How the image's shape changes:")
+    for line in story:
+        typer.echo(line)
+
+
+def _shape_text(shape: Any) -> str:
+    if isinstance(shape, list):
+        return ", ".join(_shape_text(s) for s in shape)
+    return str(tuple(shape)) if shape is not None else "?"
+
+
+def _summary_model(name: str, extra: list[tuple[str, int]], weights: str):
+    from tasks import cnn
+    from tasks.classify import REGISTRY, Classifier, ModelUnavailable
+
+    key = name.strip().lower()
+    builders = {"lesson3": cnn.lesson3, "lesson5": cnn.lesson5}
+    if extra and key not in builders:
+        _die("--layers adds layers to the course's own CNNs: use it with lesson3 or lesson5")
+    try:
+        if key in builders:
+            return builders[key](extra)
+        if key in REGISTRY:
+            if weights.strip().lower() == "none":
+                return REGISTRY[key].build(weights=None)
+            return Classifier.create(key, weights).keras_model
+        path = Path(name).expanduser()
+        if path.suffix.lower() == ".keras" or path.exists():
+            _check_files([path])
+            return Classifier.create(str(path), "imagenet" if weights.strip().lower() == "none" else weights).keras_model
+    except ModelUnavailable as exc:
+        _die(str(exc))
+    except ValueError as exc:
+        _die(f"{name}: {exc}")
+    _die(f"unknown model {name!r}: use lesson3, lesson5, one of {', '.join(REGISTRY)}, "
+         "or the path of a saved .keras model")
+
+
+# --- lesson 4: classify --------------------------------------------------------------------------
+
+
+def classify(
+    paths: Annotated[list[Path], typer.Argument(help="Image files.")],
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="vgg16, vgg19, resnet50, mobilenet_v2, efficientnet_b0, inception_v3, xception, "
+                        "or a saved .keras model (default: DARKROOM_CLASSIFIER_MODEL).")] = None,
+    weights: Annotated[Optional[str], typer.Option(
+        "--weights", help="imagenet, none, or a weights file (default: DARKROOM_CLASSIFIER_WEIGHTS, "
+                          "or imagenet with --model).")] = None,
+    top: Annotated[int, typer.Option("--top", "-k", min=1, max=1000, help="Labels per image.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Lesson 4: label photos with a pre-trained model, printed `label (xx.xx%)` as the course does."""
+    from tasks.classify import Classifier, ModelUnavailable
+
+    settings = _settings()
+    model, weights = _model_and_weights(settings, model, weights)
+    _check_files(paths)
+    try:
+        classifier = Classifier.create(model, weights)
+    except ModelUnavailable as exc:
+        _die(str(exc))
+    except ValueError as exc:
+        _die(f"--model: {exc}")
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(paths), _BATCH):
+        chunk = paths[start:start + _BATCH]
+        images = [_load(p, settings) for p in chunk]
+        try:
+            labels = classifier.predict(images, top=top)
+        except ModelUnavailable as exc:
+            _die(str(exc))
+        for path, found in zip(chunk, labels):
+            results.append({"path": str(path), "labels": [lab.to_dict() for lab in found]})
+            if not as_json:
+                typer.echo(str(path))
+                for lab in found:
+                    typer.echo(f"{lab.label} ({lab.score * 100:.2f}%)")
+    if as_json:
+        _echo_json([{"model": classifier.name, "weights": classifier.version, **r} for r in results])
+
+
+def _model_and_weights(settings: Settings, model: str | None, weights: str | None) -> tuple[str, str]:
+    """--model/--weights over the settings: a --model without --weights means ImageNet weights
+    (the configured weights belong to the configured model)."""
+    if model is None:
+        return settings.classifier_model, weights if weights is not None else settings.classifier_weights
+    return model, weights if weights is not None else "imagenet"
+
+
+# --- lesson 6: augment ---------------------------------------------------------------------------
+
+
+def augment(
+    path: Annotated[Path, typer.Argument(help="An image file.")],
+    spec: Annotated[str, typer.Option(
+        "--augment", "-a", help="key=value pairs over the settings, e.g. 'flip=hv,rotation=90,zoom=0.2'; keys: "
+                                "flip, rotation, count, seed, size, width_shift, height_shift, zoom, shear, "
+                                "brightness, contrast, channel_shift, fill_mode, fill_value.")] = "",
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Where to write the contact sheet (.jpg or .png); default NAME-augmented.jpg here.")] = None,
+    cols: Annotated[int, typer.Option("--cols", min=1, max=64, help="Images per row.")] = 3,
+) -> None:
+    """Lesson 6: randomly transformed copies of a photo, written as one contact sheet (the lesson's 3×3 plot)."""
+    from tasks.augment import AugmentSpec, augment as make, contact_sheet, parse_spec
+    from worker.pipeline import augment_spec
+
+    settings = _settings()
+    try:
+        chosen = parse_spec(spec, augment_spec(settings))
+    except ValueError as exc:
+        _die(f"--augment: {exc}")
+    out = out or Path(f"{path.stem}-augmented.jpg")
+    _image_format(out)
+    images = make(_load(path, settings), chosen)
+    sheet = contact_sheet(images, cols=cols)
+    _write_image(out, sheet)
+    cols = min(cols, len(images))
+    rows = math.ceil(len(images) / cols)
+    defaults = AugmentSpec()
+    changed = ", ".join(f"{k}={v}" for k, v in vars(chosen).items()
+                        if k in ("flip", "rotation", "count", "seed", "size") or v != getattr(defaults, k))
+    typer.echo(f"{out}: {len(images)} augmented images in {rows}×{cols} ({sheet.shape[1]}×{sheet.shape[0]} pixels); "
+               f"{changed}")
+
+
+# --- lesson 7: faces -----------------------------------------------------------------------------
+
+
+def faces(
+    path: Annotated[Path, typer.Argument(help="An image file.")],
+    min_confidence: Annotated[Optional[float], typer.Option(
+        "--min-confidence", help="Faces MTCNN is less sure of are dropped (default: DARKROOM_FACE_MIN_CONFIDENCE).")] = None,
+    min_size: Annotated[Optional[int], typer.Option(
+        "--min-size", help="Smallest face looked for, in pixels (default: DARKROOM_FACE_MIN_SIZE).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Where to write the boxed image (.jpg or .png); default NAME-faces.jpg here.")] = None,
+    crops: Annotated[Optional[Path], typer.Option(
+        "--crops", help="Also write each face's crop into this folder (NAME-face-<i>.jpg).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Lesson 7: every face in a photo (the lesson's bonus), with a box and its five landmarks drawn."""
+    from tasks.classify import ModelUnavailable
+    from tasks.draw import draw_boxes
+    from tasks.faces import FaceDetector, crop
+
+    settings = _settings()
+    try:
+        detector = FaceDetector(settings.face_min_confidence if min_confidence is None else min_confidence,
+                                settings.face_min_size if min_size is None else min_size)
+    except ValueError as exc:
+        _die(str(exc))
+    out = out or Path(f"{path.stem}-faces.jpg")
+    _image_format(out)
+    image = _load(path, settings)
+    try:
+        found = detector.detect(image)
+    except ModelUnavailable as exc:
+        _die(str(exc))
+    _write_image(out, draw_boxes(image, [f.box for f in found], [f.keypoints for f in found]))
+    crop_paths = []
+    if crops is not None:
+        for i, face in enumerate(found):
+            crop_paths.append(crops / f"{path.stem}-face-{i}.jpg")
+            _write_image(crop_paths[-1], crop(image, face))
+    if as_json:
+        _echo_json({"path": str(path), "faces": [f.to_dict() for f in found], "boxed": str(out),
+                    "crops": [str(p) for p in crop_paths]})
+        return
+    typer.echo(f"{path}: {len(found)} face{'s' if len(found) != 1 else ''}")
+    for i, face in enumerate(found):
+        x, y, w, h = face.box
+        points = ", ".join(f"{name} ({px}, {py})" for name, (px, py) in face.keypoints.items())
+        typer.echo(f"{i}: box x={x} y={y} w={w} h={h}  confidence {face.confidence * 100:.2f}%  {points}")
+    typer.echo(f"boxed image: {out}")
+    if crop_paths:
+        typer.echo(f"crops: {', '.join(map(str, crop_paths))}")
+
+
+# --- rerun ---------------------------------------------------------------------------------------
+
+
+def rerun(
+    task: Annotated[str, typer.Option("--task", "-t", help=f"One of {', '.join(ALL_TASKS)}.")],
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="classify only: the classifier (default: DARKROOM_CLASSIFIER_MODEL). Another model "
+                        "labels every image anew, stored beside the labels already there.")] = None,
+    weights: Annotated[Optional[str], typer.Option(
+        "--weights", help="classify only: imagenet, none or a weights file.")] = None,
+    failed_only: Annotated[bool, typer.Option("--failed-only", help="Only the runs that failed.")] = False,
+) -> None:
+    """Do a task again over every stored image, through the queue: a new classifier, changed settings."""
+    # Creates the task's run for every image that lacks it (another --model labels every image anew,
+    # its labels stored beside the others) and sends the done and failed runs again; --failed-only
+    # sends the failed ones only (repo.rerun).
+    from darkroom.cli import _check_broker, _sessions
+    from darkroom.work import FACE_MODEL, classifier_key
+    from storage import repo
+    from storage.db import transaction
+    from tasks.classify import Classifier, ModelUnavailable
+
+    if task not in ALL_TASKS:
+        _die(f"--task: unknown task {task!r}: use one of {', '.join(ALL_TASKS)}")
+    settings = _settings()
+    if task == "classify":
+        name, chosen = _model_and_weights(settings, model, weights)
+        try:
+            Classifier.create(name, chosen)  # cheap: checks the name and that given files exist
+        except ModelUnavailable as exc:
+            _die(str(exc))
+        except ValueError as exc:
+            _die(f"--model: {exc}")
+        key = classifier_key(name, chosen)
+    elif model is not None or weights is not None:
+        _die("--model and --weights apply to --task classify only")
+    else:
+        key = FACE_MODEL if task == "faces" else ""
+    _check_broker(settings)
+    sessions = _sessions(settings)
+    with transaction(sessions) as s:
+        done = repo.rerun(s, task, key, failed_only=failed_only)
+    sent = _send_unsent(settings, sessions)
+    label = f"{task}:{key}" if key else task
+    typer.echo(f"{label}: {len(done.created)} new run(s), {len(done.requeued)} requeued; {sent} message(s) sent "
+               "(a worker does the work: `darkroom worker` or `darkroom up`)")
+
+
+def _send_unsent(settings: Settings, sessions) -> int:
+    """Send every run whose message is not in the broker yet, as the producer does."""
+    from storage import repo
+    from storage.db import transaction
+    from worker.app import create_app
+    from worker.queues import send_run
+
+    celery_app = create_app(settings)
+    sent = 0
+    try:
+        while True:
+            with sessions() as s:
+                batch = repo.unsent_runs(s, limit=500)
+            if not batch:
+                return sent
+            for run in batch:
+                send_run(celery_app, run)
+                with transaction(sessions) as s:
+                    repo.mark_enqueued(s, [run.id])
+                sent += 1
+    finally:
+        celery_app.close()

@@ -1,0 +1,396 @@
+"""The course's lessons through the worker pipeline: the real ``worker.pipeline.execute`` (claim, blob
+read, decode, handler, write, finish) on a real SQLite store, with the settings that shape each task;
+and the transforms added to lesson 6 (shear, channel shift).
+
+Lesson 4's check: for registry models built with ``weights=None`` (mobilenet_v2, efficientnet_b0,
+resnet50 and inception_v3; vgg16, vgg19 and xception are left out as too big to build twice in a
+test), the label and score the pipeline stores equal calling the Keras model directly on the same file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from darkroom.settings import Settings
+from darkroom.work import classifier_key
+from storage import repo
+from storage.blobs import BlobStore
+from storage.db import make_engine, migrate, session_factory, transaction
+from storage.models import DONE, FAILED, QUEUED, REJECTED, TaskRun
+from tasks.augment import AugmentSpec, augment, contact_sheet, parse_spec
+from tasks.imaging import decode, encode, probe
+from tasks.normalize import normalize_many, normalize_stats, parse_mode
+
+CLASSIFIERS = ["mobilenet_v2", "efficientnet_b0", "resnet50", "inception_v3"]
+
+
+class Pipeline:
+    """One store (SQLite + blobs) and one worker Runtime; ``execute`` runs a task run as a worker does."""
+
+    def __init__(self, root: Path) -> None:
+        from worker.runtime import Runtime
+
+        self.root = root
+        self.db_url = f"sqlite:///{root / 'darkroom.db'}"
+        engine = make_engine(self.db_url)
+        migrate(engine)
+        self.sessions = session_factory(engine)
+        self.blobs = BlobStore(root / "blobs")
+        self.rt = Runtime(settings=self.settings(), sessions=self.sessions, blobs=self.blobs, identity="test:1")
+
+    def settings(self, **values) -> Settings:
+        return Settings(data_dir=self.root, database_url=self.db_url, **values)
+
+    def configure(self, **values) -> None:
+        self.rt.settings = self.settings(**values)
+
+    def add(self, path: Path, work: list[tuple[str, str]]) -> tuple[str, list[int]]:
+        sha, size = self.blobs.put_file(path)
+        info = probe(self.blobs.path_for(sha), max_pixels=10**8, max_bytes=10**9)
+        with transaction(self.sessions) as s:
+            reg = repo.register_file(s, path=str(path), size_bytes=size, mtime_ns=1, sha256=sha, fmt=info.format,
+                                     width=info.width, height=info.height, rejected_reason=None, work=work)
+        return sha, reg.run_ids
+
+    def execute(self, run_id: int) -> str:
+        import worker.runtime
+        from worker.pipeline import execute
+
+        task = types.SimpleNamespace(request=types.SimpleNamespace(retries=0))
+        saved = worker.runtime._runtime
+        worker.runtime._runtime = self.rt  # what get_runtime() gives inside a worker process
+        try:
+            return execute(task, run_id)
+        finally:
+            worker.runtime._runtime = saved
+
+    def results(self, sha: str) -> dict:
+        with self.sessions() as s:
+            (image,) = repo.find_images(s, [sha])
+            return repo.image_results(s, image)
+
+    def artifacts(self, sha: str) -> dict[tuple[str, int], object]:
+        with self.sessions() as s:
+            (image,) = repo.find_images(s, [sha])
+            return {(a.kind, a.idx): a for a in repo.artifacts_for(s, image.id)}
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory) -> Pipeline:
+    return Pipeline(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """Photos that scikit-image ships, as files, and a 2x3 collage of six copies of the astronaut's face."""
+    folder = tmp_path_factory.mktemp("photos")
+    out = {}
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        out[name] = folder / f"{name}.jpg"
+        Image.fromarray(getattr(data, name)()).save(out[name], quality=92)
+    out["collage"] = folder / "collage.png"
+    Image.fromarray(face_collage()).save(out["collage"])
+    return out
+
+
+def face_collage(rows: int = 2, cols: int = 3) -> np.ndarray:
+    head = data.astronaut()[30:230, 140:320]
+    tile = np.asarray(Image.fromarray(head).resize((160, 160), Image.BILINEAR))
+    return np.concatenate([np.concatenate([tile] * cols, axis=1)] * rows, axis=0)
+
+
+# --- lesson 2: a report per configured mode --------------------------------------------------------
+
+
+def test_normalize_stores_one_report_per_configured_mode(pipe, files):
+    pipe.configure(normalize_modes="center,standardize:per_channel,standardize")
+    sha, (run_id,) = pipe.add(files["coffee"], [("normalize", "")])
+    assert pipe.execute(run_id) == DONE
+    result = pipe.results(sha)
+    reports = {(r["mode"], r["per_channel"]): r for r in result["normalizations"]}
+    assert set(reports) == {("scale", False), ("center", False), ("standardize", True), ("standardize", False)}
+    # The contract's `normalize` stays the scale report, whatever else is configured
+    assert result["normalize"]["mode"] == "scale"
+    assert result["normalize"]["after"]["max"] <= 1.0 and result["normalize"]["before"]["max"] > 1.0
+    # Each stored report is exactly what tasks.normalize gives for the image
+    pixels = decode(files["coffee"])
+    for (mode, per_channel), stored in reports.items():
+        assert stored == normalize_stats(pixels, mode, per_channel).to_dict()
+    std = reports[("standardize", True)]["after"]
+    np.testing.assert_allclose(std["mean"], [0, 0, 0], atol=1e-5)
+    np.testing.assert_allclose(std["std"], [1, 1, 1], atol=1e-5)
+    centered = reports[("center", False)]["after"]
+    assert abs(centered["mean_all"]) < 1e-6 and centered["min"] < 0 < centered["max"]
+
+
+def test_normalize_many_counts_once_and_matches_each_mode():
+    pixels = data.astronaut()
+    modes = [("scale", False), ("center", True), ("standardize", False)]
+    assert [r.to_dict() for r in normalize_many(pixels, modes)] == \
+        [normalize_stats(pixels, m, pc).to_dict() for m, pc in modes]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("scale", ("scale", False)), ("center", ("center", False)), ("Standardize:per_channel", ("standardize", True)),
+    ("center:per-channel", ("center", True)),
+])
+def test_parse_mode(text, expected):
+    assert parse_mode(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["whiten", "scale:per_channel", "center:sideways"])
+def test_bad_normalize_modes_are_refused_by_settings(bad):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="normalize_modes"):
+        Settings(normalize_modes=bad)
+
+
+# --- lesson 7: crops of every face, keypoints on the boxed image -----------------------------------
+
+
+def test_faces_of_a_collage_each_with_its_crop(pipe, files):
+    pipe.configure()
+    sha, (run_id,) = pipe.add(files["collage"], [("faces", "mtcnn")])
+    assert pipe.execute(run_id) == DONE
+    faces = pipe.results(sha)["faces"]
+    # Six copies of a real face: six faces, one per tile
+    assert len(faces) == 6
+    tiles = {(f["box"][0] + f["box"][2] // 2) // 160 + 3 * ((f["box"][1] + f["box"][3] // 2) // 160) for f in faces}
+    assert tiles == set(range(6))
+    arts = pipe.artifacts(sha)
+    collage = decode(files["collage"])
+    for i, face in enumerate(faces):
+        assert face["crop"] == i
+        x, y, w, h = face["box"]
+        art = arts[("face_crop", i)]
+        assert (art.width, art.height) == (w, h) and art.mime == "image/jpeg"
+        crop = decode(art.data)
+        assert crop.shape == (h, w, 3)
+        # The crop is that face's pixels (JPEG-close)
+        assert np.abs(crop.astype(int) - collage[y:y + h, x:x + w].astype(int)).mean() < 6
+    # The boxed image has a red dot on every keypoint (the lesson's box, plus landmarks)
+    boxed = decode(arts[("faces_boxed", 0)].data)
+    for face in faces:
+        for px, py in face["keypoints"].values():
+            r, g, b = boxed[py, px].astype(int)
+            assert r > 180 and g < 90 and b < 90, (px, py, boxed[py, px])
+
+
+def test_face_crops_off_and_a_rerun_replaces_them(pipe, files):
+    pipe.configure()
+    sha, (run_id,) = pipe.add(files["astronaut"], [("faces", "mtcnn")])
+    assert pipe.execute(run_id) == DONE
+    first = pipe.results(sha)
+    assert len(first["faces"]) == 1 and first["faces"][0]["crop"] == 0
+    assert first["artifacts"] == {"faces_boxed": 1, "face_crop": 1}
+    # When crops are switched off and the task is run again over the store
+    pipe.configure(face_crops=False)
+    with transaction(pipe.sessions) as s:
+        again = repo.rerun(s, "faces", "mtcnn")
+    assert run_id in again.requeued
+    assert pipe.execute(run_id) == DONE
+    second = pipe.results(sha)
+    assert second["faces"][0]["box"] == first["faces"][0]["box"]
+    assert second["faces"][0]["crop"] is None
+    assert second["artifacts"] == {"faces_boxed": 1}
+
+
+# --- lesson 6: the settings' spec string, shear and channel shift ----------------------------------
+
+
+def test_augment_uses_the_settings_spec(pipe, files):
+    pipe.configure(augment="count=4,size=64,shear=15,channel_shift=30,fill_mode=reflect", augment_seed=3)
+    sha, (run_id,) = pipe.add(files["rocket"], [("augment", "")])
+    assert pipe.execute(run_id) == DONE
+    result = pipe.results(sha)
+    assert result["augmentations"] == 4 and result["artifacts"] == {"augmented": 4, "contact_sheet": 1}
+    arts = pipe.artifacts(sha)
+    spec = AugmentSpec(count=4, size=64, shear=15.0, channel_shift=30.0, fill_mode="reflect", seed=3)
+    expected = augment(decode(files["rocket"]), spec)
+    for i, img in enumerate(expected):
+        assert arts[("augmented", i)].data == encode(img, "JPEG", quality=90)
+    sheet = arts[("contact_sheet", 0)]
+    # 4 images of the rocket (427x640 -> 43x64) in rows of 3: 2 rows, 3 columns, 4 px gaps
+    assert (sheet.width, sheet.height) == (3 * 68 + 4, 2 * 47 + 4) == contact_sheet(expected).shape[1::-1]
+
+
+def test_settings_reject_a_bad_augment_spec():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="spin"):
+        Settings(augment="spin=90")
+    with pytest.raises(ValidationError, match="shear"):
+        Settings(augment="shear=95")
+
+
+def horizontal_line(width: int = 201, height: int = 101) -> np.ndarray:
+    image = np.zeros((height, width, 3), np.uint8)
+    image[height // 2 - 1:height // 2 + 2] = 255
+    return image
+
+
+def test_shear_is_an_angle_about_the_centre():
+    """ImageDataGenerator's shear_range: a horizontal line through the centre turns by at most the
+    range, about the centre, each way."""
+    angles = []
+    for out in augment(horizontal_line(), AugmentSpec(flip="none", rotation=0, shear=20, count=16, size=256)):
+        ys, xs = np.nonzero(out[..., 0] > 127)
+        slope, intercept = np.polyfit(xs, ys, 1)
+        angles.append(float(np.degrees(np.arcsin(slope))))
+        assert abs(slope * 100 + intercept - 50) < 1.0  # still through the centre pixel
+        assert out[50, 100, 0] > 200
+    assert max(abs(a) for a in angles) <= 20 + 0.5
+    assert max(angles) > 5 and min(angles) < -5
+
+
+def test_shear_fill_modes_differ_where_the_image_is_uncovered():
+    image = data.astronaut()
+    outs = {mode: augment(image, AugmentSpec(flip="none", rotation=0, shear=40, count=1, size=64,
+                                             fill_mode=mode, fill_value=0))[0]
+            for mode in ("nearest", "constant", "reflect", "wrap")}
+    assert len({o.tobytes() for o in outs.values()}) == 4
+    # A constant (black) fill shows up in the corners that the shear uncovers
+    assert (outs["constant"].reshape(-1, 3).sum(axis=1) == 0).sum() > 20
+
+
+def test_channel_shift_moves_each_channel_by_its_own_offset():
+    flat = np.full((32, 32, 3), 128, np.uint8)
+    outs = augment(flat, AugmentSpec(flip="none", rotation=0, channel_shift=50, count=8))
+    shifts = np.array([o.reshape(-1, 3).astype(int).mean(axis=0) - 128 for o in outs])
+    for o in outs:  # one offset per channel, the same over the whole image
+        assert (o == o[0, 0]).all()
+    assert np.abs(shifts).max() <= 50.5 and np.abs(shifts).max() > 10
+    assert any(len(set(row.round())) == 3 for row in shifts)  # channels shift differently
+    # Clipped to 0..255
+    bright = augment(np.full((8, 8, 3), 250, np.uint8), AugmentSpec(flip="none", rotation=0, channel_shift=100,
+                                                                    count=8))
+    assert max(int(o.max()) for o in bright) == 255
+
+
+def test_new_transforms_are_seeded_and_leave_old_specs_alone():
+    image = data.astronaut()
+    spec = AugmentSpec(seed=4, shear=10, channel_shift=20, zoom=0.1, count=3, size=96)
+    first, second = augment(image, spec), augment(image, spec)
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    other = augment(image, dataclasses.replace(spec, seed=5))
+    assert not any(np.array_equal(a, b) for a, b in zip(first, other))
+    # A spec without the new transforms gives what it gave before they existed: the same steps,
+    # seeded by the same positions.
+    plain = AugmentSpec(seed=4, zoom=0.1, count=3, size=96)
+    assert all(np.array_equal(a, b) for a, b in zip(augment(image, plain),
+                                                    augment(image, dataclasses.replace(plain, shear=0.0))))
+
+
+def test_parse_spec_knows_the_new_keys():
+    spec = parse_spec("flip=hv,rotation=90,zoom=0.2,shear=12.5,channel_shift=40,fill_mode=wrap")
+    assert (spec.shear, spec.channel_shift, spec.fill_mode, spec.zoom) == (12.5, 40.0, "wrap", 0.2)
+    with pytest.raises(ValueError, match="channel_shift"):
+        parse_spec("channel_shift=300")
+
+
+# --- the store: creating and requeueing runs for a task and model ----------------------------------
+
+
+def test_ensure_runs_and_rerun(tmp_path):
+    pipe = Pipeline(tmp_path)
+    work = [("classify", "mobilenet_v2@none")]
+    with transaction(pipe.sessions) as s:
+        a = repo.register_file(s, path="/in/a.jpg", size_bytes=1, mtime_ns=1, sha256="a" * 64, fmt="JPEG",
+                               width=4, height=4, rejected_reason=None, work=work)
+        b = repo.register_file(s, path="/in/b.jpg", size_bytes=1, mtime_ns=1, sha256="b" * 64, fmt="JPEG",
+                               width=4, height=4, rejected_reason=None, work=work)
+        repo.register_file(s, path="/in/c.txt", size_bytes=1, mtime_ns=1, sha256="c" * 64, fmt=None,
+                           width=None, height=None, rejected_reason="not an image", work=work)
+        repo.mark_enqueued(s, a.run_ids + b.run_ids)
+        repo.finish_run(s, a.run_ids[0], status=DONE)
+        repo.finish_run(s, b.run_ids[0], status=FAILED, error="boom")
+    with transaction(pipe.sessions) as s:
+        # A new model: one new run per usable image, none for the rejected one; a second call adds nothing
+        created = repo.ensure_runs(s, "classify", "resnet50@none")
+        assert len(created) == 2
+        assert repo.ensure_runs(s, "classify", "resnet50@none") == []
+        # --failed-only: the failed run only
+        only_failed = repo.rerun(s, "classify", "mobilenet_v2@none", failed_only=True)
+        assert only_failed.created == [] and only_failed.requeued == b.run_ids
+    with transaction(pipe.sessions) as s:
+        repo.finish_run(s, b.run_ids[0], status=FAILED, error="boom again")
+        everything = repo.rerun(s, "classify", "mobilenet_v2@none")
+        assert everything.created == [] and sorted(everything.requeued) == sorted(a.run_ids + b.run_ids)
+    with pipe.sessions() as s:
+        runs = {r.id: r for r in s.query(TaskRun)}
+        for run_id in a.run_ids + b.run_ids + created:
+            assert runs[run_id].status == QUEUED and runs[run_id].enqueued_at is None and runs[run_id].error is None
+        assert {r.status for r in runs.values() if r.image.sha256 == "c" * 64} <= {REJECTED}
+        unsent = {r.id for r in repo.unsent_runs(s)}
+    assert unsent == set(a.run_ids + b.run_ids + created)
+
+
+# --- lesson 4: the pipeline's labels are the model's own -------------------------------------------
+
+
+def sharpen(model, batch: np.ndarray, seed: int = 0) -> None:
+    """Give a random-init model well separated outputs (its own are a flat ~0.001 each, whose order
+    is noise): rescale the last layer so the logits spread over a few units."""
+    import keras
+
+    features = keras.Model(model.input, model.get_layer("predictions").input)(batch, training=False)
+    norm = float(np.median(np.linalg.norm(np.asarray(features), axis=1)))
+    assert norm > 0
+    dense = model.get_layer("predictions")
+    kernel, bias = dense.get_weights()
+    rng = np.random.default_rng(seed)
+    dense.set_weights([(rng.normal(0, 3.0, kernel.shape) / norm).astype("float32"), np.zeros_like(bias)])
+
+
+def keras_direct(model, spec, path: Path) -> np.ndarray:
+    """The course's lesson 4, verbatim but for the model: load_img, img_to_array, preprocess_input,
+    predict (with the bilinear resize Darkroom uses; Keras's load_img defaults to nearest)."""
+    import keras
+
+    image = keras.utils.load_img(str(path), target_size=spec.input_size, interpolation="bilinear")
+    image = keras.utils.img_to_array(image)
+    image = image.reshape((1, *image.shape))
+    image = spec.preprocess_function()(image)
+    return np.asarray(model.predict(image, verbose=0))[0]
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_pipeline_labels_equal_the_model_called_directly(name, pipe, files, tmp_path):
+    import keras
+
+    from tasks.classify import REGISTRY, imagenet_classes
+
+    spec = REGISTRY[name]
+    keras.utils.set_random_seed(11)
+    model = spec.build(weights=None)
+    batch = np.stack([keras.utils.img_to_array(keras.utils.load_img(str(files[p]), target_size=spec.input_size,
+                                                                    interpolation="bilinear"))
+                      for p in ("chelsea", "coffee")])
+    sharpen(model, spec.preprocess_function()(batch))
+    weights = tmp_path / f"{name}.weights.h5"
+    model.save_weights(str(weights))
+    reference = keras_direct(model, spec, files["chelsea"])
+    assert reference.max() > 0.05  # sharpened: a clear winner, not a flat 0.001
+
+    # When the pipeline classifies the same file with those weights
+    pipe.configure(classifier_top_k=5)
+    key = classifier_key(name, str(weights))
+    sha, run_ids = pipe.add(files["chelsea"], [("classify", key)])
+    assert len(run_ids) == 1
+    assert pipe.execute(run_ids[0]) == DONE
+    labels = pipe.results(sha)["labels_by_model"][key]
+    # Then its top-5 labels and scores are the model's own
+    order = np.argsort(-reference, kind="stable")[:5]
+    classes = imagenet_classes()
+    assert [lab["class_id"] for lab in labels] == [int(i) for i in order]
+    assert [lab["label"] for lab in labels] == [classes[i] for i in order]
+    np.testing.assert_allclose([lab["score"] for lab in labels], reference[order], rtol=0, atol=1e-5)
+    pipe.rt._models.pop(("classify", name, str(weights)), None)  # free the model
