@@ -122,13 +122,15 @@ def _stop_worker(worker: subprocess.Popen) -> None:
 
 
 def _watch(settings: Settings, inbox: Path, *, exit_when_idle: bool, worker: subprocess.Popen | None = None) -> int:
+    from producer.reconciler import Reconciler
     from producer.registrar import Registrar
     from producer.watcher import InboxWatcher
     from worker.app import app as celery_app
 
     registrar = Registrar(settings=settings, app=celery_app, roots=[inbox])
     watcher = InboxWatcher(inbox, registrar, settle_seconds=settings.settle_seconds,
-                           rescan_seconds=settings.rescan_seconds, polling=settings.watch_polling)
+                           rescan_seconds=settings.rescan_seconds, polling=settings.watch_polling,
+                           reconciler=Reconciler(registrar), reconcile_seconds=settings.reconcile_seconds)
     stop = threading.Event()
     failed = {"code": 0}
 
@@ -237,6 +239,48 @@ def ingest(
     registrar.send_pending()
     summary = ", ".join(f"{n} {o.value}" for o, n in counts.items() if n)
     out.print(f"{len(files)} file(s): {summary or 'nothing to do'}", highlight=False)
+
+
+@app.command()
+def retry(
+    failed: Annotated[bool, typer.Option("--failed/--no-failed", help="Retry failed runs.")] = True,
+    rejected: Annotated[bool, typer.Option(help="Also re-examine rejected images (e.g. after raising a limit).")] = False,
+    task: Annotated[Optional[str], typer.Option(help="Only this task.")] = None,
+) -> None:
+    """Send failed (and, if asked, rejected) task runs to the workers again."""
+    from producer.registrar import Registrar
+    from storage import repo
+    from storage.db import transaction
+    from storage.models import FAILED, REJECTED
+    from worker.app import app as celery_app
+
+    settings = _settings()
+    if task is not None and task not in ALL_TASKS:
+        raise _fail(f"unknown task {task!r}; one of: {', '.join(ALL_TASKS)}")
+    statuses = [s for s, wanted in ((FAILED, failed), (REJECTED, rejected)) if wanted]
+    if not statuses:
+        raise _fail("nothing to retry: give --failed and/or --rejected")
+    _check_broker(settings)
+    registrar = Registrar(settings=settings, app=celery_app, roots=[])
+    with transaction(registrar.sessions) as s:
+        ids = repo.requeue_runs(s, statuses=statuses, task=task)
+    registrar.send_pending()
+    out.print(f"sent {len(ids)} run(s) to the workers again", highlight=False)
+
+
+@app.command()
+def reconcile() -> None:
+    """Compare the SQL ledger with the broker now: resend what the broker lost or a dead worker held."""
+    from producer.reconciler import Reconciler
+    from producer.registrar import Registrar
+    from worker.app import app as celery_app
+
+    settings = _settings()
+    _check_broker(settings)
+    _sessions(settings)
+    result = Reconciler(Registrar(settings=settings, app=celery_app, roots=[])).check()
+    out.print(f"broker lost its queue: {'yes' if result.broker_lost else 'no'}; resent {result.resent}, "
+              f"expired leases {result.expired}", highlight=False)
 
 
 @app.command()
@@ -383,7 +427,7 @@ def _register_extensions() -> None:
     """Commands that live in their own modules (the course's lessons, training) add themselves here."""
     import importlib
 
-    for module in ("darkroom.course_cli", "darkroom.train_cli"):
+    for module in ("darkroom.course_cli", "darkroom.train_cli", "darkroom.bench_cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

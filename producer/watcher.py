@@ -53,7 +53,8 @@ class _Candidate:
 
 class InboxWatcher:
     def __init__(self, root: Path, registrar: Registrar, *, settle_seconds: float, rescan_seconds: float,
-                 polling: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
+                 polling: bool = False, clock: Callable[[], float] = time.monotonic,
+                 reconciler=None, reconcile_seconds: float = 30.0) -> None:
         self.root = Path(os.path.abspath(root))
         self.registrar = registrar
         self.settle = settle_seconds
@@ -65,6 +66,9 @@ class InboxWatcher:
         self.counts: dict[Outcome, int] = {o: 0 for o in Outcome}
         self._observer = None
         self._last_scan = 0.0
+        self.reconciler = reconciler
+        self.reconcile_every = reconcile_seconds
+        self._last_reconcile = float("-inf")
 
     # --- life --------------------------------------------------------------------------------
 
@@ -94,9 +98,12 @@ class InboxWatcher:
         elif self.rescan_every and now - self._last_scan >= self.rescan_every:
             self.scan()
         try:
+            if self.reconciler is not None and now - self._last_reconcile >= self.reconcile_every:
+                self._last_reconcile = now
+                self.reconciler.check()
             self.registrar.send_pending()
-        except Exception:  # the broker is away: runs stay unsent in SQL and go out on a later turn
-            log.exception("could not send queued runs; will retry")
+        except Exception:  # the broker or database is away: runs stay in SQL and go out on a later turn
+            log.exception("could not reconcile or send queued runs; will retry")
 
     def scan(self) -> int:
         """Make every unregistered file below the root a candidate; returns how many were new."""
