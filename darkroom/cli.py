@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from darkroom.console import err, fail as _fail
+from darkroom.console import out as out_console
 
 from darkroom.settings import ALL_TASKS, Settings, get_settings
 
@@ -26,8 +28,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-out = Console()
+console, out = err, out_console
 log = logging.getLogger("darkroom")
 
 
@@ -37,11 +38,6 @@ def _setup_logging(settings: Settings) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]darkroom:[/] {message}", highlight=False)
-    return typer.Exit(code=1)
 
 
 def _settings() -> Settings:
@@ -404,7 +400,11 @@ def export(
 
     settings = _settings()
     sessions = _sessions(settings)
-    n_images, n_files = export_images(sessions, directory, _expand(selectors or []), settings)
+    try:
+        n_images, n_files = export_images(sessions, directory, _expand(selectors or []), settings)
+    except OSError as exc:
+        raise _fail(f"could not write into {directory}: {exc.strerror or exc} (files already written are "
+                    "complete; nothing partial was left)") from None
     out.print(f"exported {n_images} image(s), {n_files} file(s) to {directory}", highlight=False)
 
 

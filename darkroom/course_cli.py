@@ -16,6 +16,8 @@ from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 
+from darkroom.console import fail
+
 from darkroom.settings import ALL_TASKS, Settings
 
 model_app = typer.Typer(help="Look inside models (lesson 3).", no_args_is_help=True)
@@ -39,8 +41,7 @@ def register(app: typer.Typer) -> None:
 
 def _die(message: str) -> NoReturn:
     """One line on stderr and exit code 1."""
-    typer.echo(f"darkroom: {' '.join(str(message).split())}", err=True)
-    raise typer.Exit(code=1)
+    raise fail(" ".join(str(message).split()))
 
 
 def _settings() -> Settings:

@@ -15,15 +15,9 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-
-console = Console(stderr=True)
-out = Console()
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]darkroom:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=1)
+from darkroom.console import err as console
+from darkroom.console import fail as _fail
+from darkroom.console import out
 
 
 def _progress_callback(progress: Any, epochs: int) -> Any:

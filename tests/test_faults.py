@@ -355,3 +355,63 @@ def test_kill_9_of_a_whole_worker_while_another_runs(tmp_path, redis_url, photos
         _stop(survivor, signal.SIGTERM)
     assert {r.status for r in ledger.runs()} == {"done"}
     ledger.check_invariants(dr.inbox, tasks=1)
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 48 MiB tmpfs: a disk that can be filled up. Needs the right to mount (root)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """Fill ``disk`` until ``leave`` bytes are free; returns the filler file."""
+    filler = disk / "filler"
+    free = shutil.disk_usage(disk).free
+    with open(filler, "wb") as fh:
+        fh.truncate(0)
+        remaining = free - leave
+        chunk = b"\0" * (1 << 20)
+        while remaining > 0:
+            n = fh.write(chunk[: min(len(chunk), remaining)])
+            remaining -= n
+    return filler
+
+
+def test_disk_full_for_outputs_retries_and_leaves_no_partial_files(tmp_path, redis_url, photos, small_disk):
+    data = small_disk / "data"
+    dr = Darkroom(tmp_path, redis_url, f"sqlite:///{data / 'darkroom.db'}", tasks="normalize,augment")
+    dr.env["DARKROOM_DATA_DIR"] = str(data)
+    ledger = Ledger(f"sqlite:///{data / 'darkroom.db'}")
+    dr.inbox.mkdir()
+    assert dr.run("migrate").returncode == 0
+    up = dr.start("up", str(dr.inbox), name="up")
+    try:
+        time.sleep(3)
+        filler = _fill(small_disk, leave=64 * 1024)
+        for name in ("astronaut", "chelsea", "rocket"):
+            shutil.copy(photos[name], dr.inbox / f"{name}.jpg")
+        time.sleep(6)  # registrations and result writes hit ENOSPC and are retried
+        assert not any(r.status == "done" and r.task == "augment" for r in ledger.runs())
+        filler.unlink()
+        ledger.wait(lambda runs: len(runs) == 6 and all(r.status == "done" for r in runs), 240,
+                    "everything done once there is room", dr)
+    finally:
+        code = _stop(up)
+    assert code == 0, dr.log_tail()
+    assert not list((data / "blobs").glob(".incoming-*")), "a partial blob was left behind"
+    ledger.check_invariants(dr.inbox, tasks=2)
+    # Export onto a full disk fails clearly and leaves no partial file
+    export = small_disk / "export"
+    export.mkdir()
+    filler = _fill(small_disk, leave=16 * 1024)
+    done = dr.run("export", str(export))
+    assert done.returncode == 1 and "No space left" in done.stderr, done.stderr
+    assert not [p for p in export.rglob("*") if p.is_file() and p.name.startswith(".tmp-")]
+    filler.unlink()
+    assert dr.run("export", str(export)).returncode == 0
