@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     )
     task_time_limit: int = Field(900, ge=10, description="Hard limit for one task, seconds.")
     prefetch_multiplier: int = Field(1, ge=1)
+    classify_batch_size: int = Field(
+        16, ge=1, le=1024, description="Pending classify runs one worker process takes into one forward pass."
+    )
+    tf_threads: int = Field(0, ge=0, description="TensorFlow threads per worker process; 0: cores / processes.")
     log_level: str = "INFO"
 
     @field_validator("tasks", "queues", "normalize_modes", mode="before")

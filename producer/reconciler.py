@@ -4,8 +4,9 @@ Two things can leave a run pending with no message that will ever reach a worker
 
 - the broker lost its data (Redis restarted without persistence, or flushed). Detected by a marker
   key written on every check: when it is gone, every pending run is sent again.
-- a run was claimed by a worker that then vanished with its message (its lease — the task time
-  limit plus a grace period — ran out). Such runs go back to ``queued`` and are sent again.
+- a run was claimed by a worker that then vanished with its message: a process of this machine
+  that is no longer alive, or, on another machine, one whose lease (the task time limit plus a
+  grace period) ran out. Such runs go back to ``queued`` and are sent again.
 
 Sending a run twice is harmless: a worker skips a run that is already finished, and results are
 replaced, never duplicated.
@@ -19,6 +20,7 @@ import uuid
 from dataclasses import dataclass
 
 from storage import repo
+from worker.runtime import holder_alive
 from storage.db import transaction
 from storage.models import QUEUED, RUNNING, utcnow
 
@@ -49,6 +51,8 @@ class Reconciler:
             if lost:
                 resent = len(repo.requeue_runs(s, statuses=[QUEUED, RUNNING]))
             expired = len(repo.requeue_runs(s, statuses=[RUNNING], older_than=utcnow() - self.lease))
+            # Runs held by a process of this machine that has died (e.g. killed mid-batch).
+            expired += len(repo.release_runs(s, repo.orphaned_runs(s, holder_alive)))
         if lost:
             self._epoch = uuid.uuid4().hex
             client.set(EPOCH_KEY, self._epoch)

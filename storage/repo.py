@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -233,11 +233,51 @@ class Claim:
     attempts: int
 
 
-def claim_run(session: Session, run_id: int, worker: str) -> Claim | None:
-    """Mark a run ``running``; ``None`` when there is nothing to do (unknown, or already terminal)."""
+def claim_run(session: Session, run_id: int, worker: str,
+              holder_alive: Callable[[str], bool] = lambda _holder: False) -> Claim | None:
+    """Mark a run ``running``; ``None`` when there is nothing to do.
+
+    Nothing to do: the run is unknown, finished, or ``running`` in a process that is still alive
+    (``holder_alive(run.worker)``), e.g. because another worker took it into its batch. A run whose
+    holder died is taken over: that is how work comes back after a worker is killed.
+    """
     run = session.get(TaskRun, run_id, with_for_update=session.bind.dialect.name == "postgresql")
-    if run is None or run.status not in PENDING_STATES:
+    if run is None or not _claimable(run, holder_alive):
         return None
+    return _take(session, run, worker)
+
+
+def claim_batch(session: Session, *, task: str, model: str, worker: str, limit: int, exclude: int,
+                holder_alive: Callable[[str], bool] = lambda _holder: False) -> list[Claim]:
+    """Claim up to ``limit`` more pending runs of the same task and model, oldest first, so one
+    forward pass serves them all. Their own messages, when they arrive, find them taken and skip."""
+    if limit <= 0:
+        return []
+    query = (
+        select(TaskRun)
+        .where(TaskRun.task == task, TaskRun.model == model, TaskRun.id != exclude,
+               TaskRun.status.in_(PENDING_STATES))
+        .order_by(TaskRun.status.desc(), TaskRun.id)  # 'running' (orphans) before 'queued'
+        .limit(limit * 4)
+    )
+    if session.bind.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    claims = []
+    for run in session.scalars(query):
+        if len(claims) >= limit:
+            break
+        if _claimable(run, holder_alive):
+            claims.append(_take(session, run, worker))
+    return claims
+
+
+def _claimable(run: TaskRun, holder_alive: Callable[[str], bool]) -> bool:
+    if run.status == QUEUED:
+        return True
+    return run.status == RUNNING and not (run.worker and holder_alive(run.worker))
+
+
+def _take(session: Session, run: TaskRun, worker: str) -> Claim:
     run.status, run.started_at, run.worker, run.attempts = RUNNING, utcnow(), worker, run.attempts + 1
     sha = session.scalar(select(Image.sha256).where(Image.id == run.image_id))
     return Claim(run.id, run.image_id, sha, run.task, run.model, run.attempts)
@@ -261,6 +301,24 @@ def finish_run(session: Session, run_id: int, *, status: str, error: str | None 
             .where(TaskRun.image_id == run.image_id, TaskRun.status == QUEUED, TaskRun.id != run_id)
             .values(status=REJECTED, error=error, finished_at=now)
         )
+
+
+def release_runs(session: Session, run_ids: Iterable[int]) -> list[RunRef]:
+    """Give claimed runs back (``queued``, to be sent again); returns what must be sent."""
+    ids = list(run_ids)
+    if not ids:
+        return []
+    session.execute(update(TaskRun).where(TaskRun.id.in_(ids), TaskRun.status == RUNNING)
+                    .values(status=QUEUED, enqueued_at=None))
+    rows = session.execute(select(TaskRun.id, TaskRun.task, TaskRun.model)
+                           .where(TaskRun.id.in_(ids), TaskRun.status == QUEUED))
+    return [RunRef(*row) for row in rows]
+
+
+def orphaned_runs(session: Session, holder_alive: Callable[[str], bool]) -> list[int]:
+    """Runs marked ``running`` whose holding process is known to be dead."""
+    rows = session.execute(select(TaskRun.id, TaskRun.worker).where(TaskRun.status == RUNNING))
+    return [run_id for run_id, worker in rows if worker and not holder_alive(worker)]
 
 
 def note_retry(session: Session, run_id: int, error: str) -> None:

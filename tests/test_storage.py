@@ -193,3 +193,50 @@ def test_classifier_keys_read_back(model, weights):
     from darkroom.work import classifier_key, parse_classifier_key
 
     assert parse_classifier_key(classifier_key(model, weights)) == (model, weights)
+
+
+def test_batches_claim_pending_runs_of_one_model_and_respect_live_holders(sessions):
+    ids = {}
+    for i, sha in enumerate("abcde"):
+        reg = _register(sessions, f"/in/{i}.jpg", sha=sha * 64)
+        ids[sha] = reg.run_ids[1]  # the classify run of each image
+    alive = {"host:1"}
+    with transaction(sessions) as s:
+        first = repo.claim_run(s, ids["a"], "host:1", lambda w: w in alive)
+        batch = repo.claim_batch(s, task="classify", model="vgg16", worker="host:1", limit=2, exclude=first.run_id,
+                                 holder_alive=lambda w: w in alive)
+    assert [c.run_id for c in batch] == [ids["b"], ids["c"]]
+    assert {c.task for c in batch} == {"classify"}
+    with transaction(sessions) as s:
+        # Their own messages arrive at another process: held by a live process, nothing to do
+        assert repo.claim_run(s, ids["b"], "host:2", lambda w: w in alive) is None
+    alive.clear()  # the holder dies
+    with transaction(sessions) as s:
+        assert repo.orphaned_runs(s, lambda w: w in alive) == [ids["a"], ids["b"], ids["c"]]
+        taken = repo.claim_batch(s, task="classify", model="vgg16", worker="host:2", limit=10, exclude=-1,
+                                 holder_alive=lambda w: w in alive)
+    # Orphans first, then the queued ones; nothing of another task or model
+    assert [c.run_id for c in taken] == [ids["a"], ids["b"], ids["c"], ids["d"], ids["e"]]
+    assert [c.attempts for c in taken] == [2, 2, 2, 1, 1]
+    with transaction(sessions) as s:
+        refs = repo.release_runs(s, [ids["d"], ids["e"]])
+    assert sorted(r.id for r in refs) == [ids["d"], ids["e"]]
+    with sessions() as s:
+        assert {r.id for r in repo.unsent_runs(s) if r.task == "classify"} == {ids["d"], ids["e"]}
+
+
+def test_holder_alive_reads_the_process_table():
+    import os
+    import socket
+    import subprocess
+
+    from worker.runtime import holder_alive
+
+    host = socket.gethostname()
+    me = f"{host}:{os.getpid()}"
+    assert holder_alive(me)
+    assert not holder_alive(me, me=me)  # a process is free to take back its own runs
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert not holder_alive(f"{host}:{dead.pid}")
+    assert holder_alive("some-other-host:1")  # another machine: trusted until its lease runs out

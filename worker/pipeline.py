@@ -52,11 +52,17 @@ def normalize_modes(settings) -> list[tuple[str, bool]]:
     return modes
 
 
-def _classify(rt: Runtime, claim: repo.Claim, image) -> Callable:
-    model, weights = parse_classifier_key(claim.model)
+def _classify(rt: Runtime, claims: list[repo.Claim], images: list) -> Callable:
+    """One forward pass for the whole batch (all claims share the task and model)."""
+    model, weights = parse_classifier_key(claims[0].model)
     classifier = rt.classifier(model, weights)
-    labels = [lab.to_dict() for lab in classifier.predict([image], top=rt.settings.classifier_top_k)[0]]
-    return lambda s: repo.save_labels(s, claim.image_id, claim.model, labels)
+    labels = [[lab.to_dict() for lab in labs] for labs in classifier.predict(images, top=rt.settings.classifier_top_k)]
+
+    def write(s):
+        for claim, labs in zip(claims, labels):
+            repo.save_labels(s, claim.image_id, claim.model, labs)
+
+    return write
 
 
 def _augment(rt: Runtime, claim: repo.Claim, image) -> Callable:
@@ -110,9 +116,12 @@ def _jpeg(kind: str, idx: int, pixels) -> repo.ArtifactData:
 
 HANDLERS: dict[str, Callable[[Runtime, repo.Claim, Any], Callable]] = {
     "normalize": _normalize,
-    "classify": _classify,
     "augment": _augment,
     "faces": _faces,
+}
+#: Tasks whose model runs on many images at once: a worker takes pending runs into one batch.
+BATCH_HANDLERS: dict[str, Callable[[Runtime, list[repo.Claim], list], Callable]] = {
+    "classify": _classify,
 }
 
 
@@ -145,10 +154,12 @@ def _execute(rt: Runtime, run_id: int) -> str:
     from tasks.imaging import BadImage, decode
 
     with transaction(rt.sessions) as s:
-        claim = repo.claim_run(s, run_id, rt.identity)
+        claim = repo.claim_run(s, run_id, rt.identity, rt.holder_alive)
     if claim is None:
-        log.info("run %s: nothing to do (unknown or already finished)", run_id)
+        log.info("run %s: nothing to do (finished, or in another worker's batch)", run_id)
         return "skipped"
+    if claim.task in BATCH_HANDLERS:
+        return _execute_batch(rt, claim)
     started = time.perf_counter()
     try:
         data = rt.blobs.read(claim.sha256)
@@ -172,6 +183,74 @@ def _execute(rt: Runtime, run_id: int) -> str:
     log.info("run %s %s %s done in %.0f ms", run_id, claim.task, claim.sha256[:12],
              (time.perf_counter() - started) * 1000)
     return DONE
+
+
+def _execute_batch(rt: Runtime, claim: repo.Claim) -> str:
+    """``claim`` and up to batch-size - 1 other pending runs of its model, in one forward pass.
+
+    Each extra run's own message later finds it finished and is skipped. If anything goes wrong
+    the extra runs are given back and sent again, so only ``claim`` shares this message's fate.
+    """
+    from tasks.classify import ModelUnavailable
+    from tasks.imaging import BadImage, decode
+
+    with transaction(rt.sessions) as s:
+        extras = repo.claim_batch(s, task=claim.task, model=claim.model, worker=rt.identity,
+                                  limit=rt.settings.classify_batch_size - 1, exclude=claim.run_id,
+                                  holder_alive=rt.holder_alive)
+    started = time.perf_counter()
+    try:
+        claims, images = [], []
+        for c in [claim, *extras]:
+            try:
+                images.append(decode(rt.blobs.read(c.sha256), max_pixels=rt.settings.max_image_pixels))
+                claims.append(c)
+            except BadImage as exc:
+                _finish(rt, c.run_id, REJECTED, f"{_where(rt, c)}: {exc}")
+            except FileNotFoundError:
+                if c is claim:
+                    raise
+                _finish(rt, c.run_id, FAILED, f"{_where(rt, c)}: the original is missing from the blob store")
+        if not claims:
+            return REJECTED
+        write = BATCH_HANDLERS[claim.task](rt, claims, images)
+        with transaction(rt.sessions) as s:
+            write(s)
+            for c in claims:
+                repo.finish_run(s, c.run_id, status=DONE)
+    except ModelUnavailable as exc:
+        for c in [claim, *extras]:
+            _finish(rt, c.run_id, FAILED, str(exc))
+        return FAILED
+    except BaseException as exc:
+        _release(rt, [c.run_id for c in extras])
+        if isinstance(exc, SoftTimeLimitExceeded):
+            return _finish(rt, claim.run_id, FAILED, f"{_where(rt, claim)}: {claim.task} took longer than "
+                           f"{rt.settings.task_time_limit} s (DARKROOM_TASK_TIME_LIMIT)")
+        if isinstance(exc, TRANSIENT) or not isinstance(exc, Exception):
+            raise
+        log.exception("run %s %s failed", claim.run_id, claim.task)
+        return _finish(rt, claim.run_id, FAILED, f"{_where(rt, claim)}: {type(exc).__name__}: {_one_line(exc)}")
+    log.info("runs %s %s done in one batch of %d in %.0f ms", [c.run_id for c in claims], claim.task,
+             len(claims), (time.perf_counter() - started) * 1000)
+    return DONE
+
+
+def _release(rt: Runtime, run_ids: list[int]) -> None:
+    """Give batch members back and send them again (their own messages may be gone already)."""
+    from worker.queues import send_run
+
+    if not run_ids:
+        return
+    try:
+        with transaction(rt.sessions) as s:
+            refs = repo.release_runs(s, run_ids)
+        for ref in refs:
+            send_run(app, ref)
+        with transaction(rt.sessions) as s:
+            repo.mark_enqueued(s, [ref.id for ref in refs])
+    except Exception:  # noqa: BLE001 - the reconciler finds runs of a process that let go of them
+        log.exception("could not give back runs %s; the reconciler will", run_ids)
 
 
 def _finish(rt: Runtime, run_id: int, status: str, error: str) -> str:

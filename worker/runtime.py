@@ -44,7 +44,7 @@ class Runtime:
             failed = self._failures.get(key)
             if failed and time.monotonic() - failed[0] < self.RETRY_LOAD_AFTER:
                 raise failed[1]
-            configure_tensorflow()
+            configure_tensorflow(self.settings)
             try:
                 model = build()
                 model.load()
@@ -56,6 +56,9 @@ class Runtime:
             log.info("loaded model %s in process %s", key, os.getpid())
             return model
 
+    def holder_alive(self, holder: str) -> bool:
+        return holder_alive(holder, me=self.identity)
+
     def classifier(self, model: str, weights: str):
         from tasks.classify import Classifier
 
@@ -65,6 +68,34 @@ class Runtime:
         from tasks.faces import FaceDetector
 
         return self.model(("faces", min_confidence, min_size), lambda: FaceDetector(min_confidence, min_size))
+
+
+def holder_alive(holder: str, *, me: str | None = None) -> bool:
+    """Whether the process named ``host:pid`` may still be working on a run.
+
+    Another machine's process is assumed alive (its lease, enforced by the reconciler, covers it);
+    on this machine the process table tells. The asking process itself is not "working" on a run
+    it is free to claim again (a retry of its own task).
+    """
+    host, _, pid = holder.rpartition(":")
+    if me is not None and holder == me:
+        return False
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        with open(f"/proc/{int(pid)}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    except OSError:  # no /proc (not Linux): fall back to a signal probe
+        try:
+            os.kill(int(pid), 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
 
 
 _runtime: Runtime | None = None
@@ -92,13 +123,29 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-def configure_tensorflow() -> None:
+def _tf_threads(settings: Settings) -> int:
+    if settings.tf_threads:
+        return settings.tf_threads
+    cores = os.cpu_count() or 1
+    processes = settings.concurrency or cores
+    return max(1, cores // processes)
+
+
+def configure_tensorflow(settings: Settings) -> None:
     """Let TensorFlow share a GPU politely (memory growth) before the first model is built."""
     global _tf_configured
     if _tf_configured:
         return
     import tensorflow as tf
 
+    threads = _tf_threads(settings)
+    try:
+        # One worker process per core by default: TensorFlow's own thread pools per process would
+        # otherwise oversubscribe the cores (N processes x N threads).
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
+    except RuntimeError:  # already initialised in this process
+        pass
     for gpu in tf.config.list_physical_devices("GPU"):
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
