@@ -3,6 +3,7 @@
 
 INBOX ?= inbox
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 VENV := .venv
 
 .PHONY: setup up test bench clean
@@ -15,6 +16,9 @@ up: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(VENV)/bin/darkroom bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -424,17 +424,11 @@ def config(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 
 def _register_extensions() -> None:
-    """Commands that live in their own modules (the course's lessons, training) add themselves here."""
-    import importlib
+    """Commands that live in their own modules (the course's lessons, training, the benchmark)."""
+    from darkroom import bench_cli, course_cli, train_cli
 
-    for module in ("darkroom.course_cli", "darkroom.train_cli", "darkroom.bench_cli"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        mod.register(app)
+    for module in (course_cli, train_cli, bench_cli):
+        module.register(app)
 
 
 _register_extensions()

@@ -212,3 +212,52 @@ def test_watcher_restarts_a_dead_observer_and_rescans(registrar, photos):
     finally:
         stop.set()
         thread.join(10)
+
+
+def _burst(folder: Path, n: int) -> None:
+    """``n`` small, distinct PNG files, written as fast as the disk takes them."""
+    import io
+
+    from PIL import Image
+
+    img = Image.new("RGB", (16, 16))
+    for i in range(n):
+        img.putpixel((i % 16, (i // 16) % 16), (i % 251, (i // 251) % 251, 7))
+        buf = io.BytesIO()
+        img.save(buf, "PNG", compress_level=0)
+        (folder / f"burst-{i:05d}.png").write_bytes(buf.getvalue())
+
+
+def test_a_burst_of_5000_files_is_all_registered(registrar):
+    registrar.settings = registrar.settings.model_copy(update={"tasks": ["normalize"]})
+    registrar.work = [("normalize", "")]
+    stop = threading.Event()
+    watcher = InboxWatcher(registrar.inbox, registrar, settle_seconds=0.3, rescan_seconds=0)
+    thread = threading.Thread(target=watcher.run, args=(stop,), kwargs={"tick": 0.05}, daemon=True)
+    thread.start()
+    try:
+        _burst(registrar.inbox, 5000)
+        assert _wait_for(lambda: len(_registered(registrar)) == 5000, timeout=600)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert watcher.counts[Outcome.NEW] == 5000
+    with registrar.sessions() as s:
+        assert repo.unsent_runs(s) == []
+    assert sum(queue_depths(registrar.redis).values()) == 5000
+
+
+def test_the_periodic_rescan_covers_events_the_kernel_dropped(registrar, photos):
+    stop = threading.Event()
+    watcher = InboxWatcher(registrar.inbox, registrar, settle_seconds=0.2, rescan_seconds=1.0)
+    watcher._drain_events = lambda now: None  # every OS event is lost
+    thread = threading.Thread(target=watcher.run, args=(stop,), kwargs={"tick": 0.05}, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        for name in ("coffee", "rocket"):
+            shutil.copy(photos[name], registrar.inbox / f"{name}.jpg")
+        assert _wait_for(lambda: {"coffee.jpg", "rocket.jpg"} <= set(_registered(registrar)), timeout=20)
+    finally:
+        stop.set()
+        thread.join(10)

@@ -1,0 +1,119 @@
+"""`darkroom bench`: Darkroom's throughput against a naive Celery peer and an in-process reference.
+
+Registered into the ``darkroom`` app by :func:`register` (``darkroom.cli`` calls it when this module
+exists). The work is in the ``bench`` package at the repository's root (not installed with
+Darkroom); it is imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from darkroom.console import fail as _fail
+from rich.console import Console
+
+console = Console(stderr=True)
+out = Console()
+if not out.is_terminal or out.width < 120:
+    out = Console(width=120)  # the tables need the room; piped output would get 80 columns
+
+
+def _import_bench():
+    from bench import report, runner
+
+    return report, runner
+
+
+def _ints(text: str, what: str) -> list[int]:
+    if text.strip().lower() in ("", "none", "0"):
+        return []
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise _fail(f"{what} must be comma-separated whole numbers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise _fail(f"{what} must be positive, got {text!r}")
+    return values
+
+
+def bench_command(
+    n: Annotated[int, typer.Option("--n", min=1, help="Photos in the corpus.")] = 200,
+    model: Annotated[Optional[list[str]], typer.Option(
+        "--model", help="Classifier to benchmark; repeat for several. Default: vgg16 and mobilenet_v2.",
+        show_default=False)] = None,
+    systems: Annotated[str, typer.Option(help="Comma-separated: naive,reference,darkroom.")] = "naive,reference,darkroom",
+    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure single drops into an idle system.")] = True,
+    scale: Annotated[str, typer.Option(help="Corpus sizes for Darkroom's per-image cost as the work grows "
+                                            "(comma-separated; 'none' to skip).")] = "200,1000,5000",
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write every measurement here.",
+                                                      show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Corpus (and seeded weights) seed.")] = 0,
+    weights: Annotated[str, typer.Option(
+        help="'seeded' (random weights made once and shared by every process, so outputs can be compared), "
+             "'none' (each process its own random weights), or a weights file.")] = "seeded",
+    concurrency: Annotated[int, typer.Option(min=1, help="Worker processes of the naive peer and of Darkroom.")] = 2,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="The reference's classification batch.")] = 16,
+    drops: Annotated[int, typer.Option(min=1, help="Single drops for the latency measurement.")] = 20,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Where corpora and seeded weights are cached "
+                                                           "(default ~/.cache/darkroom-bench).", show_default=False)] = None,
+    redis_url: Annotated[str, typer.Option(help="Redis server (its databases below are flushed; never 0).")] = "redis://127.0.0.1:6379",
+    naive_db: Annotated[int, typer.Option(min=1, max=15, help="Redis database of the naive peer.")] = 15,
+    darkroom_db: Annotated[int, typer.Option(min=1, max=15, help="Redis database of Darkroom.")] = 14,
+    classify_only: Annotated[bool, typer.Option(
+        "--classify-only/--no-classify-only",
+        help="Also run Darkroom with the classify task alone (the classify stage's throughput inside the pipeline).")] = True,
+    keep: Annotated[bool, typer.Option(help="Keep the working folder (logs, stores).")] = False,
+) -> None:
+    """Benchmark Darkroom against a naive Celery peer and an in-process reference, on real photos."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    report, runner = _import_bench()
+    chosen = tuple(s.strip() for s in systems.split(",") if s.strip())
+    bad = [s for s in chosen if s not in runner.SYSTEMS]
+    if bad or not chosen:
+        raise _fail(f"--systems takes some of {', '.join(runner.SYSTEMS)}; got {systems!r}")
+    from tasks.classify import REGISTRY
+
+    models = model or ["vgg16", "mobilenet_v2"]
+    unknown = [m for m in models if m not in REGISTRY]
+    if unknown:
+        raise _fail(f"unknown model(s) {', '.join(unknown)}: choose from {', '.join(REGISTRY)}")
+    if weights not in ("seeded", "none") and not Path(weights).is_file():
+        raise _fail(f"--weights must be 'seeded', 'none' or an existing weights file; got {weights!r}")
+    opts = runner.Options(
+        n=n, models=models, systems=chosen, latency=latency, latency_drops=drops, scale=_ints(scale, "--scale"),
+        json_path=json_path, seed=seed, concurrency=concurrency, batch_size=batch_size, weights=weights,
+        redis_url=redis_url, naive_db=naive_db, darkroom_db=darkroom_db, keep=keep, classify_only=classify_only,
+    )
+    if cache_dir is not None:
+        opts.cache_dir = cache_dir
+
+    header_done = []
+
+    def show(machine: dict, metrics: dict, result: dict) -> None:
+        if not header_done:
+            for line in report.machine_lines(machine):
+                out.print(line, highlight=False, soft_wrap=True)
+            header_done.append(True)
+        out.print()
+        for table in report.tables(metrics, result):
+            out.print(table)
+        for warning in metrics.get("warnings", []):
+            out.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        for failure in metrics["failures"][:10]:
+            out.print(f"[red]failure:[/] {failure}", highlight=False, soft_wrap=True)
+
+    try:
+        runner.run(opts, log=lambda msg: console.print(msg, highlight=False, soft_wrap=True, markup=False), show=show)
+    except (RuntimeError, TimeoutError, ValueError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    if json_path:
+        console.print(f"measurements written to {json_path}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `darkroom bench` to the ``darkroom`` app."""
+    app.command("bench")(bench_command)
