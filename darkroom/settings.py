@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     classifier_top_k: int = Field(5, ge=1, le=100)
     face_min_confidence: float = Field(0.9, ge=0.0, le=1.0)
     face_min_size: int = Field(20, ge=4, description="Smallest face MTCNN looks for, in pixels.")
+    face_max_side: int = Field(
+        1024, ge=0, description="Photos larger than this (longest side) are searched for faces at this size, "
+        "faces mapped back: MTCNN's cost grows with the pixel count. Faces under FACE_MIN_SIZE x side / "
+        "FACE_MAX_SIDE pixels are then not looked for. 0: always full resolution.",
+    )
     augment_count: int = Field(9, ge=1, le=64)
     augment_seed: int = 0
     augment_rotation: float = Field(90.0, ge=0.0, le=180.0, description="Largest rotation, in degrees.")
@@ -100,6 +105,13 @@ class Settings(BaseSettings):
     )
     tf_threads: int = Field(0, ge=0, description="TensorFlow threads per worker process; 0: cores / processes.")
     log_level: str = "INFO"
+
+    @field_validator("face_max_side")
+    @classmethod
+    def _check_face_max_side(cls, value: int) -> int:
+        if 0 < value < 64:
+            raise ValueError("must be 0 (full resolution) or at least 64 pixels")
+        return value
 
     @field_validator("tasks", "queues", "normalize_modes", mode="before")
     @classmethod

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class _EventQueue(FileSystemEventHandler):
     """Runs on the observer thread: keep it trivial, just hand paths over."""
 
-    def __init__(self, sink: queue.SimpleQueue[str]) -> None:
+    def __init__(self, sink: queue.SimpleQueue[tuple[str, bool]]) -> None:
         self.sink = sink
 
     def on_any_event(self, event: FileSystemEvent) -> None:
@@ -39,9 +39,12 @@ class _EventQueue(FileSystemEventHandler):
             return
         if event.event_type in ("opened", "closed_no_write", "deleted"):
             return
-        for path in (getattr(event, "dest_path", None), event.src_path):
-            if path:
-                self.sink.put(os.fsdecode(path))
+        dest = getattr(event, "dest_path", None)
+        if dest:
+            # A rename is atomic: the file arrived whole (rsync, browsers, `mv`), no need to wait.
+            self.sink.put((os.fsdecode(dest), not event.is_directory))
+        if event.src_path and event.event_type != "moved":
+            self.sink.put((os.fsdecode(event.src_path), False))
 
 
 @dataclass
@@ -49,6 +52,7 @@ class _Candidate:
     last_event: float
     signature: tuple[int, int] | None = None  # (size, mtime_ns) at the last look
     stable_since: float | None = None
+    renamed_in: bool = False  # arrived by an atomic rename: complete at once
 
 
 class InboxWatcher:
@@ -61,7 +65,7 @@ class InboxWatcher:
         self.rescan_every = rescan_seconds
         self.polling = polling
         self.clock = clock
-        self.events: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.events: queue.SimpleQueue[tuple[str, bool]] = queue.SimpleQueue()
         self.candidates: dict[Path, _Candidate] = {}
         self.counts: dict[Outcome, int] = {o: 0 for o in Outcome}
         self._observer = None
@@ -143,7 +147,7 @@ class InboxWatcher:
     def _drain_events(self, now: float) -> None:
         while True:
             try:
-                raw = self.events.get_nowait()
+                raw, renamed_in = self.events.get_nowait()
             except queue.Empty:
                 return
             path = Path(raw)
@@ -151,9 +155,9 @@ class InboxWatcher:
                 continue
             cand = self.candidates.get(path)
             if cand is None:
-                self.candidates[path] = _Candidate(last_event=now)
+                self.candidates[path] = _Candidate(last_event=now, renamed_in=renamed_in)
             else:
-                cand.last_event, cand.stable_since = now, None
+                cand.last_event, cand.stable_since, cand.renamed_in = now, None, renamed_in
 
     def _register_settled(self, now: float) -> None:
         for path, cand in list(self.candidates.items()):
@@ -165,7 +169,8 @@ class InboxWatcher:
             signature = (st.st_size, st.st_mtime_ns)
             if signature != cand.signature or cand.stable_since is None:
                 cand.signature, cand.stable_since = signature, now
-            if now - cand.last_event < self.settle or now - cand.stable_since < self.settle:
+            settling = now - cand.last_event < self.settle or now - cand.stable_since < self.settle
+            if settling and not cand.renamed_in:
                 continue
             del self.candidates[path]
             try:

@@ -112,7 +112,8 @@ class FaceDetector:
 
     name = "mtcnn"
 
-    def __init__(self, min_confidence: float = 0.9, min_face_size: int = 20, device: str | None = None):
+    def __init__(self, min_confidence: float = 0.9, min_face_size: int = 20, device: str | None = None,
+                 max_side: int | None = None):
         if not 0.0 <= float(min_confidence) <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
         if int(min_face_size) < 1:
@@ -120,6 +121,11 @@ class FaceDetector:
         self.min_confidence = float(min_confidence)
         self.min_face_size = int(min_face_size)
         self.device = device or "CPU:0"
+        if max_side is not None and int(max_side) < 64:
+            raise ValueError(f"max_side must be at least 64 pixels (or None for full resolution), got {max_side}")
+        #: Larger images are searched at this longest side, and the faces mapped back: MTCNN's cost
+        #: grows with the pixel count, and faces big enough to matter survive the downscale.
+        self.max_side = int(max_side) if max_side else None
         self._mtcnn: Any = None
 
     def __repr__(self) -> str:
@@ -160,6 +166,35 @@ class FaceDetector:
         to the largest one and builds one pyramid for all of them, which would change results).
         """
         arrays = [_as_rgb_uint8(image) for image in images]
+        if self.max_side is not None and any(max(a.shape[:2]) > self.max_side for a in arrays):
+            return [self._detect_downscaled(a) if max(a.shape[:2]) > self.max_side else self.detect_batch_full([a])[0]
+                    for a in arrays]
+        return self.detect_batch_full(arrays)
+
+    def _detect_downscaled(self, image: np.ndarray) -> list[Face]:
+        """Search a smaller copy (longest side ``max_side``) and map the faces back to ``image``."""
+        from tasks.imaging import fit_within
+
+        height, width = image.shape[:2]
+        small = fit_within(image, self.max_side)
+        sx, sy = width / small.shape[1], height / small.shape[0]
+        # min_face_size counts in the small copy's pixels: that is where the time is saved (MTCNN's
+        # work grows with (image side / smallest face)^2), and why faces smaller than
+        # min_face_size x (side / max_side) in the original are not looked for.
+        found = self.detect_batch_full([small])[0]
+        faces = []
+        for f in found:
+            x, y, w, h = f.box
+            x0, y0 = min(int(round(x * sx)), width - 1), min(int(round(y * sy)), height - 1)
+            x1, y1 = min(int(round((x + w) * sx)), width), min(int(round((y + h) * sy)), height)
+            keypoints = {k: (min(int(round(px * sx)), width - 1), min(int(round(py * sy)), height - 1))
+                         for k, (px, py) in f.keypoints.items()}
+            faces.append(Face(box=(x0, y0, x1 - x0, y1 - y0), confidence=f.confidence, keypoints=keypoints))
+        return faces
+
+    def detect_batch_full(self, arrays: list[np.ndarray]) -> list[list[Face]]:
+        """Faces in each image at full resolution (``max_side`` ignored)."""
+        arrays = [_as_rgb_uint8(image) for image in arrays]
         results: list[list[Face]] = [[] for _ in arrays]
         if not arrays:
             return results

@@ -193,3 +193,38 @@ def test_input_formats(detector, astronaut):
         detector.detect(astronaut.astype(np.float32) / 255)
     with pytest.raises(ValueError):
         detector.detect(np.zeros((10, 10, 5), np.uint8))
+
+
+def _iou(a, b) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
+    inter = ix * iy
+    return inter / (aw * ah + bw * bh - inter)
+
+
+@pytest.mark.parametrize("side", [480, 800, 1200, 1600])
+def test_downscaled_search_loses_no_face_found_at_full_resolution(detector, astronaut, collage, side):
+    """DARKROOM_FACE_MAX_SIDE (1024): large photos are searched smaller. On the real face photos
+    packages ship, at the corpus's sizes (480-1600 px), every face found at full resolution is found
+    again, in the same place (IoU >= 0.9), keypoints included."""
+    from PIL import Image
+
+    fast = FaceDetector(max_side=1024)
+    for photo in (astronaut, collage):
+        h, w = photo.shape[:2]
+        scale = side / max(h, w)
+        big = np.asarray(Image.fromarray(photo).resize((round(w * scale), round(h * scale)), Image.BILINEAR))
+        full, quick = detector.detect(big), fast.detect(big)
+        assert len(quick) == len(full) >= 1
+        for f in full:  # the same face is the one that overlaps most (order can swap in a column)
+            q = max(quick, key=lambda c: _iou(f.box, c.box))
+            assert _iou(f.box, q.box) >= 0.9, (f.box, q.box)
+            assert set(q.keypoints) == set(f.keypoints)
+            assert all(abs(q.keypoints[k][0] - f.keypoints[k][0]) <= 0.05 * f.box[2] for k in f.keypoints)
+
+
+def test_max_side_must_be_sensible():
+    with pytest.raises(ValueError, match="max_side"):
+        FaceDetector(max_side=10)

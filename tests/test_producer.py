@@ -261,3 +261,23 @@ def test_the_periodic_rescan_covers_events_the_kernel_dropped(registrar, photos)
     finally:
         stop.set()
         thread.join(10)
+
+
+def test_a_file_renamed_in_is_taken_without_waiting_to_settle(registrar, photos, tmp_path):
+    stop = threading.Event()
+    watcher = InboxWatcher(registrar.inbox, registrar, settle_seconds=30.0, rescan_seconds=0)
+    thread = threading.Thread(target=watcher.run, args=(stop,), kwargs={"tick": 0.05}, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        staged = registrar.inbox / ".incoming.jpg"  # hidden while written, as rsync does
+        shutil.copy(photos["coffee"], staged)
+        os.rename(staged, registrar.inbox / "coffee.jpg")
+        # Far sooner than the 30 s settle time: a rename is atomic, the file is whole
+        assert _wait_for(lambda: "coffee.jpg" in _registered(registrar), timeout=10)
+        shutil.copy(photos["rocket"], registrar.inbox / "copied.jpg")  # written in place: must settle
+        time.sleep(2)
+        assert "copied.jpg" not in _registered(registrar)
+    finally:
+        stop.set()
+        thread.join(10)

@@ -90,7 +90,7 @@ def _faces(rt: Runtime, claim: repo.Claim, image) -> Callable:
     from tasks.faces import crop
 
     cfg = rt.settings
-    detector = rt.face_detector(cfg.face_min_confidence, cfg.face_min_size)
+    detector = rt.face_detector(cfg.face_min_confidence, cfg.face_min_size, cfg.face_max_side or None)
     faces = detector.detect(image)
     # The lesson's boxes around every face (its bonus), with dots on the five landmarks.
     boxed = draw_boxes(image, [f.box for f in faces], [f.keypoints for f in faces])

@@ -64,10 +64,11 @@ class Runtime:
 
         return self.model(("classify", model, weights), lambda: Classifier.create(model, weights))
 
-    def face_detector(self, min_confidence: float, min_size: int):
+    def face_detector(self, min_confidence: float, min_size: int, max_side: int | None = None):
         from tasks.faces import FaceDetector
 
-        return self.model(("faces", min_confidence, min_size), lambda: FaceDetector(min_confidence, min_size))
+        return self.model(("faces", min_confidence, min_size, max_side),
+                          lambda: FaceDetector(min_confidence, min_size, max_side=max_side))
 
 
 def holder_alive(holder: str, *, me: str | None = None) -> bool:
