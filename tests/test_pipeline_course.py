@@ -28,7 +28,8 @@ from tasks.augment import AugmentSpec, augment, contact_sheet, parse_spec
 from tasks.imaging import decode, encode, probe
 from tasks.normalize import normalize_many, normalize_stats, parse_mode
 
-CLASSIFIERS = ["mobilenet_v2", "efficientnet_b0", "resnet50", "inception_v3"]
+# Every registry model, VGG16 and VGG19 (528 and 549 MB of weights) included.
+CLASSIFIERS = ["mobilenet_v2", "efficientnet_b0", "resnet50", "inception_v3", "xception", "vgg16", "vgg19"]
 
 
 class Pipeline:
