@@ -54,9 +54,9 @@ class Settings(BaseSettings):
     face_min_confidence: float = Field(0.9, ge=0.0, le=1.0)
     face_min_size: int = Field(20, ge=4, description="Smallest face MTCNN looks for, in pixels.")
     face_max_side: int = Field(
-        1024, ge=0, description="Photos larger than this (longest side) are searched for faces at this size, "
+        1600, ge=0, description="Photos larger than this (longest side) are searched for faces at this size, "
         "faces mapped back: MTCNN's cost grows with the pixel count. Faces under FACE_MIN_SIZE x side / "
-        "FACE_MAX_SIDE pixels are then not looked for. 0: always full resolution.",
+        "FACE_MAX_SIDE pixels are then not looked for, and boxes may shift a little. 0: always full resolution.",
     )
     augment_count: int = Field(9, ge=1, le=64)
     augment_seed: int = 0

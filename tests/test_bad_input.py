@@ -111,3 +111,8 @@ def test_every_file_ends_in_a_terminal_state(tmp_path, redis_url, inbox_matrix):
     assert all(n == 0 for key, n in status["runs"].items() if key.endswith(":queued") or key.endswith(":running"))
     truncated_attempts = [p["attempts"] for p in status["problems"] if p["path"].endswith("truncated.jpg")]
     assert truncated_attempts in ([1], [0])
+    # Export names come from hashes alone: odd file names cannot steer a write
+    export = tmp_path / "export"
+    assert dr.run("export", str(export)).returncode == 0
+    written = [p for p in export.rglob("*") if p.is_file()]
+    assert written and all(p.parent.parent == export and len(p.parent.name) == 64 for p in written)

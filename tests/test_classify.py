@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.models import sharpen
+
 skimage_data = pytest.importorskip("skimage.data")
 
 from tasks.classify import (  # noqa: E402
@@ -65,23 +67,6 @@ def resize_like_load_img(images, size, tmp_path: Path, color_mode="rgb"):
         img = keras.utils.load_img(str(path), target_size=size, color_mode=color_mode, interpolation="bilinear")
         out.append(keras.utils.img_to_array(img, dtype="float32"))
     return np.stack(out)
-
-
-def sharpen(model, batch: np.ndarray, seed: int = 0) -> None:
-    """Give a random-init MobileNetV2 well separated outputs.
-
-    Random-init MobileNetV2 pools features of ~1e-10 (the BatchNorm layers shrink the signal at
-    every block), so its probabilities are a flat 0.001 and top-5 orders would be noise. Rescale
-    the last layer so the logits (which still depend on the input) spread over a few units."""
-    import keras
-
-    features = keras.Model(model.input, model.get_layer("predictions").input)(batch, training=False)
-    norm = float(np.median(np.linalg.norm(np.asarray(features), axis=1)))
-    assert norm > 0
-    dense = model.get_layer("predictions")
-    kernel, bias = dense.get_weights()
-    rng = np.random.default_rng(seed)
-    dense.set_weights([(rng.normal(0, 3.0, kernel.shape) / norm).astype("float32"), np.zeros_like(bias)])
 
 
 @pytest.fixture(scope="module")

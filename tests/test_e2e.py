@@ -200,6 +200,14 @@ def test_exit_when_idle_with_default_vgg16_and_no_weights(tmp_path, redis_url, p
     status = dr.run("status")
     assert status.returncode == 0
     assert "DARKROOM_CLASSIFIER_WEIGHTS" in status.stdout and "notes.txt" in status.stdout
+    # An operator retries the failed task: it is sent again, tried again, and says so
+    retry = dr.run("retry", "--task", "classify")
+    assert retry.returncode == 0 and "sent 1 run(s)" in retry.stdout, retry.stderr
+    assert dr.results(str(dr.inbox / "astronaut.jpg"))[0]["tasks"]["classify:vgg16"] == "queued"
+    again = dr.run("up", str(dr.inbox), "--exit-when-idle", timeout=300)
+    assert again.returncode == 0, again.stderr
+    problems = json.loads(dr.run("status", "--json").stdout)["problems"]
+    assert [(p["task"], p["attempts"]) for p in problems if p["task"]] == [("classify", 2)]
 
 
 def test_classify_takes_pending_runs_into_one_batch_with_unbatched_labels(tmp_path, redis_url, photos,

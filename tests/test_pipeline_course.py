@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.models import sharpen
 from PIL import Image
 from skimage import data
 
@@ -335,20 +337,6 @@ def test_ensure_runs_and_rerun(tmp_path):
 
 
 # --- lesson 4: the pipeline's labels are the model's own -------------------------------------------
-
-
-def sharpen(model, batch: np.ndarray, seed: int = 0) -> None:
-    """Give a random-init model well separated outputs (its own are a flat ~0.001 each, whose order
-    is noise): rescale the last layer so the logits spread over a few units."""
-    import keras
-
-    features = keras.Model(model.input, model.get_layer("predictions").input)(batch, training=False)
-    norm = float(np.median(np.linalg.norm(np.asarray(features), axis=1)))
-    assert norm > 0
-    dense = model.get_layer("predictions")
-    kernel, bias = dense.get_weights()
-    rng = np.random.default_rng(seed)
-    dense.set_weights([(rng.normal(0, 3.0, kernel.shape) / norm).astype("float32"), np.zeros_like(bias)])
 
 
 def keras_direct(model, spec, path: Path) -> np.ndarray:

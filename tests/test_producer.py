@@ -281,3 +281,14 @@ def test_a_file_renamed_in_is_taken_without_waiting_to_settle(registrar, photos,
     finally:
         stop.set()
         thread.join(10)
+
+
+def test_a_file_over_the_byte_limit_is_refused_without_being_read(registrar, photos):
+    registrar.settings = registrar.settings.model_copy(update={"max_image_bytes": 10_000})
+    big = registrar.inbox / "big.jpg"
+    shutil.copy(photos["astronaut"], big)
+    assert registrar.register(big) is Outcome.REFUSED
+    with registrar.sessions() as s:
+        (problem,) = repo.problems(s)
+    assert problem.path == str(big) and "DARKROOM_MAX_IMAGE_BYTES" in problem.reason
+    assert not registrar.blobs.root.exists() or not any(registrar.blobs.root.rglob("*"))
