@@ -415,3 +415,32 @@ def test_disk_full_for_outputs_retries_and_leaves_no_partial_files(tmp_path, red
     assert not [p for p in export.rglob("*") if p.is_file() and p.name.startswith(".tmp-")]
     filler.unlink()
     assert dr.run("export", str(export)).returncode == 0
+
+
+def test_kill_9_of_a_worker_child_mid_batch_loses_none_of_the_batch(tmp_path, redis_url, photos):
+    """A classify batch holds many runs whose own messages were skipped: when its process dies, the
+    redelivered message's process takes the orphans over, and everything ends done once."""
+    db_url = f"sqlite:///{tmp_path / 'darkroom.db'}"
+    # Random-weights VGG16: slow enough on a CPU that a batch is caught in flight.
+    dr = Darkroom(tmp_path, redis_url, db_url, tasks="classify", classifier_model="vgg16",
+                  classifier_weights="none", classify_batch_size="8")
+    ledger = Ledger(db_url)
+    dr.inbox.mkdir()
+    for i in range(12):
+        src = photos[("astronaut", "coffee", "chelsea", "rocket")[i % 4]]
+        img = __import__("PIL.Image", fromlist=["Image"]).open(src).rotate(i * 7)
+        img.save(dr.inbox / f"p{i:02d}.jpg")
+    assert dr.run("ingest", str(dr.inbox)).returncode == 0
+    worker = _worker(dr, "w")
+    try:
+        ledger.wait(lambda runs: sum(r.status == "running" for r in runs) >= 2, 180, "a batch in flight", dr)
+        holder = next(r for r in ledger.runs() if r.status == "running")
+        held = [r.id for r in ledger.runs() if r.status == "running" and r.worker == holder.worker]
+        os.kill(_pid_of(holder), signal.SIGKILL)
+        ledger.wait(ledger.all_terminal(12), 300, "all runs terminal", dr)
+    finally:
+        _stop(worker, signal.SIGTERM)
+    runs = ledger.runs()
+    assert {r.status for r in runs} == {"done"}, [(r.id, r.status, r.error) for r in runs]
+    assert len(held) >= 2 and all(r.attempts >= 2 for r in runs if r.id in held)
+    ledger.check_invariants(dr.inbox, tasks=1)
