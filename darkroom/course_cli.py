@@ -387,31 +387,20 @@ def rerun(
     sessions = _sessions(settings)
     with transaction(sessions) as s:
         done = repo.rerun(s, task, key, failed_only=failed_only)
-    sent = _send_unsent(settings, sessions)
+    sent = _send_unsent(settings)
     label = f"{task}:{key}" if key else task
     typer.echo(f"{label}: {len(done.created)} new run(s), {len(done.requeued)} requeued; {sent} message(s) sent "
                "(a worker does the work: `darkroom worker` or `darkroom up`)")
 
 
-def _send_unsent(settings: Settings, sessions) -> int:
-    """Send every run whose message is not in the broker yet, as the producer does."""
-    from storage import repo
-    from storage.db import transaction
+def _send_unsent(settings: Settings) -> int:
+    """Send every run whose message is not in the broker yet: the producer's own sending, with its
+    backpressure."""
+    from producer.registrar import Registrar
     from worker.app import create_app
-    from worker.queues import send_run
 
     celery_app = create_app(settings)
-    sent = 0
     try:
-        while True:
-            with sessions() as s:
-                batch = repo.unsent_runs(s, limit=500)
-            if not batch:
-                return sent
-            for run in batch:
-                send_run(celery_app, run)
-                with transaction(sessions) as s:
-                    repo.mark_enqueued(s, [run.id])
-                sent += 1
+        return Registrar(settings=settings, app=celery_app, roots=[]).send_pending()
     finally:
         celery_app.close()

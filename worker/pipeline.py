@@ -125,7 +125,7 @@ BATCH_HANDLERS: dict[str, Callable[[Runtime, list[repo.Claim], list], Callable]]
 }
 
 
-def execute(task: Task, run_id: int) -> str:
+def execute(task: Task, run_id: int, takeover: bool = False) -> str:
     """Run one task run to a stored result; returns the run's final state.
 
     Transient trouble anywhere — claiming, reading the original, writing — is retried with
@@ -134,7 +134,7 @@ def execute(task: Task, run_id: int) -> str:
     """
     rt = get_runtime(app.darkroom_settings)
     try:
-        return _execute(rt, run_id)
+        return _execute(rt, run_id, takeover)
     except TRANSIENT as exc:
         retries = task.request.retries
         if retries < rt.settings.task_max_retries:
@@ -145,16 +145,18 @@ def execute(task: Task, run_id: int) -> str:
             except TRANSIENT:
                 pass  # the database itself is away: the retry message still carries the run
             log.warning("run %s: %s; retry %d in %s s", run_id, _one_line(exc), retries + 1, delay)
-            raise task.retry(exc=exc, countdown=delay) from None
+            # The retry is this run's continuation: it may take the run over even though the process
+            # that gave it up (and perhaps could not record that) is still alive.
+            raise task.retry(exc=exc, countdown=delay, kwargs={"run_id": run_id, "takeover": True}) from None
         return _finish(rt, run_id, FAILED, f"gave up after {retries} retries: {_one_line(exc)}")
 
 
-def _execute(rt: Runtime, run_id: int) -> str:
+def _execute(rt: Runtime, run_id: int, takeover: bool = False) -> str:
     from tasks.classify import ModelUnavailable
     from tasks.imaging import BadImage, decode
 
     with transaction(rt.sessions) as s:
-        claim = repo.claim_run(s, run_id, rt.identity, rt.holder_alive)
+        claim = repo.claim_run(s, run_id, rt.identity, (lambda _holder: False) if takeover else rt.holder_alive)
     if claim is None:
         log.info("run %s: nothing to do (finished, or in another worker's batch)", run_id)
         return "skipped"
@@ -284,20 +286,20 @@ def _one_line(exc: BaseException) -> str:
 
 
 @app.task(name=task_name("normalize"), bind=True)
-def normalize(self: Task, run_id: int, **_params: Any) -> str:
-    return execute(self, int(run_id))
+def normalize(self: Task, run_id: int, takeover: bool = False, **_params: Any) -> str:
+    return execute(self, int(run_id), takeover=bool(takeover))
 
 
 @app.task(name=task_name("classify"), bind=True)
-def classify(self: Task, run_id: int, **_params: Any) -> str:
-    return execute(self, int(run_id))
+def classify(self: Task, run_id: int, takeover: bool = False, **_params: Any) -> str:
+    return execute(self, int(run_id), takeover=bool(takeover))
 
 
 @app.task(name=task_name("augment"), bind=True)
-def augment(self: Task, run_id: int, **_params: Any) -> str:
-    return execute(self, int(run_id))
+def augment(self: Task, run_id: int, takeover: bool = False, **_params: Any) -> str:
+    return execute(self, int(run_id), takeover=bool(takeover))
 
 
 @app.task(name=task_name("faces"), bind=True)
-def faces(self: Task, run_id: int, **_params: Any) -> str:
-    return execute(self, int(run_id))
+def faces(self: Task, run_id: int, takeover: bool = False, **_params: Any) -> str:
+    return execute(self, int(run_id), takeover=bool(takeover))
