@@ -164,11 +164,13 @@ def mark_enqueued(session: Session, run_ids: Iterable[int]) -> None:
 
 
 def requeue_runs(session: Session, *, statuses: Sequence[str], task: str | None = None,
-                 older_than: dt.datetime | None = None) -> list[int]:
+                 model: str | None = None, older_than: dt.datetime | None = None) -> list[int]:
     """Put runs in ``statuses`` back to ``queued`` (unsent) so they are sent again; returns their ids."""
-    query = select(TaskRun.id).where(TaskRun.status.in_(statuses))
+    query = select(TaskRun.id).where(TaskRun.status.in_(statuses)).order_by(TaskRun.id)
     if task:
         query = query.where(TaskRun.task == task)
+    if model is not None:
+        query = query.where(TaskRun.model == model)
     if older_than is not None:
         query = query.where(func.coalesce(TaskRun.started_at, TaskRun.enqueued_at, TaskRun.queued_at) < older_than)
     ids = list(session.scalars(query))
@@ -211,16 +213,7 @@ def rerun(session: Session, task: str, model: str, *, failed_only: bool = False)
     Every run touched is left unsent: send them with :func:`unsent_runs` / :func:`mark_enqueued`."""
     created = [] if failed_only else ensure_runs(session, task, model)
     statuses = (FAILED,) if failed_only else (DONE, FAILED)
-    ids = list(session.scalars(
-        select(TaskRun.id).where(TaskRun.task == task, TaskRun.model == model, TaskRun.status.in_(statuses))
-        .order_by(TaskRun.id)
-    ))
-    if ids:
-        session.execute(
-            update(TaskRun).where(TaskRun.id.in_(ids))
-            .values(status=QUEUED, enqueued_at=None, queued_at=utcnow(), error=None)
-        )
-    return Rerun(created=created, requeued=ids)
+    return Rerun(created=created, requeued=requeue_runs(session, statuses=statuses, task=task, model=model))
 
 
 @dataclasses.dataclass(frozen=True)
