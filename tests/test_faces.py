@@ -228,3 +228,44 @@ def test_downscaled_search_loses_no_face_found_at_full_resolution(detector, astr
 def test_max_side_must_be_sensible():
     with pytest.raises(ValueError, match="max_side"):
         FaceDetector(max_side=10)
+
+
+def _photos_for_equivalence(astronaut, collage):
+    """Real face and no-face photos, at their own sizes and at the corpus's larger ones."""
+    from PIL import Image
+
+    def at(photo, side):
+        h, w = photo.shape[:2]
+        scale = side / max(h, w)
+        return np.asarray(Image.fromarray(photo).resize((round(w * scale), round(h * scale)), Image.LANCZOS))
+
+    camera = np.stack([skimage_data.camera()] * 3, axis=-1)
+    return {
+        "astronaut": astronaut, "collage": collage, "camera": camera, "coffee": skimage_data.coffee(),
+        "astronaut-1600": at(astronaut, 1600), "camera-1100": at(camera, 1100), "collage-900": at(collage, 900),
+        "chelsea-1300": at(skimage_data.chelsea(), 1300), "tiny": astronaut[100:130, 200:260].copy(),
+    }
+
+
+def test_compiled_mtcnn_gives_the_packages_faces(detector, astronaut, collage):
+    """tasks.mtcnn_compiled runs MTCNN's networks compiled; boxes, confidences and landmarks must be
+    those of the mtcnn package as shipped (float rounding aside), faces and no-faces alike."""
+    assert detector.compiled
+    shipped = FaceDetector(compiled=False).load()
+    assert shipped._mtcnn is not detector._mtcnn
+    found_any = 0
+    for name, photo in _photos_for_equivalence(astronaut, collage).items():
+        want, got = shipped.detect(photo), detector.detect(photo)
+        assert len(got) == len(want), name
+        found_any += len(want)
+        for a, b in zip(got, want):
+            assert np.abs(np.subtract(a.box, b.box)).max() <= 1, (name, a.box, b.box)
+            assert a.confidence == pytest.approx(b.confidence, abs=1e-4), name
+            assert a.keypoints.keys() == b.keypoints.keys()
+            for k in a.keypoints:
+                assert np.abs(np.subtract(a.keypoints[k], b.keypoints[k])).max() <= 1, (name, k)
+    assert found_any >= 1 + 4 + 1 + 1 + 1 + 4  # the photos with people in them were really searched
+    # Same-shape batches too (MTCNN's batched path).
+    pair = [astronaut, astronaut[:, ::-1].copy()]
+    assert [[f.box for f in fs] for fs in detector.detect_batch(pair)] == \
+        [[f.box for f in fs] for fs in shipped.detect_batch(pair)]
