@@ -1,7 +1,8 @@
 """Same outputs: what Darkroom stored against plain, unbatched calls on the original photo.
 
-- labels: the stored top-1 against ``Classifier.predict([image])`` (one image per call) with the
-  same weights file, in this process; the largest difference of the stored top-k scores is kept too;
+- labels: the stored top-1 against ``Classifier.predict([image])`` (one image per call, decoded as
+  the worker decodes it for classification) with the same weights file, in this process; the
+  largest difference of the stored top-k scores is kept too;
 - faces: the stored faces against ``mtcnn.MTCNN().detect_faces(original)`` (MTCNN's defaults, faces
   under Darkroom's confidence threshold dropped): the same count, and each stored box matched to
   one of MTCNN's with IoU >= 0.9.
@@ -73,7 +74,7 @@ def check(pipe, items: list[tuple[Path, dict]], *, label_model_key: str | None, 
         if label_model_key is not None:
             got = stored.get("labels", {}).get(label_model_key)
             if got:
-                want = pipe.classify([image])[0]
+                want = pipe.classify([pipe.decode_for_classify(path)])[0]
                 labels_checked += 1
                 if int(got[0][0]) == want[0].class_id:
                     labels_same += 1

@@ -5,11 +5,15 @@ image), the reference throughput, and the model's raw batched throughput.
 Stages, timed separately with ``time.process_time`` (CPU of every thread of this process) and
 ``time.perf_counter`` (wall):
 
-- ``decode``: ``tasks.imaging.decode(path)`` (read and decode, once per image);
+- ``decode``: ``tasks.imaging.decode(path)`` (read and decode every pixel, once per image, for
+  normalize and faces);
 - ``normalize``: ``tasks.normalize.normalize_stats(image, mode="scale")``, as the worker calls it;
-- ``classify``: ``Classifier.predict`` on batches of ``batch_size`` images (resize included);
-- ``augment``: ``tasks.augment.augment`` with Darkroom's default spec, the contact sheet and the
-  JPEG encoding of all of them (what the worker stores);
+- ``classify``: ``Classifier.predict`` on batches of ``batch_size`` images, each decoded as the
+  worker decodes it for classification (``at_least`` the model's input: DARKROOM_FAST_DECODE)
+  and resized;
+- ``augment``: the photo decoded as the worker decodes it for augmentation, ``tasks.augment.augment``
+  with Darkroom's default spec, the contact sheet and the JPEG encoding of all of them (what the
+  worker stores);
 - ``faces``: ``FaceDetector.detect``, the boxes drawn and the boxed image encoded as JPEG.
 
 Storing results is not part of any stage: that is the systems' overhead, which the reference lacks.
@@ -89,10 +93,17 @@ class Pipeline:
 
     # the stages
     @staticmethod
-    def decode(path: Path) -> np.ndarray:
+    def decode(path: Path, at_least: tuple[int, int] | None = None) -> np.ndarray:
         from tasks.imaging import decode
 
-        return decode(str(path))
+        return decode(str(path), at_least=at_least)
+
+    def decode_for_classify(self, path: Path) -> np.ndarray:
+        """The photo as the worker decodes it for classification (fast decode on, the default)."""
+        return self.decode(path, self.classifier.decode_size)
+
+    def decode_for_augment(self, path: Path) -> np.ndarray:
+        return self.decode(path, self.spec.decode_size)
 
     @staticmethod
     def normalize(image: np.ndarray) -> dict:
@@ -126,8 +137,8 @@ class Pipeline:
         t = time.perf_counter()
         image = self.decode(path)
         self.normalize(image)
-        self.classify([image])
-        self.augment(image)
+        self.classify([self.decode_for_classify(path)])
+        self.augment(self.decode_for_augment(path))
         self.faces(image)
         return time.perf_counter() - t
 
@@ -141,8 +152,9 @@ def run_reference(files: list[Path], model: str, weights: str = "none", *, batch
     pipe = pipeline or Pipeline(model, weights)
     # Warm-up, untimed: first calls trace TensorFlow functions and build layers.
     warm = [pipe.decode(p) for p in files[: min(2, len(files))]]
-    pipe.classify(warm)
-    pipe.classify(warm[:1])
+    small = [pipe.decode_for_classify(p) for p in files[: min(2, len(files))]]
+    pipe.classify(small)
+    pipe.classify(small[:1])
     for img in warm:
         pipe.normalize(img)
         pipe.augment(img)
@@ -156,24 +168,26 @@ def run_reference(files: list[Path], model: str, weights: str = "none", *, batch
     first_batch: list[np.ndarray] = []
     batched_top1: list[int] = []
     for start in range(0, len(files), batch_size):
+        paths = files[start:start + batch_size]
         images = []
-        for path in files[start:start + batch_size]:
+        for path in paths:
             with _Timer(costs["decode"]):
                 images.append(pipe.decode(path))
         for img in images:
             with _Timer(costs["normalize"]):
                 pipe.normalize(img)
         with _Timer(costs["classify"]):
-            labels = pipe.classify(images)
+            small = [pipe.decode_for_classify(path) for path in paths]
+            labels = pipe.classify(small)
         batched_top1.extend(lab[0].class_id for lab in labels)
-        for img in images:
+        for path in paths:
             with _Timer(costs["augment"]):
-                pipe.augment(img)
+                pipe.augment(pipe.decode_for_augment(path))
         for img in images:
             with _Timer(costs["faces"]):
                 pipe.faces(img)
         if not first_batch:
-            first_batch = images[:check_top1]
+            first_batch = small[:check_top1]
     wall = time.perf_counter() - wall0
     cpu = time.process_time() - cpu0
     foreign_load = foreign.stop()
@@ -183,8 +197,8 @@ def run_reference(files: list[Path], model: str, weights: str = "none", *, batch
     unbatched = [pipe.classify([img])[0][0].class_id for img in first_batch]
     same = sum(a == b for a, b in zip(batched_top1[: len(unbatched)], unbatched))
 
-    raw, batches = raw_classify(pipe, first_batch or [pipe.decode(files[0])], batch_size, raw_seconds)
-    single, _ = raw_classify(pipe, first_batch or [pipe.decode(files[0])], 1, raw_seconds)
+    raw, batches = raw_classify(pipe, first_batch or [pipe.decode_for_classify(files[0])], batch_size, raw_seconds)
+    single, _ = raw_classify(pipe, first_batch or [pipe.decode_for_classify(files[0])], 1, raw_seconds)
     result = ReferenceResult(
         model=model, weights=weights, images=n, batch_size=batch_size, wall_s=round(wall, 3), cpu_s=round(cpu, 3),
         img_s=n / wall, stages={s: c.per_image(n) for s, c in costs.items()},

@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     )
     task_time_limit: int = Field(900, ge=10, description="Hard limit for one task, seconds.")
     prefetch_multiplier: int = Field(1, ge=1)
+    fast_decode: bool = Field(
+        True, description="Decode JPEGs at 1/2, 1/4 or 1/8 size in the codec when a task needs only a small "
+        "image (classification's input size, augmentation's size): several times faster. false: always decode "
+        "every pixel, then resize (as keras.utils.load_img does).",
+    )
     classify_batch_size: int = Field(
         16, ge=1, le=1024, description="Pending classify runs one worker process takes into one forward pass."
     )

@@ -121,6 +121,12 @@ class AugmentSpec:
         _check_range("shear", self.shear, 0.0, 80.0)
         _check_range("channel_shift", self.channel_shift, 0.0, 255.0)
 
+    @property
+    def decode_size(self) -> tuple[int, int]:
+        """``(width, height)`` an input needs to be at least (``tasks.imaging.decode``'s
+        ``at_least``): the outputs are at most ``size`` on their longest side."""
+        return (self.size, self.size)
+
 
 def augment(image: np.ndarray, spec: AugmentSpec = AugmentSpec()) -> list[np.ndarray]:
     """Make ``spec.count`` randomly transformed copies of ``image``.

@@ -386,6 +386,13 @@ class Classifier:
         return self._preprocessing()[0]
 
     @property
+    def decode_size(self) -> tuple[int, int]:
+        """``(width, height)`` an image needs to be at least before its resize to :attr:`input_size`
+        (``tasks.imaging.decode``'s ``at_least``)."""
+        height, width = self.input_size
+        return (width, height)
+
+    @property
     def color_mode(self) -> str:
         """``rgb`` or ``grayscale``. For a saved model this loads it."""
         if self._spec is not None:

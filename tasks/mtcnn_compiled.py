@@ -7,7 +7,9 @@ runs as one ``tf.function`` with a fixed input signature (traced once per proces
 image size), and PNet's per-level resize is inside the same function, so TensorFlow's graph
 optimizer fuses convolution, bias and activation. Every step between the networks (proposal
 generation, the package's own NMS, square boxes, patch extraction, landmark mapping) is the
-package's code, called as the package calls it.
+package's code, called as the package calls it, except PNet's NMS: :func:`smart_nms` makes the
+package's decisions (bit for bit: the same float operations on the same pairs) without building
+its N x N matrices, which cost more than PNet itself on large photos.
 
 The outputs are those of ``mtcnn.MTCNN`` to float rounding: ``tests/test_faces.py`` checks the boxes,
 confidences and landmarks against the package on real photos.
@@ -21,10 +23,10 @@ import numpy as np
 import tensorflow as tf
 from mtcnn import MTCNN
 from mtcnn.stages import StageONet, StagePNet, StageRNet
-from mtcnn.utils.bboxes import generate_bounding_box, resize_to_square, smart_nms_from_bboxes, upscale_bboxes
+from mtcnn.utils.bboxes import generate_bounding_box, iou, nms, resize_to_square, sort_by_scores, upscale_bboxes
 from mtcnn.utils.images import build_scale_pyramid
 
-__all__ = ["CompiledONet", "CompiledPNet", "CompiledRNet", "compiled_mtcnn"]
+__all__ = ["CompiledONet", "CompiledPNet", "CompiledRNet", "compiled_mtcnn", "nms_keep", "smart_nms"]
 
 _IMAGES = tf.TensorSpec([None, None, None, 3], tf.float32)
 
@@ -71,10 +73,9 @@ class CompiledPNet(StagePNet):
             bbox_reg, bbox_class = self._level(images, size)
             proposals = generate_bounding_box(bbox_reg, bbox_class, threshold_pnet)
             proposals = upscale_bboxes(proposals, np.asarray([scale] * batch_size))
-            per_level.append(smart_nms_from_bboxes(proposals, threshold=nms_pnet1, method="union",
-                                                   initial_sort=False))
+            per_level.append(smart_nms(proposals, threshold=nms_pnet1, method="union", initial_sort=False))
         bboxes = np.concatenate(per_level, axis=0) if per_level else np.empty((0, 6))
-        bboxes = smart_nms_from_bboxes(bboxes, threshold=nms_pnet2, method="union", initial_sort=True)
+        bboxes = smart_nms(bboxes, threshold=nms_pnet2, method="union", initial_sort=True)
         return resize_to_square(bboxes)
 
 
@@ -102,6 +103,57 @@ class CompiledONet(StageONet):
         if len(bboxes_batch) == 0:
             return np.empty((0, 16))  # box (6 columns) + 5 landmarks (10)
         return super().__call__(images_normalized=images_normalized, bboxes_batch=bboxes_batch, **kwargs)
+
+
+def nms_keep(boxes: np.ndarray, threshold: float, method: str = "union") -> np.ndarray:
+    """Indices kept by mtcnn's ``nms(iou(boxes, method), threshold)``, in increasing order.
+
+    mtcnn's rule: box ``j`` goes when any earlier box ``i < j`` (suppressed or not) overlaps it by
+    more than ``threshold``. Only pairs whose boxes intersect can pass a threshold >= 0, so only
+    those are computed (found through the boxes sorted by left edge), each with mtcnn's formula and
+    operation order, so every decision is the one mtcnn makes.
+    """
+    n = len(boxes)
+    if n < 2 or not threshold >= 0 or method not in ("union", "min"):
+        return nms(iou(boxes, method=method), threshold) if n else np.empty(0, dtype=np.int64)
+    x0, y0, x1, y1 = (boxes[:, k] for k in range(4))
+    order = np.argsort(x0, kind="stable")
+    # Pairs (p, q), p < q in left-edge order, whose q starts left of p's right edge.
+    ends = np.searchsorted(x0[order], x1[order], side="left")
+    counts = np.maximum(ends - np.arange(n) - 1, 0)
+    total = int(counts.sum())
+    if total == 0:
+        return np.arange(n)
+    first = np.repeat(np.arange(n), counts)
+    second = first + 1 + np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    a, b = order[first], order[second]
+    hit = (x0[b] < x1[a]) & (x0[a] < x1[b]) & (y0[a] < y1[b]) & (y0[b] < y1[a])
+    a, b = a[hit], b[hit]
+    # mtcnn's iou(), element by element.
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    height = np.maximum(0, np.minimum(boxes[a, 2], boxes[b, 2]) - np.maximum(boxes[a, 0], boxes[b, 0]))
+    width = np.maximum(0, np.minimum(boxes[a, 3], boxes[b, 3]) - np.maximum(boxes[a, 1], boxes[b, 1]))
+    inter = height * width
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if method == "union":
+            overlap = inter / (area[a] + area[b] - inter)
+        else:
+            overlap = inter / np.minimum(area[a], area[b])
+    suppressed = np.zeros(n, dtype=bool)
+    suppressed[np.maximum(a, b)[overlap > threshold]] = True
+    return np.flatnonzero(~suppressed)
+
+
+def smart_nms(bboxes: np.ndarray, threshold: float, method: str = "union", initial_sort: bool = True) -> np.ndarray:
+    """mtcnn's ``smart_nms_from_bboxes`` (rows ``[image, x1, y1, x2, y2, score, ...]``), same output,
+    with :func:`nms_keep` in place of the N x N matrices."""
+    if initial_sort:
+        bboxes = sort_by_scores(bboxes, scores=bboxes[:, 5], ascending=False)
+    result = []
+    for image_id in np.unique(bboxes[:, 0]):
+        target = bboxes[bboxes[:, 0] == image_id]
+        result.append(target[nms_keep(target[:, 1:5], threshold, method)])
+    return np.concatenate(result, axis=0) if result else np.empty((0, 6))
 
 
 def compiled_mtcnn(device: str = "CPU:0") -> MTCNN:

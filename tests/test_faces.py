@@ -269,3 +269,28 @@ def test_compiled_mtcnn_gives_the_packages_faces(detector, astronaut, collage):
     pair = [astronaut, astronaut[:, ::-1].copy()]
     assert [[f.box for f in fs] for fs in detector.detect_batch(pair)] == \
         [[f.box for f in fs] for fs in shipped.detect_batch(pair)]
+
+
+def test_pnet_nms_makes_the_packages_decisions():
+    """tasks.mtcnn_compiled.smart_nms skips mtcnn's N x N matrices; its output must be the package's,
+    bit for bit, for either method, any threshold, sorted or not, several images, odd boxes."""
+    pytest.importorskip("mtcnn")
+    from mtcnn.utils.bboxes import smart_nms_from_bboxes
+
+    from tasks.mtcnn_compiled import smart_nms
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n = int(rng.integers(0, 300))
+        xy = rng.uniform(0, 300, (n, 2))
+        wh = rng.uniform(-5, 60, (n, 2)) if trial % 3 == 0 else rng.uniform(5, 60, (n, 2))  # some degenerate
+        if trial % 4 == 0:  # integer corners: ties and boxes that only touch
+            xy, wh = np.round(xy), np.round(wh)
+        boxes = np.column_stack([rng.integers(0, 2, n), xy, xy + wh, rng.uniform(0, 1, n)])
+        for method in ("union", "min"):
+            for threshold in (0.0, 0.5, 0.7):
+                for initial_sort in (True, False):
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        want = smart_nms_from_bboxes(boxes.copy(), threshold, method=method, initial_sort=initial_sort)
+                    got = smart_nms(boxes.copy(), threshold, method=method, initial_sort=initial_sort)
+                    assert np.array_equal(got, want), (trial, method, threshold, initial_sort)

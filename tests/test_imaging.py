@@ -196,6 +196,38 @@ def test_exif_orientation_6_is_applied(tall, as_source):
     assert mean_abs(pixels, np.rot90(tall, k=1)) > 20  # the other way round is wrong
 
 
+# --- decoding smaller (DARKROOM_FAST_DECODE) ---------------------------------------------------
+
+
+def test_jpeg_decoded_at_the_smallest_scale_still_big_enough(astro, as_source):
+    source = as_source(save(Image.fromarray(astro), "JPEG", quality=95), "a.jpg")
+    whole = decode(source)
+    # 512 px: 1/2 gives 256 >= 224; 1/4 (128) would be too small.
+    half = decode(source, at_least=(224, 224))
+    check_rgb(half, (256, 256))
+    reference = np.asarray(Image.fromarray(whole).resize((256, 256), Image.BOX))
+    assert mean_abs(half, reference) < 3  # the same picture, smaller
+    check_rgb(decode(source, at_least=(64, 100)), (128, 128))  # both sides must be big enough
+    check_rgb(decode(source, at_least=(1, 1)), (64, 64))  # the codec goes down to 1/8, no further
+    check_rgb(decode(source, at_least=(300, 300)), (512, 512))  # not twice the size: decoded whole
+    np.testing.assert_array_equal(decode(source, at_least=(300, 300)), whole)
+
+
+def test_fast_decode_leaves_other_formats_whole(astro, as_source):
+    source = as_source(save(Image.fromarray(astro), "PNG"), "a.png")
+    np.testing.assert_array_equal(decode(source, at_least=(32, 32)), astro)
+
+
+def test_fast_decode_sizes_count_upright(tall, as_source):
+    """A JPEG stored on its side (EXIF 6): at_least is what the caller sees, width x height."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    source = as_source(save(Image.fromarray(tall), "JPEG", quality=95, exif=exif), "a.jpg")  # shows 512 x 384
+    small = decode(source, at_least=(256, 96))  # 1/2: 256 x 192 upright; 1/4 would be 128 wide
+    check_rgb(small, (192, 256))
+    assert mean_abs(small, np.asarray(Image.fromarray(np.rot90(tall, k=-1)).resize((256, 192), Image.BOX))) < 4
+
+
 # --- refusing bad input ------------------------------------------------------------------------
 
 

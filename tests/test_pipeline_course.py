@@ -217,7 +217,9 @@ def test_augment_uses_the_settings_spec(pipe, files):
     assert result["augmentations"] == 4 and result["artifacts"] == {"augmented": 4, "contact_sheet": 1}
     arts = pipe.artifacts(sha)
     spec = AugmentSpec(count=4, size=64, shear=15.0, channel_shift=30.0, fill_mode="reflect", seed=3)
-    expected = augment(decode(files["rocket"]), spec)
+    # The worker decodes the 427x640 JPEG at 1/4 size (DARKROOM_FAST_DECODE): enough for 64 px outputs.
+    assert decode(files["rocket"], at_least=spec.decode_size).shape == (107, 160, 3)
+    expected = augment(decode(files["rocket"], at_least=spec.decode_size), spec)
     for i, img in enumerate(expected):
         assert arts[("augmented", i)].data == encode(img, "JPEG", quality=90)
     sheet = arts[("contact_sheet", 0)]
@@ -349,6 +351,43 @@ def keras_direct(model, spec, path: Path) -> np.ndarray:
     image = image.reshape((1, *image.shape))
     image = spec.preprocess_function()(image)
     return np.asarray(model.predict(image, verbose=0))[0]
+
+
+def test_fast_decode_classifies_the_photo_decoded_smaller_and_can_be_turned_off(pipe, files, tmp_path):
+    """A large JPEG is decoded at 1/4 size for a 224 px model (DARKROOM_FAST_DECODE, the default);
+    with it off the scores are the course's (every pixel decoded, then resized)."""
+    import keras
+
+    from tasks.classify import REGISTRY
+
+    spec = REGISTRY["mobilenet_v2"]
+    big = tmp_path / "chelsea-big.jpg"
+    Image.fromarray(data.chelsea()).resize((1353, 900), Image.LANCZOS).save(big, quality=92)
+    keras.utils.set_random_seed(5)
+    model = spec.build(weights=None)
+    small = decode(big, at_least=(224, 224))
+    assert small.shape == (225, 339, 3)  # 1/4: the smallest scale still >= 224 x 224
+    prep = spec.preprocess_function()
+    fast_input = prep(np.asarray(Image.fromarray(small).resize((224, 224), Image.BILINEAR), dtype=np.float32)[None])
+    sharpen(model, fast_input)  # a clear winner, not flat 0.001 scores
+    fast_scores = np.asarray(model.predict(fast_input, verbose=0))[0]
+    weights = tmp_path / "m.weights.h5"
+    model.save_weights(str(weights))
+    key = classifier_key("mobilenet_v2", str(weights))
+    sha, (run_id,) = pipe.add(big, [("classify", key)])
+    for fast, want in ((True, fast_scores), (False, keras_direct(model, spec, big))):
+        pipe.configure(classifier_top_k=3, fast_decode=fast)
+        if not fast:  # the same run again, now decoding every pixel
+            with transaction(pipe.sessions) as s:
+                assert run_id in repo.rerun(s, "classify", key).requeued
+        assert pipe.execute(run_id) == DONE
+        labels = pipe.results(sha)["labels_by_model"][key]
+        order = np.argsort(-want, kind="stable")[:3]
+        assert [lab["class_id"] for lab in labels] == [int(i) for i in order], fast
+        np.testing.assert_allclose([lab["score"] for lab in labels], want[order], rtol=0, atol=1e-5)
+    assert not np.allclose(fast_scores, keras_direct(model, spec, big), atol=1e-5)  # really two decodes
+    pipe.configure()
+    pipe.rt._models.pop(("classify", "mobilenet_v2", str(weights)), None)
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
