@@ -240,6 +240,14 @@ def claim_run(session: Session, run_id: int, worker: str,
     return _take(session, run, worker)
 
 
+def may_claim(session: Session, run_id: int, holder_alive: Callable[[str], bool] = lambda _holder: False) -> bool:
+    """Whether :func:`claim_run` could take the run now: a read without locks, so that the many
+    messages of runs another process already took into its batch are skipped cheaply. (The
+    claim itself checks again, under the lock.)"""
+    run = session.get(TaskRun, run_id)
+    return run is not None and _claimable(run, holder_alive)
+
+
 def claim_batch(session: Session, *, task: str, model: str, worker: str, limit: int, exclude: int,
                 holder_alive: Callable[[str], bool] = lambda _holder: False) -> list[Claim]:
     """Claim up to ``limit`` more pending runs of the same task and model, oldest first, so one

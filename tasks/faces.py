@@ -225,7 +225,8 @@ class FaceDetector:
         # to min_confidence makes min_confidence < 0.8 meaningful. Above 0.8 we filter afterwards,
         # which keeps the same faces (NMS never lets a weaker box suppress a stronger one).
         found = self._mtcnn.detect_faces(
-            [arr.astype(np.float32) for arr in arrays],
+            # The compiled detector takes uint8 pixels as they are; mtcnn's own path wants floats.
+            list(arrays) if self.compiled else [arr.astype(np.float32) for arr in arrays],
             min_face_size=min_face_size,
             threshold_onet=min(_MTCNN_ONET_THRESHOLD, self.min_confidence),
             box_format="xywh",

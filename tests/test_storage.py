@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, inspect, select
 
 from storage import repo
-from storage.db import make_engine, migrate, schema_is_current, session_factory, transaction
+from storage.db import make_engine, migrate, read_only, schema_is_current, session_factory, transaction
 from storage.models import DONE, FAILED, QUEUED, REJECTED, RUNNING, Face, Image, Label, TaskRun
 
 WORK = [("normalize", ""), ("classify", "vgg16"), ("augment", ""), ("faces", "mtcnn")]
@@ -114,6 +114,31 @@ def test_claim_finish_and_redelivery(sessions):
         assert s.scalar(select(func.count()).select_from(Label)) == 1
         run = s.get(TaskRun, run_id)
         assert run.status == DONE and run.duration_ms is not None and run.worker == "host:1"
+
+
+def test_may_claim_reads_without_waiting_for_a_writer(sessions, db_url):
+    """Messages of runs already taken into another process's batch are skipped by a read that
+    neither waits for nor blocks the writer (SQLite: no BEGIN IMMEDIATE)."""
+    import time
+
+    reg = _register(sessions, "/in/a.jpg")
+    queued, taken = reg.run_ids[0], reg.run_ids[1]
+    with transaction(sessions) as s:
+        repo.claim_run(s, taken, "host:1")
+    other = session_factory(make_engine(db_url))
+    with transaction(other) as writer:  # another process mid-write, holding the write lock
+        writer.get(TaskRun, queued).error = "being written"
+        writer.flush()
+        started = time.perf_counter()
+        with read_only(sessions) as s:
+            assert repo.may_claim(s, queued)
+            assert not repo.may_claim(s, taken, holder_alive=lambda holder: holder == "host:1")
+            assert repo.may_claim(s, taken)  # its holder died: it may be taken over
+            assert not repo.may_claim(s, 10**9)
+            s.get(TaskRun, queued).error = "a read-only session writes nothing"
+        assert time.perf_counter() - started < 5  # did not wait for the writer (busy timeout: 60 s)
+    with sessions() as s:
+        assert s.get(TaskRun, queued).error == "being written"
 
 
 def test_image_state_is_derived_from_its_runs(sessions):

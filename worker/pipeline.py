@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from darkroom.work import parse_classifier_key
 from storage import repo
-from storage.db import transaction
+from storage.db import read_only, transaction
 from storage.models import DONE, FAILED, REJECTED
 from worker.app import app, task_name
 from worker.runtime import Runtime, get_runtime
@@ -159,8 +159,13 @@ def _execute(rt: Runtime, run_id: int, takeover: bool = False) -> str:
     from tasks.classify import ModelUnavailable
     from tasks.imaging import BadImage, decode
 
-    with transaction(rt.sessions) as s:
-        claim = repo.claim_run(s, run_id, rt.identity, (lambda _holder: False) if takeover else rt.holder_alive)
+    holder_alive = (lambda _holder: False) if takeover else rt.holder_alive
+    with read_only(rt.sessions) as s:
+        claimable = repo.may_claim(s, run_id, holder_alive)
+    claim = None
+    if claimable:
+        with transaction(rt.sessions) as s:
+            claim = repo.claim_run(s, run_id, rt.identity, holder_alive)
     if claim is None:
         log.info("run %s: nothing to do (finished, or in another worker's batch)", run_id)
         return "skipped"
