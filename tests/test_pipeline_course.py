@@ -422,3 +422,23 @@ def test_pipeline_labels_equal_the_model_called_directly(name, pipe, files, tmp_
     assert [lab["label"] for lab in labels] == [classes[i] for i in order]
     np.testing.assert_allclose([lab["score"] for lab in labels], reference[order], rtol=0, atol=1e-5)
     pipe.rt._models.pop(("classify", name, str(weights)), None)  # free the model
+
+
+def test_faces_run_on_the_gpu_when_tensorflow_sees_one(pipe, monkeypatch):
+    """One worker process per GPU: MTCNN goes to that GPU (mtcnn's own default is the CPU)."""
+    import tensorflow as tf
+
+    from worker.runtime import tf_device
+
+    assert tf_device() == ("GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0")
+    gpu = tf.config.PhysicalDevice(name="/physical_device:GPU:0", device_type="GPU")
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [gpu] if kind == "GPU" else [])
+    assert tf_device() == "GPU:0"
+    if not tf.config.get_visible_devices("GPU"):  # here: the detector's key device, without building it
+        from tasks.faces import FaceDetector
+
+        built = []
+        monkeypatch.setattr(FaceDetector, "load", lambda self: built.append(self.device) or self)
+        pipe.rt._models.pop(("faces", 0.5, 33, None), None)
+        assert pipe.rt.face_detector(0.5, 33).device == "GPU:0" and built == ["GPU:0"]
+        pipe.rt._models.pop(("faces", 0.5, 33, None), None)

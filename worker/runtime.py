@@ -68,7 +68,16 @@ class Runtime:
         from tasks.faces import FaceDetector
 
         return self.model(("faces", min_confidence, min_size, max_side),
-                          lambda: FaceDetector(min_confidence, min_size, max_side=max_side))
+                          lambda: FaceDetector(min_confidence, min_size, max_side=max_side, device=tf_device()))
+
+
+def tf_device() -> str:
+    """Where this process runs MTCNN: its first GPU when TensorFlow sees one (mtcnn's own default
+    is the CPU, where its pyramid costs most), else the CPU. Classifiers go where TensorFlow puts
+    them, the GPU first. Call after :func:`configure_tensorflow`."""
+    import tensorflow as tf
+
+    return "GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"
 
 
 def holder_alive(holder: str, *, me: str | None = None) -> bool:
