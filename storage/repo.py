@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -403,8 +403,23 @@ def run_counts(session: Session) -> dict[tuple[str, str], int]:
 
 
 def image_counts(session: Session) -> Counter[str]:
-    images = session.scalars(select(Image).options(selectinload(Image.runs)))
-    return Counter(image_status(img) for img in images)
+    """How many images are in each state (:func:`image_status`), counted by the database: one
+    aggregate query, whatever the size of the archive."""
+    def has(status: str):
+        return func.sum(case((TaskRun.status == status, 1), else_=0)) > 0
+
+    state = case(
+        (Image.rejected_reason.is_not(None), REJECTED),
+        (func.count(TaskRun.id) == 0, QUEUED),
+        (has(RUNNING), RUNNING),
+        (has(QUEUED), QUEUED),
+        (func.sum(case((TaskRun.status != DONE, 1), else_=0)) == 0, DONE),
+        else_=FAILED,
+    ).label("state")
+    per_image = (select(state).select_from(Image).outerjoin(TaskRun, TaskRun.image_id == Image.id)
+                 .group_by(Image.id, Image.rejected_reason).subquery())
+    rows = session.execute(select(per_image.c.state, func.count()).group_by(per_image.c.state))
+    return Counter({str(name): int(n) for name, n in rows})
 
 
 @dataclasses.dataclass(frozen=True)

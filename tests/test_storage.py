@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+from collections import Counter
 
 import pytest
 from sqlalchemy import func, inspect, select
@@ -167,6 +168,36 @@ def test_image_state_is_derived_from_its_runs(sessions):
     with transaction(sessions) as s:
         assert repo.requeue_runs(s, statuses=[FAILED]) == [ids[3]]
     assert state() == QUEUED
+
+
+def test_image_counts_are_the_states_of_every_image_counted_in_sql(sessions):
+    """`darkroom status` counts images by state in one aggregate query (an archive may hold
+    millions); the counts must be those of image_status() over every image."""
+    shas = [c * 64 for c in "0123456789"]
+    regs = [_register(sessions, f"/in/{i}.jpg", sha=sha) for i, sha in enumerate(shas[:7])]
+    _register(sessions, "/in/bad.jpg", sha=shas[7], reason="not an image")  # rejected by the producer
+    _register(sessions, "/in/none.jpg", sha=shas[8], work=[])  # no task configured
+    with transaction(sessions) as s:
+        for run_id in regs[0].run_ids:  # 0: done
+            repo.claim_run(s, run_id, "w")
+            repo.finish_run(s, run_id, status=DONE)
+        repo.claim_run(s, regs[1].run_ids[2], "w")  # 1: running
+        for run_id in regs[2].run_ids[:2]:  # 2: partly done, the rest queued
+            repo.claim_run(s, run_id, "w")
+            repo.finish_run(s, run_id, status=DONE)
+        for run_id in regs[3].run_ids:  # 3: one failed, the others done
+            repo.claim_run(s, run_id, "w")
+            repo.finish_run(s, run_id, status=FAILED if run_id == regs[3].run_ids[1] else DONE)
+        repo.claim_run(s, regs[4].run_ids[0], "w")  # 4: rejected by a worker
+        repo.finish_run(s, regs[4].run_ids[0], status=REJECTED, error="truncated")
+        repo.claim_run(s, regs[5].run_ids[0], "w")  # 5: failed while another still runs
+        repo.finish_run(s, regs[5].run_ids[0], status=FAILED, error="x")
+        repo.claim_run(s, regs[5].run_ids[1], "w")
+    with sessions() as s:
+        counts = repo.image_counts(s)
+        expected = Counter(repo.image_status(image) for image in repo.find_images(s))
+    assert counts == expected
+    assert counts == Counter({DONE: 1, RUNNING: 2, QUEUED: 3, FAILED: 1, REJECTED: 2})
 
 
 def test_rejection_by_a_worker_closes_the_images_other_runs(sessions):
