@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 class _EventQueue(FileSystemEventHandler):
     """Runs on the observer thread: keep it trivial, just hand paths over."""
 
-    def __init__(self, sink: queue.SimpleQueue[tuple[str, bool]]) -> None:
+    def __init__(self, sink: queue.SimpleQueue[tuple[str, bool]], wake: threading.Event | None = None) -> None:
         self.sink = sink
+        self.wake = wake
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory and event.event_type != "moved":
@@ -41,8 +42,11 @@ class _EventQueue(FileSystemEventHandler):
             return
         dest = getattr(event, "dest_path", None)
         if dest:
-            # A rename is atomic: the file arrived whole (rsync, browsers, `mv`), no need to wait.
+            # A rename is atomic: the file arrived whole (rsync, browsers, `mv`), no need to wait,
+            # not even for the watcher's next turn.
             self.sink.put((os.fsdecode(dest), not event.is_directory))
+            if self.wake is not None:
+                self.wake.set()
         if event.src_path and event.event_type != "moved":
             self.sink.put((os.fsdecode(event.src_path), False))
 
@@ -66,6 +70,7 @@ class InboxWatcher:
         self.polling = polling
         self.clock = clock
         self.events: queue.SimpleQueue[tuple[str, bool]] = queue.SimpleQueue()
+        self._wake = threading.Event()  # set by the observer when a complete file is renamed in
         self.candidates: dict[Path, _Candidate] = {}
         self.counts: dict[Outcome, int] = {o: 0 for o in Outcome}
         self._observer = None
@@ -86,7 +91,10 @@ class InboxWatcher:
                 self.step()
                 if until is not None and not self.candidates and until():
                     return
-                stop.wait(tick)
+                # Wait for the next turn, or less when a file is renamed in (a photo dropped into an
+                # idle system is registered at once). stop is seen within one tick.
+                if self._wake.wait(tick):
+                    self._wake.clear()
         finally:
             self._stop_observer()
 
@@ -133,7 +141,7 @@ class InboxWatcher:
 
     def _start_observer(self) -> None:
         observer = PollingObserver(timeout=1.0) if self.polling else Observer()
-        observer.schedule(_EventQueue(self.events), str(self.root), recursive=True)
+        observer.schedule(_EventQueue(self.events, self._wake), str(self.root), recursive=True)
         observer.daemon = True
         observer.start()
         self._observer = observer

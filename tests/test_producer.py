@@ -283,6 +283,25 @@ def test_a_file_renamed_in_is_taken_without_waiting_to_settle(registrar, photos,
         thread.join(10)
 
 
+def test_a_file_renamed_in_wakes_the_watcher_between_turns(registrar, photos):
+    """A photo dropped into an idle system is registered at once, not at the watcher's next turn."""
+    stop = threading.Event()
+    watcher = InboxWatcher(registrar.inbox, registrar, settle_seconds=30.0, rescan_seconds=0)
+    thread = threading.Thread(target=watcher.run, args=(stop,), kwargs={"tick": 20.0}, daemon=True)
+    thread.start()
+    try:
+        time.sleep(1.0)  # the first turn is done; the next is 20 s away
+        staged = registrar.inbox / ".incoming.jpg"
+        shutil.copy(photos["chelsea"], staged)
+        started = time.monotonic()
+        os.rename(staged, registrar.inbox / "chelsea.jpg")
+        assert _wait_for(lambda: "chelsea.jpg" in _registered(registrar), timeout=15)
+        assert time.monotonic() - started < 5
+    finally:
+        stop.set()
+        thread.join(30)
+
+
 def test_a_file_over_the_byte_limit_is_refused_without_being_read(registrar, photos):
     registrar.settings = registrar.settings.model_copy(update={"max_image_bytes": 10_000})
     big = registrar.inbox / "big.jpg"
