@@ -80,30 +80,29 @@ class CompiledPNet(StagePNet):
         return resize_to_square(bboxes)
 
 
-class CompiledRNet(StageRNet):
-    """StageRNet with RNet compiled; no proposals in, none out (mtcnn would raise and swallow it)."""
+class _CompiledRefinement:
+    """RNet's and ONet's stage with the network compiled for ``PATCH`` x ``PATCH`` patches; no
+    proposals in, none out (``COLUMNS`` wide), where mtcnn would raise and swallow the error."""
+
+    PATCH: int
+    COLUMNS: int
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self._model = _CompiledModel(self._model, 24)
+        self._model = _CompiledModel(self._model, self.PATCH)
 
     def __call__(self, images_normalized, bboxes_batch, **kwargs):
         if len(bboxes_batch) == 0:
-            return np.empty((0, 6))
+            return np.empty((0, self.COLUMNS))
         return super().__call__(images_normalized=images_normalized, bboxes_batch=bboxes_batch, **kwargs)
 
 
-class CompiledONet(StageONet):
-    """StageONet with ONet compiled."""
+class CompiledRNet(_CompiledRefinement, StageRNet):
+    PATCH, COLUMNS = 24, 6  # image, box (4), score
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self._model = _CompiledModel(self._model, 48)
 
-    def __call__(self, images_normalized, bboxes_batch, **kwargs):
-        if len(bboxes_batch) == 0:
-            return np.empty((0, 16))  # box (6 columns) + 5 landmarks (10)
-        return super().__call__(images_normalized=images_normalized, bboxes_batch=bboxes_batch, **kwargs)
+class CompiledONet(_CompiledRefinement, StageONet):
+    PATCH, COLUMNS = 48, 16  # image, box (4), score, 5 landmarks (10)
 
 
 def nms_keep(boxes: np.ndarray, threshold: float, method: str = "union") -> np.ndarray:
