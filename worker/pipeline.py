@@ -123,10 +123,18 @@ HANDLERS: dict[str, Callable[[Runtime, repo.Claim, Any], Callable]] = {
 BATCH_HANDLERS: dict[str, Callable[[Runtime, list[repo.Claim], list], Callable]] = {
     "classify": _classify,
 }
-#: The smallest (width, height) each batch task's images are decoded at (DARKROOM_FAST_DECODE).
-BATCH_DECODE_SIZE: dict[str, Callable[[Runtime, repo.Claim], tuple[int, int]]] = {
+#: The smallest (width, height) a task's images may be decoded at (DARKROOM_FAST_DECODE); tasks
+#: not listed get every pixel.
+DECODE_SIZE: dict[str, Callable[[Runtime, repo.Claim], tuple[int, int]]] = {
     "classify": lambda rt, claim: rt.classifier(*parse_classifier_key(claim.model)).decode_size,
+    "augment": lambda rt, claim: augment_spec(rt.settings).decode_size,
 }
+
+
+def _decode_size(rt: Runtime, claim: repo.Claim) -> tuple[int, int] | None:
+    """``decode``'s ``at_least`` for ``claim``'s task: None (every pixel) unless fast decode is on."""
+    size = DECODE_SIZE.get(claim.task)
+    return size(rt, claim) if size is not None and rt.settings.fast_decode else None
 
 
 def execute(task: Task, run_id: int, takeover: bool = False) -> str:
@@ -174,9 +182,7 @@ def _execute(rt: Runtime, run_id: int, takeover: bool = False) -> str:
     started = time.perf_counter()
     try:
         data = rt.blobs.read(claim.sha256)
-        at_least = augment_spec(rt.settings).decode_size if claim.task == "augment" else None
-        image = decode(data, max_pixels=rt.settings.max_image_pixels,
-                       at_least=at_least if rt.settings.fast_decode else None)
+        image = decode(data, max_pixels=rt.settings.max_image_pixels, at_least=_decode_size(rt, claim))
         write = HANDLERS[claim.task](rt, claim, image)
     except BadImage as exc:
         return _finish(rt, run_id, REJECTED, f"{_where(rt, claim)}: {exc}")
@@ -213,7 +219,7 @@ def _execute_batch(rt: Runtime, claim: repo.Claim) -> str:
                                   holder_alive=rt.holder_alive)
     started = time.perf_counter()
     try:
-        at_least = BATCH_DECODE_SIZE[claim.task](rt, claim) if rt.settings.fast_decode else None
+        at_least = _decode_size(rt, claim)
         claims, images = [], []
         for c in [claim, *extras]:
             try:
