@@ -223,10 +223,11 @@ class DarkroomSystem:
         self.store = Store(self.db)
         self._log_files: list = []
 
-    def command(self, *args: str, timeout: float = 3600, name: str | None = None) -> subprocess.CompletedProcess:
+    def command(self, *args: str, timeout: float = 3600, name: str | None = None,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         log = self.logs / f"{name or args[0]}.log"
         with open(log, "ab") as fh:
-            done = subprocess.run([sys.executable, "-m", "darkroom", *args], env=self.env, cwd=self.workdir,
+            done = subprocess.run([sys.executable, "-m", "darkroom", *args], env={**self.env, **(env or {})}, cwd=self.workdir,
                                   stdout=fh, stderr=subprocess.STDOUT, timeout=timeout)
         if done.returncode != 0:
             raise RuntimeError(f"`darkroom {' '.join(args)}` exited with {done.returncode}:\n{self.tail(log)}")
@@ -298,7 +299,10 @@ def _warm(system: DarkroomSystem, warmup: list[Path], log) -> int:
         folder.mkdir(parents=True)
         for p in batch:
             shutil.copyfile(p, folder / p.name)
-        system.command("ingest", str(folder), name="warmup-ingest", timeout=600)
+        # One message per classify run (the producer would send the round's runs as one batch, to
+        # one process), so that every process gets some.
+        system.command("ingest", str(folder), name="warmup-ingest", timeout=600,
+                       env={"DARKROOM_CLASSIFY_BATCH_SIZE": "1"})
         system.wait_settled(0, 900)
         tasks = {t for (t,) in system.store.query("SELECT DISTINCT task FROM task_runs")}
         done = {(w.rsplit(":", 1)[-1], t) for w, t in
@@ -309,6 +313,9 @@ def _warm(system: DarkroomSystem, warmup: list[Path], log) -> int:
     failed = system.store.query("SELECT task, error FROM task_runs WHERE status != 'done'")
     if failed:
         raise RuntimeError(f"Darkroom failed during warm-up: {failed[0][0]}: {failed[0][1]}")
+    if not all((pid, task) in done for pid in pids for task in tasks):
+        raise RuntimeError(f"the {len(warmup)} warm-up photos did not reach every worker process with every task "
+                           f"(done: {sorted(done)}); the timed run would include model loading")
     log(f"  Darkroom warm ({rounds} warm-up round(s))")
     return rounds
 

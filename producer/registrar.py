@@ -7,25 +7,27 @@ and a run whose message was never sent (``enqueued_at`` is NULL) is sent by the 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import os
 import stat
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 from celery import Celery
 
-from darkroom.settings import Settings
+from darkroom.settings import BATCH_TASKS, Settings
 from darkroom.work import planned_work
 from storage import repo
 from storage.blobs import BlobStore, OversizeFile
 from storage.db import session_factory, transaction
 from storage.db import make_engine
 from producer.files import inside
-from worker.queues import queue_depths, send_run
+from worker.queues import messages, queue_depths, send_runs
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,24 @@ class Outcome(enum.Enum):
 
 
 @dataclass
+class _Prepared:
+    """A file in the blob store, probed, waiting to be recorded."""
+
+    path: Path
+    mtime_ns: int
+    sha256: str
+    size: int
+    fmt: str | None = None
+    width: int | None = None
+    height: int | None = None
+    reason: str | None = None  # why it is not a usable image
+
+    def record(self) -> repo.FileRecord:
+        return repo.FileRecord(path=str(self.path), size_bytes=self.size, mtime_ns=self.mtime_ns, sha256=self.sha256,
+                               fmt=self.fmt, width=self.width, height=self.height, rejected_reason=self.reason)
+
+
+@dataclass
 class Registrar:
     settings: Settings
     app: Celery
@@ -52,13 +72,59 @@ class Registrar:
         self.blobs = BlobStore(self.settings.blob_dir)
         self.redis = redis.Redis.from_url(self.settings.redis_url)
         self.work = planned_work(self.settings)
-        self._sent_since_check = 0
 
     # --- registering ---------------------------------------------------------------------------
 
     def register(self, path: Path, *, send: bool = True) -> Outcome:
         """Take one file. ``path`` is kept as given (made absolute), so it is the name a person knows."""
-        path = Path(os.path.abspath(path))
+        return self.register_many([path], send=send)[0]
+
+    def register_many(self, paths: Sequence[Path], *, send: bool = True) -> list[Outcome]:
+        """Take several files (a bulk ingest's chunk): each is hashed into the blob store and probed
+        on its own, then all are recorded in one transaction, and their runs are sent after it.
+        Returns each file's outcome, in order.
+
+        If that transaction fails, each file is recorded in its own, so one file's trouble (say,
+        a path another producer registered a moment ago) costs only that file; an error that
+        remains is raised, as :meth:`register` does for a single file.
+        """
+        paths = [Path(os.path.abspath(p)) for p in paths]
+        with self.sessions() as s:
+            known = repo.file_signatures(s, [str(p) for p in paths])
+        outcomes: list[Outcome | None] = []
+        ready: list[tuple[int, _Prepared]] = []
+        for path in paths:
+            item = self._prepare(path, known.get(str(path)))
+            if isinstance(item, Outcome):
+                outcomes.append(item)
+            else:
+                ready.append((len(outcomes), item))
+                outcomes.append(None)
+        if ready:
+            try:
+                with transaction(self.sessions) as s:
+                    if len(ready) == 1:
+                        regs = [self._record(s, ready[0][1])]
+                    else:
+                        regs = repo.register_files(s, [item.record() for _i, item in ready], self.work)
+            except Exception:
+                if len(ready) == 1:
+                    raise
+                log.warning("recording %d files at once failed; recording them one by one", len(ready),
+                            exc_info=True)
+                regs = []
+                for _i, item in ready:
+                    with transaction(self.sessions) as s:
+                        regs.append(self._record(s, item))
+            for (i, item), reg in zip(ready, regs):
+                outcomes[i] = self._outcome(item, reg)
+            if send and any(reg.run_ids for reg in regs):
+                self.send_pending()
+        return [o for o in outcomes if o is not None]
+
+    def _prepare(self, path: Path, signature: tuple[int | None, int | None] | None) -> Outcome | _Prepared:
+        """Everything about ``path`` that needs no transaction: its kind, its bytes into the blob
+        store, its header. Returns the outcome when the file goes no further."""
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -74,9 +140,8 @@ class Registrar:
                 return Outcome.SKIPPED
         if not stat.S_ISREG(st.st_mode):
             return self._refuse(path, "not a regular file (device, socket or pipe): refused")
-        with self.sessions() as s:
-            if repo.is_known(s, str(path), st.st_size, st.st_mtime_ns):
-                return Outcome.KNOWN
+        if signature == (st.st_size, st.st_mtime_ns):
+            return Outcome.KNOWN
         if st.st_size > self.settings.max_image_bytes:
             return self._refuse(path, f"{st.st_size} bytes is over the limit of {self.settings.max_image_bytes} "
                                       "(raise DARKROOM_MAX_IMAGE_BYTES to accept it)", st)
@@ -93,30 +158,28 @@ class Registrar:
 
         from tasks.imaging import BadImage, probe
 
-        fmt = width = height = reason = None
+        item = _Prepared(path=path, mtime_ns=st.st_mtime_ns, sha256=sha, size=size)
         try:
             info = probe(self.blobs.path_for(sha), max_pixels=self.settings.max_image_pixels,
                          max_bytes=self.settings.max_image_bytes)
-            fmt, width, height = info.format, info.width, info.height
+            item.fmt, item.width, item.height = info.format, info.width, info.height
         except BadImage as exc:
-            reason = f"{path}: {exc}"
-        with transaction(self.sessions) as s:
-            reg = repo.register_file(
-                s, path=str(path), size_bytes=size, mtime_ns=st.st_mtime_ns, sha256=sha, fmt=fmt,
-                width=width, height=height, rejected_reason=reason, work=self.work,
-            )
-        if reason:
-            log.warning("rejected %s", reason)
-            outcome = Outcome.REJECTED
-        elif reg.new_image:
-            log.info("registered %s (%s)", path, sha[:12])
-            outcome = Outcome.NEW
-        else:
-            log.info("duplicate %s of %s", path, sha[:12])
-            outcome = Outcome.DUPLICATE
-        if send and reg.run_ids:
-            self.send_pending()
-        return outcome
+            item.reason = f"{path}: {exc}"
+        return item
+
+    def _record(self, session, item: _Prepared) -> repo.Registration:
+        return repo.register_file(session, **dataclasses.asdict(item.record()), work=self.work)
+
+    @staticmethod
+    def _outcome(item: _Prepared, reg: repo.Registration) -> Outcome:
+        if item.reason:
+            log.warning("rejected %s", item.reason)
+            return Outcome.REJECTED
+        if reg.new_image:
+            log.info("registered %s (%s)", item.path, item.sha256[:12])
+            return Outcome.NEW
+        log.info("duplicate %s of %s", item.path, item.sha256[:12])
+        return Outcome.DUPLICATE
 
     def _refuse(self, path: Path, reason: str, st: os.stat_result | None = None) -> Outcome:
         log.warning("refused %s: %s", path, reason)
@@ -128,30 +191,42 @@ class Registrar:
     # --- sending -------------------------------------------------------------------------------
 
     def send_pending(self, *, wait: bool = True) -> int:
-        """Send every run whose message is not in the broker yet; waits while the queues are full."""
+        """Send every run whose message is not in the broker yet; waits while the queues are full.
+        Returns how many runs were sent.
+
+        Messages go out in groups over one broker connection, each group recorded as sent in one
+        transaction; the queue depths are checked before each group (backpressure). The runs of a
+        batch task (classification) that are waiting together go as one message per batch, so a
+        worker takes them in one forward pass without a message for each. A crash between a send
+        and its record only means the runs are sent again, which their worker then skips.
+        """
         sent = 0
+        group = max(1, min(50, self.settings.max_queue_depth // 10))
+        per_message = {task: self.settings.classify_batch_size for task in BATCH_TASKS}
         while True:
             with self.sessions() as s:
                 batch = repo.unsent_runs(s, limit=200)
             if not batch:
                 return sent
-            for run in batch:
+            msgs = messages(batch, per_message)
+            for start in range(0, len(msgs), group):
                 if not self._room(wait):
                     return sent
-                send_run(self.app, run)
-                with transaction(self.sessions) as s:
-                    repo.mark_enqueued(s, [run.id])
-                sent += 1
+                done: list[int] = []
+                try:
+                    with self.app.producer_or_acquire() as producer:
+                        for runs in msgs[start:start + group]:
+                            send_runs(self.app, runs, producer=producer)
+                            done.extend(r.id for r in runs)
+                finally:
+                    if done:
+                        with transaction(self.sessions) as s:
+                            repo.mark_enqueued(s, done)
+                sent += len(done)
 
     def _room(self, wait: bool) -> bool:
-        """Backpressure: False (or a wait) while any queue is deeper than the bound."""
-        bound = self.settings.max_queue_depth
-        # Asking Redis for every message would double its load; ask every few dozen sends.
-        self._sent_since_check += 1
-        if self._sent_since_check < max(1, min(50, bound // 10)):
-            return True
-        self._sent_since_check = 0
-        while max(queue_depths(self.redis).values()) >= bound:
+        """Backpressure: False (or a wait) while any queue is at or over the bound."""
+        while max(queue_depths(self.redis).values()) >= self.settings.max_queue_depth:
             if not wait:
                 return False
             time.sleep(0.5)

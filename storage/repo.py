@@ -80,14 +80,93 @@ def register_file(
     run_ids: list[int] = []
     if image.rejected_reason is None:
         have = set(session.execute(select(TaskRun.task, TaskRun.model).where(TaskRun.image_id == image.id)).all())
-        for task, model in work:
-            if (task, model) not in have:
-                run = TaskRun(image_id=image.id, task=task, model=model, status=QUEUED, queued_at=utcnow())
-                session.add(run)
-                session.flush()
-                run_ids.append(run.id)
+        now = utcnow()
+        runs = [TaskRun(image_id=image.id, task=task, model=model, status=QUEUED, queued_at=now)
+                for task, model in work if (task, model) not in have]
+        session.add_all(runs)
+        session.flush()  # one INSERT for all of them, which gives their ids
+        run_ids = [run.id for run in runs]
     session.flush()
     return Registration(image_id=image.id, new_image=new_image, run_ids=run_ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRecord:
+    """One file for :func:`register_files`: the arguments of :func:`register_file`."""
+
+    path: str
+    size_bytes: int
+    mtime_ns: int
+    sha256: str
+    fmt: str | None
+    width: int | None
+    height: int | None
+    rejected_reason: str | None
+
+
+def register_files(session: Session, files: Sequence[FileRecord], work: Sequence[tuple[str, str]]) -> list[Registration]:
+    """:func:`register_file` for many files at once (a bulk ingest's chunk), in a few statements
+    instead of several per file; the same outcome as registering them one after another.
+
+    Unlike :func:`register_file`, a content another producer inserts at the same moment makes
+    this fail (IntegrityError, the transaction to be rolled back): callers register such a chunk
+    file by file instead.
+    """
+    files = list(files)
+    images: dict[str, Image] = {}
+    for chunk in _chunks(sorted({f.sha256 for f in files})):
+        images.update({img.sha256: img for img in session.scalars(select(Image).where(Image.sha256.in_(chunk)))})
+    created: set[str] = set()
+    for f in files:
+        if f.sha256 not in images:
+            images[f.sha256] = Image(sha256=f.sha256, size_bytes=f.size_bytes, format=f.fmt, width=f.width,
+                                     height=f.height, rejected_reason=f.rejected_reason)
+            created.add(f.sha256)
+    session.add_all([images[sha] for sha in sorted(created)])
+    session.flush()
+    sources: dict[str, SourceFile] = {}
+    for chunk in _chunks(sorted({f.path for f in files})):
+        sources.update({src.path: src for src in session.scalars(select(SourceFile).where(SourceFile.path.in_(chunk)))})
+    for f in files:
+        image = images[f.sha256]
+        source = sources.get(f.path)
+        if source is None:
+            sources[f.path] = source = SourceFile(path=f.path, image_id=image.id, size_bytes=f.size_bytes,
+                                                  mtime_ns=f.mtime_ns)
+            session.add(source)
+        else:  # the same name, possibly new content
+            source.image_id, source.size_bytes, source.mtime_ns, source.refused_reason = (
+                image.id, f.size_bytes, f.mtime_ns, None)
+    usable = sorted({img.id for img in images.values() if img.rejected_reason is None})
+    have: set[tuple[int, str, str]] = set()
+    for chunk in _chunks(usable):
+        have.update(session.execute(select(TaskRun.image_id, TaskRun.task, TaskRun.model)
+                                    .where(TaskRun.image_id.in_(chunk))).tuples())
+    now = utcnow()
+    planned: list[list[TaskRun]] = []
+    for f in files:
+        image = images[f.sha256]
+        runs = []
+        if image.rejected_reason is None:
+            for task, model in work:
+                if (image.id, task, model) not in have:
+                    have.add((image.id, task, model))
+                    runs.append(TaskRun(image_id=image.id, task=task, model=model, status=QUEUED, queued_at=now))
+        planned.append(runs)
+    session.add_all([run for runs in planned for run in runs])
+    session.flush()
+    out, first_seen = [], set()
+    for f, runs in zip(files, planned):
+        new_image = f.sha256 in created and f.sha256 not in first_seen
+        first_seen.add(f.sha256)
+        out.append(Registration(image_id=images[f.sha256].id, new_image=new_image, run_ids=[r.id for r in runs]))
+    return out
+
+
+def _chunks(values: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
+    """``values`` in slices small enough for every database's limit on bound parameters."""
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
 
 
 def _get_or_create_image(session: Session, *, sha256: str, **fields) -> tuple[Image, bool]:
@@ -127,11 +206,14 @@ def known_files(session: Session) -> dict[str, tuple[int | None, int | None]]:
     return {p: (s, m) for p, s, m in session.execute(select(SourceFile.path, SourceFile.size_bytes, SourceFile.mtime_ns))}
 
 
-def is_known(session: Session, path: str, size_bytes: int, mtime_ns: int) -> bool:
-    row = session.execute(
-        select(SourceFile.size_bytes, SourceFile.mtime_ns).where(SourceFile.path == path)
-    ).one_or_none()
-    return row is not None and tuple(row) == (size_bytes, mtime_ns)
+def file_signatures(session: Session, paths: Sequence[str]) -> dict[str, tuple[int | None, int | None]]:
+    """path -> (size, mtime_ns) for those of ``paths`` that are recorded."""
+    out: dict[str, tuple[int | None, int | None]] = {}
+    for chunk in _chunks(list(paths)):
+        rows = session.execute(select(SourceFile.path, SourceFile.size_bytes, SourceFile.mtime_ns)
+                               .where(SourceFile.path.in_(chunk)))
+        out.update({p: (size, mtime) for p, size, mtime in rows})
+    return out
 
 
 # --- the run ledger ------------------------------------------------------------------------------
@@ -234,74 +316,109 @@ def claim_run(session: Session, run_id: int, worker: str,
     (``holder_alive(run.worker)``), e.g. because another worker took it into its batch. A run whose
     holder died is taken over: that is how work comes back after a worker is killed.
     """
-    run = session.get(TaskRun, run_id, with_for_update=session.bind.dialect.name == "postgresql")
-    if run is None or not _claimable(run, holder_alive):
-        return None
-    return _take(session, run, worker)
+    claims = claim_runs(session, [run_id], worker, holder_alive)
+    return claims[0] if claims else None
+
+
+def claim_runs(session: Session, run_ids: Sequence[int], worker: str,
+               holder_alive: Callable[[str], bool] = lambda _holder: False) -> list[Claim]:
+    """:func:`claim_run` for several runs at once (one message's group): the claims of those that
+    had something to do, in the order of ``run_ids``."""
+    ids = list(dict.fromkeys(run_ids))
+    if not ids:
+        return []
+    query = select(TaskRun).where(TaskRun.id.in_(ids))
+    if session.bind.dialect.name == "postgresql":
+        query = query.with_for_update()
+    runs = {run.id: run for run in session.scalars(query)}
+    return _take(session, [runs[i] for i in ids if i in runs and _claimable(runs[i], holder_alive)], worker)
 
 
 def may_claim(session: Session, run_id: int, holder_alive: Callable[[str], bool] = lambda _holder: False) -> bool:
     """Whether :func:`claim_run` could take the run now: a read without locks, so that the many
     messages of runs another process already took into its batch are skipped cheaply. (The
     claim itself checks again, under the lock.)"""
-    run = session.get(TaskRun, run_id)
-    return run is not None and _claimable(run, holder_alive)
+    return bool(claimable(session, [run_id], holder_alive))
 
 
-def claim_batch(session: Session, *, task: str, model: str, worker: str, limit: int, exclude: int,
+def claimable(session: Session, run_ids: Sequence[int],
+              holder_alive: Callable[[str], bool] = lambda _holder: False) -> list[int]:
+    """Those of ``run_ids`` that :func:`claim_runs` could take now (a read without locks; see
+    :func:`may_claim`), in their order."""
+    ids = list(dict.fromkeys(run_ids))
+    if not ids:
+        return []
+    rows = session.execute(select(TaskRun.id, TaskRun.status, TaskRun.worker).where(TaskRun.id.in_(ids)))
+    ok = {run_id for run_id, status, holder in rows if _claimable_state(status, holder, holder_alive)}
+    return [i for i in ids if i in ok]
+
+
+def claim_batch(session: Session, *, task: str, model: str, worker: str, limit: int, exclude: int | Iterable[int],
                 holder_alive: Callable[[str], bool] = lambda _holder: False) -> list[Claim]:
     """Claim up to ``limit`` more pending runs of the same task and model, oldest first, so one
     forward pass serves them all. Their own messages, when they arrive, find them taken and skip."""
     if limit <= 0:
         return []
+    excluded = [exclude] if isinstance(exclude, int) else list(exclude)
     query = (
         select(TaskRun)
-        .where(TaskRun.task == task, TaskRun.model == model, TaskRun.id != exclude,
+        .where(TaskRun.task == task, TaskRun.model == model, TaskRun.id.not_in(excluded),
                TaskRun.status.in_(PENDING_STATES))
         .order_by(TaskRun.status.desc(), TaskRun.id)  # 'running' (orphans) before 'queued'
         .limit(limit * 4)
     )
     if session.bind.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    claims = []
-    for run in session.scalars(query):
-        if len(claims) >= limit:
-            break
-        if _claimable(run, holder_alive):
-            claims.append(_take(session, run, worker))
-    return claims
+    runs = [run for run in session.scalars(query) if _claimable(run, holder_alive)]
+    return _take(session, runs[:limit], worker)
 
 
 def _claimable(run: TaskRun, holder_alive: Callable[[str], bool]) -> bool:
-    if run.status == QUEUED:
+    return _claimable_state(run.status, run.worker, holder_alive)
+
+
+def _claimable_state(status: str, holder: str | None, holder_alive: Callable[[str], bool]) -> bool:
+    if status == QUEUED:
         return True
-    return run.status == RUNNING and not (run.worker and holder_alive(run.worker))
+    return status == RUNNING and not (holder and holder_alive(holder))
 
 
-def _take(session: Session, run: TaskRun, worker: str) -> Claim:
-    run.status, run.started_at, run.worker, run.attempts = RUNNING, utcnow(), worker, run.attempts + 1
-    sha = session.scalar(select(Image.sha256).where(Image.id == run.image_id))
-    return Claim(run.id, run.image_id, sha, run.task, run.model, run.attempts)
+def _take(session: Session, runs: Sequence[TaskRun], worker: str) -> list[Claim]:
+    if not runs:
+        return []
+    shas = dict(session.execute(select(Image.id, Image.sha256).where(Image.id.in_({run.image_id for run in runs}))).all())
+    now = utcnow()
+    claims = []
+    for run in runs:
+        run.status, run.started_at, run.worker, run.attempts = RUNNING, now, worker, run.attempts + 1
+        claims.append(Claim(run.id, run.image_id, shas[run.image_id], run.task, run.model, run.attempts))
+    return claims
 
 
 def finish_run(session: Session, run_id: int, *, status: str, error: str | None = None) -> None:
-    run = session.get(TaskRun, run_id)
-    if run is None:
+    finish_runs(session, [run_id], status=status, error=error)
+
+
+def finish_runs(session: Session, run_ids: Sequence[int], *, status: str, error: str | None = None) -> None:
+    """Record runs' end (unknown ids are ignored). A ``rejected`` run rejects its image, and closes
+    the image's other pending runs too: the content is unusable for every task."""
+    ids = list(run_ids)
+    if not ids:
         return
     now = utcnow()
-    run.status, run.error, run.finished_at = status, error, now
-    if run.started_at is not None:
-        started = run.started_at if run.started_at.tzinfo else run.started_at.replace(tzinfo=dt.timezone.utc)
-        run.duration_ms = (now - started).total_seconds() * 1000.0
-    if status == REJECTED:
-        image = session.get(Image, run.image_id)
-        image.rejected_reason = error
-        # The content is unusable for every task: close the image's other pending runs too.
-        session.execute(
-            update(TaskRun)
-            .where(TaskRun.image_id == run.image_id, TaskRun.status == QUEUED, TaskRun.id != run_id)
-            .values(status=REJECTED, error=error, finished_at=now)
-        )
+    for run in session.scalars(select(TaskRun).where(TaskRun.id.in_(ids))).all():
+        run.status, run.error, run.finished_at = status, error, now
+        if run.started_at is not None:
+            started = run.started_at if run.started_at.tzinfo else run.started_at.replace(tzinfo=dt.timezone.utc)
+            run.duration_ms = (now - started).total_seconds() * 1000.0
+        if status == REJECTED:
+            image = session.get(Image, run.image_id)
+            image.rejected_reason = error
+            session.execute(
+                update(TaskRun)
+                .where(TaskRun.image_id == run.image_id, TaskRun.status == QUEUED, TaskRun.id.not_in(ids))
+                .values(status=REJECTED, error=error, finished_at=now)
+            )
 
 
 def release_runs(session: Session, run_ids: Iterable[int]) -> list[RunRef]:

@@ -62,15 +62,15 @@ class Pipeline:
                                      width=info.width, height=info.height, rejected_reason=None, work=work)
         return sha, reg.run_ids
 
-    def execute(self, run_id: int) -> str:
+    def execute(self, run_id: int, run_ids: list[int] | None = None, task=None) -> str:
         import worker.runtime
         from worker.pipeline import execute
 
-        task = types.SimpleNamespace(request=types.SimpleNamespace(retries=0))
+        task = task or types.SimpleNamespace(request=types.SimpleNamespace(retries=0))
         saved = worker.runtime._runtime
         worker.runtime._runtime = self.rt  # what get_runtime() gives inside a worker process
         try:
-            return execute(task, run_id)
+            return execute(task, run_id, run_ids=run_ids)
         finally:
             worker.runtime._runtime = saved
 
@@ -388,6 +388,75 @@ def test_fast_decode_classifies_the_photo_decoded_smaller_and_can_be_turned_off(
     assert not np.allclose(fast_scores, keras_direct(model, spec, big), atol=1e-5)  # really two decodes
     pipe.configure()
     pipe.rt._models.pop(("classify", "mobilenet_v2", str(weights)), None)
+
+
+class _Retry(Exception):
+    pass
+
+
+class _Task:
+    """What ``execute`` sees of a Celery task: its retry count, and ``retry``, which records the
+    message that would be sent."""
+
+    def __init__(self) -> None:
+        self.request = types.SimpleNamespace(retries=0)
+        self.retried: list[dict] = []
+
+    def retry(self, exc, countdown, kwargs):
+        self.retried.append(kwargs)
+        return _Retry(str(exc))
+
+
+def test_a_group_message_classifies_its_runs_in_one_batch_and_retries_as_a_group(pipe, files, tmp_path):
+    import keras
+
+    from tasks.classify import REGISTRY
+
+    keras.utils.set_random_seed(3)
+    weights = tmp_path / "m.weights.h5"
+    REGISTRY["mobilenet_v2"].build(weights=None).save_weights(str(weights))
+    key = classifier_key("mobilenet_v2", str(weights))
+    copies = []
+    for i, name in enumerate(("chelsea", "coffee", "rocket", "astronaut")):
+        copy = tmp_path / f"{i}-{name}.png"  # new content, so new runs in this module's store
+        Image.fromarray(np.rot90(decode(files[name]), 1 + i % 3)).save(copy)
+        copies.append(pipe.add(copy, [("classify", key)]))
+    (sha1, (r1,)), (sha2, (r2,)), (sha3, (r3,)), (sha4, (r4,)) = copies
+    pipe.configure(classify_batch_size=3)
+    try:
+        # A message for the group [r1, r2] takes both, and r3 (pending) to fill the batch of 3
+        assert pipe.execute(r1, run_ids=[r1, r2]) == DONE
+        with pipe.sessions() as s:
+            runs = {r.id: r for r in s.query(TaskRun).filter(TaskRun.id.in_([r1, r2, r3, r4]))}
+        assert [runs[r].status for r in (r1, r2, r3, r4)] == [DONE, DONE, DONE, QUEUED]
+        assert len({runs[r].finished_at for r in (r1, r2, r3)}) == 1  # one forward pass, one write
+        assert pipe.execute(r3) == "skipped"  # r3's own message: already done
+        assert all(pipe.results(sha)["labels_by_model"][key] for sha in (sha1, sha2, sha3))
+
+        # A group that meets a transient error is retried as a group, each run noting the retry
+        pipe.blobs.path_for(sha4).rename(tmp_path / "away")
+        with transaction(pipe.sessions) as s:
+            assert set(repo.rerun(s, "classify", key).requeued) >= {r1, r2, r3}
+        pipe.configure(classify_batch_size=2)  # the group alone: no other run in its batch
+        task = _Task()
+        with pytest.raises(_Retry):
+            pipe.execute(r4, run_ids=[r4, r1], task=task)
+        assert task.retried == [{"run_id": r4, "takeover": True, "run_ids": [r4, r1]}]
+        with pipe.sessions() as s:
+            assert all(s.get(TaskRun, r).error.startswith("retrying:") for r in (r4, r1))
+        (tmp_path / "away").rename(pipe.blobs.path_for(sha4))
+        assert pipe.execute(r4, run_ids=[r4, r1]) == DONE
+    finally:
+        pipe.configure()
+        pipe.rt._models.pop(("classify", "mobilenet_v2", str(weights)), None)
+
+
+def test_malformed_run_ids_are_ignored_not_fatal():
+    from worker.pipeline import _int_list
+
+    assert _int_list(None) is None and _int_list([3, 4]) == [3, 4]
+    for bad in ("1,2", [1, "2"], [True], {"a": 1}):
+        assert _int_list(bad) is None
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)

@@ -64,6 +64,15 @@ def _messages(redis_url: str) -> list[dict]:
     return out
 
 
+def _ids(message: dict) -> list[int]:
+    kwargs = message["body"][1]
+    return kwargs.get("run_ids", [kwargs["run_id"]])
+
+
+def _run_ids(messages: list[dict]) -> list[int]:
+    return [i for m in messages for i in _ids(m)]
+
+
 def test_register_stores_the_original_and_sends_one_json_message_per_run(registrar, photos, redis_url):
     target = registrar.inbox / "astronaut.jpg"
     shutil.copy(photos["astronaut"], target)
@@ -102,6 +111,49 @@ def test_duplicates_unchanged_files_and_bad_content(registrar, photos, redis_url
         reasons = {Path(p.path).name: p.reason for p in repo.problems(s)}
     assert set(reasons) == {"junk.jpg", "empty.jpg"}
     assert str(junk) in reasons["junk.jpg"]
+
+
+def test_register_many_records_a_chunk_in_one_go_with_each_files_outcome(registrar, photos, redis_url, tmp_path):
+    inbox = registrar.inbox
+    for name, photo in (("a.jpg", "coffee"), ("b.jpg", "coffee"), ("c.jpg", "chelsea"), ("known.jpg", "rocket")):
+        shutil.copy(photos[photo], inbox / name)
+    assert registrar.register(inbox / "known.jpg") is Outcome.NEW
+    (inbox / "junk.jpg").write_bytes(os.urandom(2048))
+    (tmp_path / "secret.jpg").write_bytes(b"x")
+    (inbox / "out.jpg").symlink_to(tmp_path / "secret.jpg")
+    (inbox / "dir.jpg").mkdir()
+    names = ["a.jpg", "b.jpg", "junk.jpg", "gone.jpg", "out.jpg", "known.jpg", "dir.jpg", "c.jpg"]
+    outcomes = registrar.register_many([inbox / n for n in names])
+    assert outcomes == [Outcome.NEW, Outcome.DUPLICATE, Outcome.REJECTED, Outcome.VANISHED, Outcome.REFUSED,
+                        Outcome.KNOWN, Outcome.SKIPPED, Outcome.NEW]
+    # rocket's 4 runs, then coffee's and chelsea's, each run sent once and recorded as sent; the
+    # chunk's two classify runs share one message (a worker takes them in one forward pass)
+    msgs = _messages(redis_url)
+    assert sorted(_run_ids(msgs)) == list(range(1, 13))
+    assert sorted(len(_ids(m)) for m in msgs if m["task"] == "darkroom.classify") == [1, 2]
+    with registrar.sessions() as s:
+        assert repo.unsent_runs(s) == []
+        assert len(repo.find_images(s)) == 4  # rocket, coffee, chelsea, and the rejected junk
+        assert set(repo.known_files(s)) >= {str(inbox / n) for n in ("a.jpg", "b.jpg", "junk.jpg", "c.jpg")}
+    assert registrar.register_many([inbox / n for n in ("a.jpg", "c.jpg")]) == [Outcome.KNOWN, Outcome.KNOWN]
+
+
+def test_a_chunk_that_cannot_be_recorded_at_once_is_recorded_file_by_file(registrar, photos, redis_url, monkeypatch):
+    inbox = registrar.inbox
+    for name, photo in (("a.jpg", "coffee"), ("b.jpg", "chelsea"), ("c.jpg", "rocket")):
+        shutil.copy(photos[photo], inbox / name)
+    calls = []
+
+    def clash(session, files, work):  # say another producer inserted one of the contents a moment ago
+        calls.append(len(files))
+        raise RuntimeError("UNIQUE constraint failed: images.sha256")
+
+    monkeypatch.setattr(repo, "register_files", clash)
+    outcomes = registrar.register_many([inbox / n for n in ("a.jpg", "b.jpg", "c.jpg")])
+    assert outcomes == [Outcome.NEW, Outcome.NEW, Outcome.NEW] and calls == [3]
+    with registrar.sessions() as s:
+        assert len(repo.find_images(s)) == 3 and repo.unsent_runs(s) == []
+    assert sorted(_run_ids(_messages(redis_url))) == list(range(1, 13))
 
 
 def test_symlink_out_of_the_inbox_is_refused_but_inside_is_taken(registrar, photos, tmp_path):
@@ -311,3 +363,15 @@ def test_a_file_over_the_byte_limit_is_refused_without_being_read(registrar, pho
         (problem,) = repo.problems(s)
     assert problem.path == str(big) and "DARKROOM_MAX_IMAGE_BYTES" in problem.reason
     assert not registrar.blobs.root.exists() or not any(registrar.blobs.root.rglob("*"))
+
+
+def test_messages_group_batch_task_runs_by_model_up_to_the_batch_size():
+    from storage.repo import RunRef
+    from worker.queues import messages
+
+    runs = [RunRef(1, "normalize", ""), RunRef(2, "classify", "a"), RunRef(3, "classify", "b"),
+            RunRef(4, "faces", "mtcnn"), RunRef(5, "classify", "a"), RunRef(6, "classify", "a"),
+            RunRef(7, "classify", "b")]
+    grouped = [[r.id for r in m] for m in messages(runs, {"classify": 2})]
+    assert grouped == [[1], [2, 5], [3, 7], [4], [6]]
+    assert [[r.id for r in m] for m in messages(runs, {})] == [[r.id] for r in runs]

@@ -57,6 +57,51 @@ def test_concurrent_migrations_do_not_collide(db_url):
     assert schema_is_current(make_engine(db_url))
 
 
+def _ledger(sessions) -> dict:
+    from storage.models import Image, SourceFile, TaskRun
+
+    with sessions() as s:
+        return {
+            "images": sorted((i.sha256, i.rejected_reason) for i in s.scalars(select(Image))),
+            "files": sorted((f.path, f.size_bytes, s.get(Image, f.image_id).sha256) for f in s.scalars(select(SourceFile))),
+            "runs": sorted((s.get(Image, r.image_id).sha256, r.task, r.model, r.status) for r in s.scalars(select(TaskRun))),
+        }
+
+
+def test_register_files_is_registering_the_files_one_after_another(tmp_path):
+    """The bulk form (a chunk of an ingest) leaves the ledger, and reports each file, as one call per file does."""
+    shas = [c * 64 for c in "abcdef"]
+    before = [("/in/old.jpg", shas[0], None, WORK), ("/in/renamed.jpg", shas[1], None, WORK[:2])]
+    chunk = [
+        ("/in/new.jpg", shas[2], None),  # new content
+        ("/in/copy.jpg", shas[2], None),  # the same content again, in the same chunk
+        ("/in/old-copy.jpg", shas[0], None),  # content registered before
+        ("/in/renamed.jpg", shas[3], None),  # a known path, now with other content
+        ("/in/more.jpg", shas[1], None),  # known content that lacks runs of the work now configured
+        ("/in/junk.jpg", shas[4], "/in/junk.jpg: not an image"),
+        ("/in/last.jpg", shas[5], None),
+    ]
+    results = {}
+    for mode in ("one by one", "bulk"):
+        engine = make_engine(f"sqlite:///{tmp_path / mode.replace(' ', '_')}.db")
+        migrate(engine)
+        sessions = session_factory(engine)
+        for path, sha, reason, work in before:
+            _register(sessions, path, sha=sha, reason=reason, work=work)
+        with transaction(sessions) as s:
+            if mode == "bulk":
+                regs = repo.register_files(s, [repo.FileRecord(path=p, size_bytes=10, mtime_ns=1, sha256=sha, fmt="JPEG",
+                                                               width=4, height=3, rejected_reason=r)
+                                               for p, sha, r in chunk], WORK)
+            else:
+                regs = [repo.register_file(s, path=p, size_bytes=10, mtime_ns=1, sha256=sha, fmt="JPEG", width=4,
+                                           height=3, rejected_reason=r, work=WORK) for p, sha, r in chunk]
+        results[mode] = ([(r.new_image, len(r.run_ids)) for r in regs], _ledger(sessions))
+        engine.dispose()
+    assert results["bulk"] == results["one by one"]
+    assert results["bulk"][0] == [(True, 4), (False, 0), (False, 0), (True, 4), (False, 2), (True, 0), (True, 4)]
+
+
 def test_register_creates_runs_once_and_duplicates_add_no_work(sessions):
     first = _register(sessions, "/in/a.jpg")
     assert first.new_image and len(first.run_ids) == 4

@@ -20,6 +20,7 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from darkroom.settings import BATCH_TASKS
 from darkroom.work import parse_classifier_key
 from storage import repo
 from storage.db import read_only, transaction
@@ -123,6 +124,7 @@ HANDLERS: dict[str, Callable[[Runtime, repo.Claim, Any], Callable]] = {
 BATCH_HANDLERS: dict[str, Callable[[Runtime, list[repo.Claim], list], Callable]] = {
     "classify": _classify,
 }
+assert set(BATCH_HANDLERS) == set(BATCH_TASKS), "darkroom.settings.BATCH_TASKS must name the batch handlers"
 #: The smallest (width, height) a task's images may be decoded at (DARKROOM_FAST_DECODE); tasks
 #: not listed get every pixel.
 DECODE_SIZE: dict[str, Callable[[Runtime, repo.Claim], tuple[int, int]]] = {
@@ -137,48 +139,63 @@ def _decode_size(rt: Runtime, claim: repo.Claim) -> tuple[int, int] | None:
     return size(rt, claim) if size is not None and rt.settings.fast_decode else None
 
 
-def execute(task: Task, run_id: int, takeover: bool = False) -> str:
-    """Run one task run to a stored result; returns the run's final state.
+def execute(task: Task, run_id: int, takeover: bool = False, run_ids: list[int] | None = None) -> str:
+    """Run one message's task runs to stored results; returns the (first) run's final state.
+
+    A message carries one run, or a group of runs of a batch task (``run_ids``, which the producer
+    sends for a whole chunk of images at once) that share its fate.
 
     Transient trouble anywhere — claiming, reading the original, writing — is retried with
-    exponential backoff by a new message for the same run; a run whose retries are spent is
+    exponential backoff by a new message for the same runs; runs whose retries are spent are
     recorded ``failed`` when the database lets us, and otherwise left to the reconciler's lease.
     """
     rt = get_runtime(app.darkroom_settings)
+    ids = list(dict.fromkeys([run_id, *(run_ids or [])]))
     try:
-        return _execute(rt, run_id, takeover)
+        return _execute(rt, ids, takeover)
     except TRANSIENT as exc:
         retries = task.request.retries
         if retries < rt.settings.task_max_retries:
             delay = min(60, 2 ** retries)
             try:
                 with transaction(rt.sessions) as s:
-                    repo.note_retry(s, run_id, _one_line(exc))
+                    for i in ids:
+                        repo.note_retry(s, i, _one_line(exc))
             except TRANSIENT:
-                pass  # the database itself is away: the retry message still carries the run
-            log.warning("run %s: %s; retry %d in %s s", run_id, _one_line(exc), retries + 1, delay)
-            # The retry is this run's continuation: it may take the run over even though the process
-            # that gave it up (and perhaps could not record that) is still alive.
-            raise task.retry(exc=exc, countdown=delay, kwargs={"run_id": run_id, "takeover": True}) from None
-        return _finish(rt, run_id, FAILED, f"gave up after {retries} retries: {_one_line(exc)}")
+                pass  # the database itself is away: the retry message still carries the runs
+            log.warning("run %s: %s; retry %d in %s s", _ids_text(ids), _one_line(exc), retries + 1, delay)
+            # The retry is these runs' continuation: it may take them over even though the process
+            # that gave them up (and perhaps could not record that) is still alive.
+            kwargs: dict[str, Any] = {"run_id": ids[0], "takeover": True}
+            if len(ids) > 1:
+                kwargs["run_ids"] = ids
+            raise task.retry(exc=exc, countdown=delay, kwargs=kwargs) from None
+        states = [_finish(rt, i, FAILED, f"gave up after {retries} retries: {_one_line(exc)}") for i in ids]
+        return states[0]
 
 
-def _execute(rt: Runtime, run_id: int, takeover: bool = False) -> str:
+def _execute(rt: Runtime, run_ids: list[int], takeover: bool = False) -> str:
+    holder_alive = (lambda _holder: False) if takeover else rt.holder_alive
+    with read_only(rt.sessions) as s:
+        claimable = repo.claimable(s, run_ids, holder_alive)
+    claims: list[repo.Claim] = []
+    if claimable:
+        with transaction(rt.sessions) as s:
+            claims = repo.claim_runs(s, claimable, rt.identity, holder_alive)
+    if not claims:
+        log.info("run %s: nothing to do (finished, or in another worker's batch)", _ids_text(run_ids))
+        return "skipped"
+    if claims[0].task in BATCH_HANDLERS:
+        return _execute_batch(rt, claims)
+    # Groups are only sent for batch tasks; should one come for another task, its runs go in turn.
+    return [_execute_one(rt, claim) for claim in claims][0]
+
+
+def _execute_one(rt: Runtime, claim: repo.Claim) -> str:
     from tasks.classify import ModelUnavailable
     from tasks.imaging import BadImage, decode
 
-    holder_alive = (lambda _holder: False) if takeover else rt.holder_alive
-    with read_only(rt.sessions) as s:
-        claimable = repo.may_claim(s, run_id, holder_alive)
-    claim = None
-    if claimable:
-        with transaction(rt.sessions) as s:
-            claim = repo.claim_run(s, run_id, rt.identity, holder_alive)
-    if claim is None:
-        log.info("run %s: nothing to do (finished, or in another worker's batch)", run_id)
-        return "skipped"
-    if claim.task in BATCH_HANDLERS:
-        return _execute_batch(rt, claim)
+    run_id = claim.run_id
     started = time.perf_counter()
     try:
         data = rt.blobs.read(claim.sha256)
@@ -204,24 +221,26 @@ def _execute(rt: Runtime, run_id: int, takeover: bool = False) -> str:
     return DONE
 
 
-def _execute_batch(rt: Runtime, claim: repo.Claim) -> str:
-    """``claim`` and up to batch-size - 1 other pending runs of its model, in one forward pass.
+def _execute_batch(rt: Runtime, own: list[repo.Claim]) -> str:
+    """The message's own runs and up to batch-size minus that many other pending runs of their
+    model, in one forward pass.
 
     Each extra run's own message later finds it finished and is skipped. If anything goes wrong
-    the extra runs are given back and sent again, so only ``claim`` shares this message's fate.
+    the extra runs are given back and sent again, so only the message's own runs share its fate.
     """
     from tasks.classify import ModelUnavailable
     from tasks.imaging import BadImage, decode
 
+    claim = own[0]
     with transaction(rt.sessions) as s:
         extras = repo.claim_batch(s, task=claim.task, model=claim.model, worker=rt.identity,
-                                  limit=rt.settings.classify_batch_size - 1, exclude=claim.run_id,
+                                  limit=rt.settings.classify_batch_size - len(own), exclude=[c.run_id for c in own],
                                   holder_alive=rt.holder_alive)
     started = time.perf_counter()
     try:
         at_least = _decode_size(rt, claim)
         claims, images = [], []
-        for c in [claim, *extras]:
+        for c in [*own, *extras]:
             try:
                 images.append(decode(rt.blobs.read(c.sha256), max_pixels=rt.settings.max_image_pixels,
                                      at_least=at_least))
@@ -229,7 +248,7 @@ def _execute_batch(rt: Runtime, claim: repo.Claim) -> str:
             except BadImage as exc:
                 _finish(rt, c.run_id, REJECTED, f"{_where(rt, c)}: {exc}")
             except FileNotFoundError:
-                if c is claim:
+                if c in own:
                     raise
                 _finish(rt, c.run_id, FAILED, f"{_where(rt, c)}: the original is missing from the blob store")
         if not claims:
@@ -237,24 +256,28 @@ def _execute_batch(rt: Runtime, claim: repo.Claim) -> str:
         write = BATCH_HANDLERS[claim.task](rt, claims, images)
         with transaction(rt.sessions) as s:
             write(s)
-            for c in claims:
-                repo.finish_run(s, c.run_id, status=DONE)
+            repo.finish_runs(s, [c.run_id for c in claims], status=DONE)
     except ModelUnavailable as exc:
-        for c in [claim, *extras]:
+        for c in [*own, *extras]:
             _finish(rt, c.run_id, FAILED, str(exc))
         return FAILED
     except BaseException as exc:
         _release(rt, [c.run_id for c in extras])
         if isinstance(exc, SoftTimeLimitExceeded):
-            return _finish(rt, claim.run_id, FAILED, f"{_where(rt, claim)}: {claim.task} took longer than "
-                           f"{rt.settings.task_time_limit} s (DARKROOM_TASK_TIME_LIMIT)")
+            return [_finish(rt, c.run_id, FAILED, f"{_where(rt, c)}: {c.task} took longer than "
+                            f"{rt.settings.task_time_limit} s (DARKROOM_TASK_TIME_LIMIT)") for c in own][0]
         if isinstance(exc, TRANSIENT) or not isinstance(exc, Exception):
             raise
-        log.exception("run %s %s failed", claim.run_id, claim.task)
-        return _finish(rt, claim.run_id, FAILED, f"{_where(rt, claim)}: {type(exc).__name__}: {_one_line(exc)}")
+        log.exception("runs %s %s failed", _ids_text([c.run_id for c in own]), claim.task)
+        return [_finish(rt, c.run_id, FAILED, f"{_where(rt, c)}: {type(exc).__name__}: {_one_line(exc)}")
+                for c in own][0]
     log.info("runs %s %s done in one batch of %d in %.0f ms", [c.run_id for c in claims], claim.task,
              len(claims), (time.perf_counter() - started) * 1000)
     return DONE
+
+
+def _ids_text(ids: list[int]) -> str:
+    return str(ids[0]) if len(ids) == 1 else f"{ids[0]} (+{len(ids) - 1} in its group)"
 
 
 def _release(rt: Runtime, run_ids: list[int]) -> None:
@@ -300,25 +323,42 @@ def _one_line(exc: BaseException) -> str:
     return text[0][:500] if text else type(exc).__name__
 
 
+def _int_list(values: Any) -> list[int] | None:
+    """A message's ``run_ids``: a list of whole numbers, or nothing."""
+    if values is None:
+        return None
+    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        # Not from a Darkroom producer; the runs it meant are still queued in the ledger, where
+        # the reconciler finds and resends them.
+        log.warning("ignoring a message's malformed run_ids: %.200r", values)
+        return None
+    return values
+
+
 # One Celery task per vision task, each with its own name and route (see worker.app). Messages carry
-# the run id only; extra keyword arguments from newer producers are ignored, not fatal.
+# run ids only (one, or a group for a batch task); extra keyword arguments from newer producers are
+# ignored, not fatal.
 
 
 @app.task(name=task_name("normalize"), bind=True)
-def normalize(self: Task, run_id: int, takeover: bool = False, **_params: Any) -> str:
-    return execute(self, int(run_id), takeover=bool(takeover))
+def normalize(self: Task, run_id: int, takeover: bool = False, run_ids: list[int] | None = None,
+         **_params: Any) -> str:
+    return execute(self, int(run_id), takeover=bool(takeover), run_ids=_int_list(run_ids))
 
 
 @app.task(name=task_name("classify"), bind=True)
-def classify(self: Task, run_id: int, takeover: bool = False, **_params: Any) -> str:
-    return execute(self, int(run_id), takeover=bool(takeover))
+def classify(self: Task, run_id: int, takeover: bool = False, run_ids: list[int] | None = None,
+         **_params: Any) -> str:
+    return execute(self, int(run_id), takeover=bool(takeover), run_ids=_int_list(run_ids))
 
 
 @app.task(name=task_name("augment"), bind=True)
-def augment(self: Task, run_id: int, takeover: bool = False, **_params: Any) -> str:
-    return execute(self, int(run_id), takeover=bool(takeover))
+def augment(self: Task, run_id: int, takeover: bool = False, run_ids: list[int] | None = None,
+         **_params: Any) -> str:
+    return execute(self, int(run_id), takeover=bool(takeover), run_ids=_int_list(run_ids))
 
 
 @app.task(name=task_name("faces"), bind=True)
-def faces(self: Task, run_id: int, takeover: bool = False, **_params: Any) -> str:
-    return execute(self, int(run_id), takeover=bool(takeover))
+def faces(self: Task, run_id: int, takeover: bool = False, run_ids: list[int] | None = None,
+         **_params: Any) -> str:
+    return execute(self, int(run_id), takeover=bool(takeover), run_ids=_int_list(run_ids))
