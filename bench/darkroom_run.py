@@ -7,7 +7,10 @@ against a fresh data folder, SQLite store and Redis database, measured from outs
   ``finished_at`` - t0). Also the rate once work flows: images / (last ``finished_at`` - first
   ``started_at``), which leaves out the ingest command's start-up. The Redis queue depths are sampled all along (their maximum is reported
   against ``DARKROOM_MAX_QUEUE_DEPTH``), and each worker process's peak RSS is read at the end.
-- Classify inside the pipeline: from the timed classify runs' ``started_at``/``finished_at``,
+- Classify inside the pipeline (the runner): Darkroom with the classify task alone, measured
+  from a queue the ingest filled while the worker was told not to consume (``prefill``), and
+  again with the ingest beside it. Also an estimate from the full run: from the timed classify
+  runs' ``started_at``/``finished_at``,
   the time each worker process spent in classify runs (overlapping runs counted once), and so the
   images/s the machine would classify if every worker process did nothing else:
   ``classify runs x worker processes / total classify busy seconds``.
@@ -323,9 +326,14 @@ def _warm(system: DarkroomSystem, warmup: list[Path], log) -> int:
 def run_darkroom(images_dir: Path, n: int, model: str, weights: str, workdir: Path, redis_url: str,
                  warmup: list[Path], *, concurrency: int = 2, timeout: float = 7200.0, latency_files: list[Path] | None = None,
                  check_shas: list[str] | None = None, settings: dict[str, str] | None = None,
-                 log=print) -> DarkroomResult:
+                 prefill: bool = False, log=print) -> DarkroomResult:
     """Darkroom over the ``n`` photos in ``images_dir``; ``redis_url``'s database is flushed first.
-    ``settings`` are extra Darkroom settings (``{"tasks": "classify"}`` -> ``DARKROOM_TASKS=classify``)."""
+    ``settings`` are extra Darkroom settings (``{"tasks": "classify"}`` -> ``DARKROOM_TASKS=classify``).
+
+    ``prefill``: measure the workers alone. The warm worker stops consuming (Celery's
+    ``cancel_consumer``), the ingest fills the queues, and the clock starts when the worker is told
+    to consume again (``add_consumer``): the rate of the stages behind the queue, from a full
+    queue to stored results, without the producer's work on the same cores."""
     system = DarkroomSystem(Path(workdir), redis_url, model, weights, concurrency, **(settings or {}))
     config = system.config()
     try:
@@ -339,8 +347,15 @@ def run_darkroom(images_dir: Path, n: int, model: str, weights: str, workdir: Pa
         foreign = procs.ForeignLoad()
         t0 = time.time()
         try:
+            if prefill:
+                queues = _consume(redis_url, "cancel_consumer")
             system.command("ingest", str(images_dir), timeout=timeout, name="ingest")
             ingest_s = time.time() - t0
+            if prefill:
+                if system.store.query("SELECT count(*) FROM task_runs WHERE id > ? AND status != 'queued'", (after,))[0][0]:
+                    raise RuntimeError("the worker took runs while it was told not to consume")
+                t0 = time.time()
+                _consume(redis_url, "add_consumer", queues)
             system.wait_settled(after, timeout)
         finally:
             depth_max = sampler.stop()
@@ -386,6 +401,26 @@ def run_darkroom(images_dir: Path, n: int, model: str, weights: str, workdir: Pa
         config={k: v for k, v in config.items() if k not in ("database_url", "broker_url")},
         latency=latency, outputs=outputs,
     )
+
+
+def _consume(redis_url: str, command: str, queues: list[str] | None = None) -> list[str]:
+    """Tell every worker to stop (``cancel_consumer``) or start again (``add_consumer``) consuming
+    Darkroom's queues, waiting for each to confirm; returns the queues."""
+    from celery import Celery
+
+    from worker.queues import QUEUES
+
+    queues = list(queues or QUEUES)
+    app = Celery("darkroom-bench", broker=redis_url)
+    app.conf.update(accept_content=["json"], task_serializer="json", result_serializer="json")
+    try:
+        for queue in queues:
+            replies = getattr(app.control, command)(queue, reply=True, timeout=10)
+            if not replies:
+                raise RuntimeError(f"no worker confirmed {command} {queue}")
+    finally:
+        app.close()
+    return queues
 
 
 def _file_sha(path: Path) -> str:

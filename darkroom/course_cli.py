@@ -389,7 +389,7 @@ def rerun(
         done = repo.rerun(s, task, key, failed_only=failed_only)
     sent = _send_unsent(settings)
     label = f"{task}:{key}" if key else task
-    typer.echo(f"{label}: {len(done.created)} new run(s), {len(done.requeued)} requeued; {sent} message(s) sent "
+    typer.echo(f"{label}: {len(done.created)} new run(s), {len(done.requeued)} requeued; {sent} sent "
                "(a worker does the work: `darkroom worker` or `darkroom up`)")
 
 

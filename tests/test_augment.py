@@ -205,3 +205,61 @@ def test_spec_validates():
         AugmentSpec(zoom=-0.1)
     with pytest.raises(ValueError, match="count must be a whole number"):
         AugmentSpec(count=2.5)
+
+
+@pytest.mark.parametrize("fill_mode", ["nearest", "reflect", "constant"])
+def test_rotations_by_pillow_are_the_keras_layers_within_one_grey_level(tall, fill_mode):
+    """The rotation's pixels come from Pillow (whole grey levels, faster); the layer's own
+    transform of the same draws, rounded, differs by at most one level anywhere."""
+    import keras
+
+    from tasks.augment import _affine_uint8, _pillow_can_apply
+
+    small = fit_within(tall, 200)
+    batch = np.repeat(small[None], 6, axis=0)
+    layer = keras.layers.RandomRotation(0.25, fill_mode=fill_mode, fill_value=7.0, interpolation="bilinear")
+    floats = keras.ops.convert_to_tensor(batch.astype(np.float32))
+    transformation = layer.get_random_transformation(floats, training=True, seed=keras.random.SeedGenerator(4))
+    assert _pillow_can_apply(layer, transformation)
+    keras_result = np.clip(np.rint(keras.ops.convert_to_numpy(layer.transform_images(floats, transformation))), 0, 255)
+    ours = _affine_uint8(batch, keras.ops.convert_to_numpy(transformation["rotation_matrix"]), fill_mode, 7.0)
+    assert ours.dtype == np.uint8 and ours.shape == batch.shape
+    diff = np.abs(ours.astype(int) - keras_result.astype(int))
+    assert diff.max() <= 1
+    assert (diff > 0).mean() < 0.6  # mostly equal, not merely close
+    # large rotations uncover corners: they were filled, as Keras fills them, not left black
+    assert not np.array_equal(ours, batch)
+
+
+def test_wrap_and_other_layers_stay_with_keras():
+    import keras
+
+    from tasks.augment import _pillow_can_apply
+
+    transformation = {"rotation_matrix": np.zeros((1, 8))}
+    assert not _pillow_can_apply(keras.layers.RandomRotation(0.1, fill_mode="wrap"), transformation)
+    assert not _pillow_can_apply(keras.layers.RandomRotation(0.1, interpolation="nearest"), transformation)
+    assert not _pillow_can_apply(keras.layers.RandomRotation(0.1, fill_mode="constant", fill_value=0.5), transformation)
+    assert not _pillow_can_apply(keras.layers.RandomZoom(0.1), {"zooms": np.ones((1, 2))})
+
+
+@pytest.mark.parametrize("spec, tolerance", [(AugmentSpec(seed=9), 1), (AugmentSpec(seed=9, fill_mode="wrap"), 0),
+                                             (AugmentSpec(seed=2, rotation=20, zoom=0.2, brightness=0.3), 1)])
+def test_augment_is_its_keras_layers_alone_within_one_grey_level(astro, spec, tolerance):
+    """Whole augmentations against the same steps done by the Keras layers alone ("wrap" is theirs)."""
+    import keras
+
+    from tasks import augment as aug
+
+    ours = np.stack(augment(astro, spec))
+    pixels = np.repeat(fit_within(astro, spec.size)[None].astype(np.float32), spec.count, axis=0)
+    for position, step in enumerate(aug._pipeline(spec)):
+        seed = keras.random.SeedGenerator(aug._layer_seed(spec.seed, position))
+        if isinstance(step, aug._OWN_STEPS):
+            pixels = step(pixels, seed)
+            continue
+        batch = keras.ops.convert_to_tensor(pixels)
+        pixels = keras.ops.convert_to_numpy(step.transform_images(
+            batch, step.get_random_transformation(batch, training=True, seed=seed), training=True))
+    keras_only = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    assert np.abs(ours.astype(int) - keras_only.astype(int)).max() <= tolerance

@@ -88,6 +88,27 @@ def test_naive_peer_runs_end_to_end_on_redis(small_corpus, tmp_path):
     redis.Redis.from_url(NAIVE_REDIS_URL).flushdb()
 
 
+def test_darkroom_from_a_prefilled_queue_starts_the_clock_when_the_worker_consumes(small_corpus, tmp_path):
+    """The classify-stage measurement: the warm worker is told to stop consuming, the ingest fills
+    the queue, and only then is it told to consume again (real worker processes and Redis)."""
+    import redis
+
+    from bench.darkroom_run import run_darkroom
+
+    url = os.environ.get("DARKROOM_TEST_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
+    redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    folder = small_corpus[0].path.parent
+    warm = build_corpus(tmp_path / "warm", n=4, seed=8, sizes=(480, 640))
+    result = run_darkroom(folder, len(small_corpus), "mobilenet_v2", "none", tmp_path / "dr", url,
+                          [img.path for img in warm], concurrency=2, settings={"tasks": "normalize"},
+                          prefill=True, timeout=300, log=lambda _msg: None)
+    assert result.failed == [] and result.images == 4
+    # The clock started after the ingest: the ingest's own seconds are not in the wall time
+    assert result.img_s > 0 and result.ingest_s > 0
+    assert result.task_ms["normalize"] > 0
+    redis.Redis.from_url(url).flushdb()
+
+
 def _measurements() -> dict:
     stages = {"decode": (0.010, 0.012), "normalize": (0.005, 0.006), "classify": (0.080, 0.050),
               "augment": (0.040, 0.045), "faces": (0.265, 0.300)}

@@ -370,26 +370,26 @@ def test_rerun_classify_with_another_model_creates_and_sends_runs(run, store):
     # When a different model is asked for
     result = run("rerun", "--task", "classify", "--model", "resnet50", "--weights", "none")
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith("classify:resnet50@none: 2 new run(s), 0 requeued; 2 message(s) sent")
+    assert result.stdout.startswith("classify:resnet50@none: 2 new run(s), 0 requeued; 2 sent")
     # Then each usable image has a new run under the new model's key, sent to the gpu queue
     with sessions() as s:
         new = s.query(TaskRun).filter_by(task="classify", model="resnet50@none").all()
         assert len(new) == 2 and all(r.status == QUEUED and r.enqueued_at is not None for r in new)
         assert s.query(TaskRun).filter_by(model="mobilenet_v2@none", status=DONE).count() == 2
-    assert queue_depths(client)["gpu"] == 2
+    assert queue_depths(client)["gpu"] == 1
     messages = [json.loads(raw) for raw in client.lrange("gpu", 0, -1)]
     assert {m["headers"]["task"] for m in messages} == {"darkroom.classify"}
-    # Each message carries one run id, and they are the new runs'
-    bodies = [json.loads(base64.b64decode(m["body"])) for m in messages]
-    assert sorted(body[1]["run_id"] for body in bodies) == sorted(r.id for r in new)
+    # One message for the batch, carrying the new runs' ids (and nothing else)
+    (body,) = [json.loads(base64.b64decode(m["body"])) for m in messages]
+    assert sorted(body[1]["run_ids"]) == sorted(r.id for r in new) and body[1]["run_id"] == body[1]["run_ids"][0]
     # The model already there is run again over what it labelled
     again = run("rerun", "--task", "classify", "--model", "mobilenet_v2", "--weights", "none")
     assert again.exit_code == 0, again.output
-    assert again.stdout.startswith("classify:mobilenet_v2@none: 0 new run(s), 2 requeued; 2 message(s) sent")
+    assert again.stdout.startswith("classify:mobilenet_v2@none: 0 new run(s), 2 requeued; 2 sent")
     # --failed-only touches nothing when nothing failed
     none = run("rerun", "--task", "normalize", "--failed-only")
-    assert none.exit_code == 0 and none.stdout.startswith("normalize: 0 new run(s), 0 requeued; 0 message(s) sent")
-    assert queue_depths(client) == {"cpu": 0, "gpu": 4}
+    assert none.exit_code == 0 and none.stdout.startswith("normalize: 0 new run(s), 0 requeued; 0 sent")
+    assert queue_depths(client) == {"cpu": 0, "gpu": 2}
 
 
 @pytest.mark.parametrize("args, needles", [
