@@ -113,6 +113,11 @@ class Settings(BaseSettings):
         16, ge=1, le=1024, description="Pending classify runs one worker process takes into one forward pass."
     )
     tf_threads: int = Field(0, ge=0, description="TensorFlow threads per worker process; 0: cores / processes.")
+    preload_models: bool = Field(
+        True, description="Each worker process loads the models of the tasks it may be sent, and runs them once, "
+        "as it starts (in the background, after the fork), so the first photo does not wait for them. false: "
+        "on first use.",
+    )
     log_level: str = "INFO"
 
     @field_validator("face_max_side")

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -457,10 +457,21 @@ def save_normalization(session: Session, image_id: int, reports: Sequence[dict[s
 
 
 def save_labels(session: Session, image_id: int, model: str, labels: Sequence[dict[str, Any]]) -> None:
-    session.execute(delete(Label).where(Label.image_id == image_id, Label.model == model))
-    for label in labels:
-        session.add(Label(image_id=image_id, model=model, rank=label["rank"], class_id=label["class_id"],
-                          label=label["label"], score=float(label["score"])))
+    save_many_labels(session, model, {image_id: labels})
+
+
+def save_many_labels(session: Session, model: str, labels: dict[int, Sequence[dict[str, Any]]]) -> None:
+    """Replace ``model``'s labels of each image (image id -> its labels), in two statements: a
+    classify batch writes all its images at once."""
+    if not labels:
+        return
+    for chunk in _chunks(sorted(labels)):
+        session.execute(delete(Label).where(Label.model == model, Label.image_id.in_(chunk)))
+    rows = [{"image_id": image_id, "model": model, "rank": lab["rank"], "class_id": lab["class_id"],
+             "label": lab["label"], "score": float(lab["score"])}
+            for image_id, labs in labels.items() for lab in labs]
+    if rows:
+        session.execute(insert(Label), rows)
 
 
 def save_faces(session: Session, image_id: int, model: str, faces: Sequence[dict[str, Any]]) -> None:

@@ -511,3 +511,32 @@ def test_faces_run_on_the_gpu_when_tensorflow_sees_one(pipe, monkeypatch):
         pipe.rt._models.pop(("faces", 0.5, 33, None), None)
         assert pipe.rt.face_detector(0.5, 33).device == "GPU:0" and built == ["GPU:0"]
         pipe.rt._models.pop(("faces", 0.5, 33, None), None)
+
+
+def test_preload_loads_and_runs_the_models_of_the_queues_a_process_serves(pipe, tmp_path, caplog):
+    """DARKROOM_PRELOAD_MODELS: a new worker process loads its tasks' models before the first photo."""
+    import keras
+
+    from tasks.classify import REGISTRY
+    from worker.runtime import preload
+
+    keras.utils.set_random_seed(2)
+    weights = tmp_path / "m.weights.h5"
+    REGISTRY["mobilenet_v2"].build(weights=None).save_weights(str(weights))
+    pipe.configure(classifier_model="mobilenet_v2", classifier_weights=str(weights))
+    key = ("classify", "mobilenet_v2", str(weights))
+    try:
+        assert preload(pipe.rt, ["cpu"]) == ["augment"]  # normalize has no model; classify and faces are gpu's
+        assert key not in pipe.rt._models
+        assert preload(pipe.rt, ["cpu", "gpu"]) == [f"classify:{classifier_key('mobilenet_v2', str(weights))}",
+                                                     "augment", "faces:mtcnn"]
+        assert key in pipe.rt._models and any(k[0] == "faces" for k in pipe.rt._models)
+        # A model that cannot be had is left to its runs, which say what to do; the rest still loads
+        pipe.configure(classifier_model="mobilenet_v2", classifier_weights=str(tmp_path / "missing.weights.h5"),
+                       tasks=["classify", "faces"])
+        with caplog.at_level("WARNING", logger="worker.runtime"):
+            assert preload(pipe.rt, None) == ["faces:mtcnn"]
+        assert "could not preload classify" in caplog.text
+    finally:
+        pipe.configure()
+        pipe.rt._models.pop(key, None)

@@ -7,7 +7,11 @@ must stay cheap: no TensorFlow, no database connection (those are made in each w
 
 from __future__ import annotations
 
+import logging
+import threading
+
 from celery import Celery
+from celery.signals import worker_process_init
 
 from darkroom.settings import ALL_TASKS, TASK_QUEUES, Settings, get_settings
 
@@ -49,3 +53,24 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
+
+
+@worker_process_init.connect
+def _preload_in_background(**_kwargs) -> None:
+    """In each new worker process (after the fork): load its models in a background thread
+    (``DARKROOM_PRELOAD_MODELS``). Celery waits only seconds for a process to start, and a model
+    can take longer; a task that needs a model meanwhile waits for it."""
+    settings = app.darkroom_settings
+    if not settings.preload_models:
+        return
+    queues = sorted(app.amqp.queues.consume_from or ())  # the queues this worker was started on
+
+    def run() -> None:
+        from worker.runtime import get_runtime, preload
+
+        try:
+            preload(get_runtime(settings), queues or None)
+        except Exception:  # noqa: BLE001 - the tasks load what they need themselves
+            logging.getLogger(__name__).exception("preloading models failed")
+
+    threading.Thread(target=run, name="darkroom-preload", daemon=True).start()

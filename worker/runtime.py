@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,25 +110,68 @@ def holder_alive(holder: str, *, me: str | None = None) -> bool:
 
 
 _runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
 _tf_configured = False
 
 
 def get_runtime(settings: Settings) -> Runtime:
     global _runtime
-    if _runtime is None:
-        engine = make_engine(settings.db_url)
-        _runtime = Runtime(
-            settings=settings,
-            sessions=session_factory(engine),
-            blobs=BlobStore(settings.blob_dir),
-            identity=f"{socket.gethostname()}:{os.getpid()}",
-        )
-    return _runtime
+    with _runtime_lock:  # the preload thread and the first task may ask at once
+        if _runtime is None:
+            engine = make_engine(settings.db_url)
+            _runtime = Runtime(
+                settings=settings,
+                sessions=session_factory(engine),
+                blobs=BlobStore(settings.blob_dir),
+                identity=f"{socket.gethostname()}:{os.getpid()}",
+            )
+        return _runtime
+
+
+def preload(rt: Runtime, queues: Sequence[str] | None = None) -> list[str]:
+    """Load the models of every configured task this process may be sent (those routed to
+    ``queues``; None: all) and run each once on a blank image, so that loading, and TensorFlow's
+    tracing, are done before the first photo. Returns what was warmed; a model that cannot be
+    loaded is logged here and reported by its task's runs, as without a preload."""
+    import numpy as np
+
+    from darkroom.settings import TASK_QUEUES
+    from darkroom.work import parse_classifier_key, planned_work
+
+    cfg = rt.settings
+    warmed = []
+    started = time.perf_counter()
+    for task, model in planned_work(cfg):
+        if queues is not None and TASK_QUEUES[task] not in queues:
+            continue
+        try:
+            if task == "classify":
+                classifier = rt.classifier(*parse_classifier_key(model))
+                width, height = classifier.decode_size
+                classifier.predict([np.full((height, width, 3), 128, np.uint8)], top=1)
+            elif task == "faces":
+                detector = rt.face_detector(cfg.face_min_confidence, cfg.face_min_size, cfg.face_max_side or None)
+                detector.detect(np.full((96, 128, 3), 128, np.uint8))
+            elif task == "augment":
+                from tasks.augment import augment
+                from worker.pipeline import augment_spec
+
+                augment(np.full((48, 64, 3), 128, np.uint8), augment_spec(cfg))
+            else:
+                continue
+        except Exception as exc:  # noqa: BLE001 - the task's own runs report it, with what to do
+            log.warning("could not preload %s %s in process %s: %s", task, model or "", os.getpid(),
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            continue
+        warmed.append(f"{task}:{model}" if model else task)
+    log.info("process %s warm: %s in %.1f s", os.getpid(), ", ".join(warmed) or "nothing to load",
+             time.perf_counter() - started)
+    return warmed
 
 
 def _forget_after_fork() -> None:
-    global _runtime, _tf_configured
-    _runtime, _tf_configured = None, False
+    global _runtime, _runtime_lock, _tf_configured
+    _runtime, _runtime_lock, _tf_configured = None, threading.Lock(), False
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
