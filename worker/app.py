@@ -7,9 +7,6 @@ must stay cheap: no TensorFlow, no database connection (those are made in each w
 
 from __future__ import annotations
 
-import logging
-import threading
-
 from celery import Celery
 from celery.signals import worker_process_init
 
@@ -59,18 +56,10 @@ app = create_app()
 def _preload_in_background(**_kwargs) -> None:
     """In each new worker process (after the fork): load its models in a background thread
     (``DARKROOM_PRELOAD_MODELS``). Celery waits only seconds for a process to start, and a model
-    can take longer; a task that needs a model meanwhile waits for it."""
+    can take longer; tasks wait for the preload to finish."""
     settings = app.darkroom_settings
     if not settings.preload_models:
         return
-    queues = sorted(app.amqp.queues.consume_from or ())  # the queues this worker was started on
+    from worker.runtime import start_preload
 
-    def run() -> None:
-        from worker.runtime import get_runtime, preload
-
-        try:
-            preload(get_runtime(settings), queues or None)
-        except Exception:  # noqa: BLE001 - the tasks load what they need themselves
-            logging.getLogger(__name__).exception("preloading models failed")
-
-    threading.Thread(target=run, name="darkroom-preload", daemon=True).start()
+    start_preload(settings, sorted(app.amqp.queues.consume_from or ()) or None)  # the queues this worker serves

@@ -26,7 +26,7 @@ from storage import repo
 from storage.db import read_only, transaction
 from storage.models import DONE, FAILED, REJECTED
 from worker.app import app, task_name
-from worker.runtime import Runtime, get_runtime
+from worker.runtime import Runtime, get_runtime, wait_for_preload
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,7 @@ def execute(task: Task, run_id: int, takeover: bool = False, run_ids: list[int] 
     exponential backoff by a new message for the same runs; runs whose retries are spent are
     recorded ``failed`` when the database lets us, and otherwise left to the reconciler's lease.
     """
+    wait_for_preload()
     rt = get_runtime(app.darkroom_settings)
     ids = list(dict.fromkeys([run_id, *(run_ids or [])]))
     try:

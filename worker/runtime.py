@@ -169,9 +169,39 @@ def preload(rt: Runtime, queues: Sequence[str] | None = None) -> list[str]:
     return warmed
 
 
+_preload_done = threading.Event()
+_preload_done.set()
+
+#: How long a task waits for its process's preload before going ahead anyway.
+PRELOAD_WAIT = 300.0
+
+
+def start_preload(settings: Settings, queues: Sequence[str] | None) -> None:
+    """Run :func:`preload` in a background thread of this (new) worker process. Tasks wait for it
+    (:func:`wait_for_preload`): TensorFlow's import is not safe from two threads at once."""
+    _preload_done.clear()
+
+    def run() -> None:
+        try:
+            preload(get_runtime(settings), queues)
+        except Exception:  # noqa: BLE001 - the tasks load what they need themselves
+            log.exception("preloading models failed")
+        finally:
+            _preload_done.set()
+
+    threading.Thread(target=run, name="darkroom-preload", daemon=True).start()
+
+
+def wait_for_preload(timeout: float = PRELOAD_WAIT) -> None:
+    if not _preload_done.wait(timeout):
+        log.warning("process %s: models still loading after %.0f s; going ahead", os.getpid(), timeout)
+
+
 def _forget_after_fork() -> None:
-    global _runtime, _runtime_lock, _tf_configured
+    global _runtime, _runtime_lock, _tf_configured, _preload_done
     _runtime, _runtime_lock, _tf_configured = None, threading.Lock(), False
+    _preload_done = threading.Event()
+    _preload_done.set()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
