@@ -373,6 +373,24 @@ def claim_batch(session: Session, *, task: str, model: str, worker: str, limit: 
     return _take(session, runs[:limit], worker)
 
 
+def claim_companions(session: Session, *, image_id: int, tasks: Sequence[str], worker: str, exclude: int,
+                     holder_alive: Callable[[str], bool] = lambda _holder: False) -> list[Claim]:
+    """Claim the image's pending runs of ``tasks`` (other than ``exclude``), so that one process
+    does them with the run it holds: the photo decoded once, the results stored together. Their
+    own messages, when they arrive, find them taken and skip."""
+    if not tasks:
+        return []
+    query = (
+        select(TaskRun)
+        .where(TaskRun.image_id == image_id, TaskRun.task.in_(list(tasks)), TaskRun.id != exclude,
+               TaskRun.status.in_(PENDING_STATES))
+        .order_by(TaskRun.id)
+    )
+    if session.bind.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return _take(session, [run for run in session.scalars(query) if _claimable(run, holder_alive)], worker)
+
+
 def _claimable(run: TaskRun, holder_alive: Callable[[str], bool]) -> bool:
     return _claimable_state(run.status, run.worker, holder_alive)
 

@@ -540,3 +540,66 @@ def test_preload_loads_and_runs_the_models_of_the_queues_a_process_serves(pipe, 
     finally:
         pipe.configure()
         pipe.rt._models.pop(key, None)
+
+
+def test_normalize_and_faces_of_a_photo_are_done_together_from_one_decode(pipe, files, tmp_path, monkeypatch):
+    """The full-pixel tasks of an image: the first of its messages does both (one decode, one
+    transaction); the other's message is then skipped. Only in a process that serves both queues."""
+    import tasks.imaging
+    import worker.runtime
+
+    original, calls = tasks.imaging.decode, []
+
+    def counting_decode(*args, **kwargs):  # the pipeline imports decode where it uses it
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.imaging, "decode", counting_decode)
+    copy = tmp_path / "astro.png"
+    Image.fromarray(np.fliplr(decode(files["astronaut"]))).save(copy)
+    sha, (norm, faces) = pipe.add(copy, [("normalize", ""), ("faces", "mtcnn")])
+    assert pipe.execute(norm) == DONE
+    assert len(calls) == 1
+    with pipe.sessions() as s:
+        assert [s.get(TaskRun, r).status for r in (norm, faces)] == [DONE, DONE]
+        assert s.get(TaskRun, norm).finished_at == s.get(TaskRun, faces).finished_at  # one transaction
+    assert pipe.execute(faces) == "skipped"
+    results = pipe.results(sha)
+    assert len(results["faces"]) == 1 and results["normalize"]["dtype"] == "uint8"
+
+    # A worker that serves only the cpu queue leaves faces to the gpu workers
+    sha2, (norm2, faces2) = pipe.add(files["astronaut"], [("normalize", ""), ("faces", "mtcnn")])
+    monkeypatch.setattr(worker.runtime, "served_queues", ["cpu"])
+    assert pipe.execute(norm2) == DONE
+    with pipe.sessions() as s:
+        assert s.get(TaskRun, faces2).status == QUEUED
+
+
+def test_a_companion_run_is_given_back_when_its_group_meets_a_transient_error(pipe, files, tmp_path, monkeypatch,
+                                                                             redis_url):
+    import json
+
+    import redis as redis_lib
+
+    from darkroom.settings import Settings
+    from worker import pipeline
+    from worker.app import create_app
+
+    monkeypatch.setattr(pipeline, "app", create_app(Settings(broker_url=redis_url, _env_file=None)))
+    copy = tmp_path / "coffee.png"
+    Image.fromarray(np.flipud(decode(files["coffee"]))).save(copy)
+    sha, (norm, faces) = pipe.add(copy, [("normalize", ""), ("faces", "mtcnn")])
+
+    def away(*_args):
+        raise ConnectionError("the blob store's disk is away")
+
+    monkeypatch.setitem(pipeline.HANDLERS, "faces", away)
+    task = _Task()
+    with pytest.raises(_Retry):
+        pipe.execute(norm, task=task)
+    assert task.retried == [{"run_id": norm, "takeover": True}]  # the message's own run is retried
+    with pipe.sessions() as s:
+        # and the companion is queued again, with a message of its own
+        assert s.get(TaskRun, faces).status == QUEUED and s.get(TaskRun, faces).enqueued_at is not None
+    (raw,) = redis_lib.Redis.from_url(redis_url).lrange("gpu", 0, -1)
+    assert json.loads(__import__("base64").b64decode(json.loads(raw)["body"]))[1]["run_id"] == faces

@@ -53,13 +53,12 @@ app = create_app()
 
 
 @worker_process_init.connect
-def _preload_in_background(**_kwargs) -> None:
-    """In each new worker process (after the fork): load its models in a background thread
-    (``DARKROOM_PRELOAD_MODELS``). Celery waits only seconds for a process to start, and a model
-    can take longer; tasks wait for the preload to finish."""
-    settings = app.darkroom_settings
-    if not settings.preload_models:
-        return
-    from worker.runtime import start_preload
+def _start_process(**_kwargs) -> None:
+    """In each new worker process (after the fork): note the queues this worker serves, and load
+    its models in a background thread (``DARKROOM_PRELOAD_MODELS``). Celery waits only seconds for
+    a process to start, and a model can take longer; tasks wait for the preload to finish."""
+    from worker import runtime
 
-    start_preload(settings, sorted(app.amqp.queues.consume_from or ()) or None)  # the queues this worker serves
+    runtime.served_queues = sorted(app.amqp.queues.consume_from or ()) or None
+    if app.darkroom_settings.preload_models:
+        runtime.start_preload(app.darkroom_settings, runtime.served_queues)

@@ -26,7 +26,7 @@ from storage import repo
 from storage.db import read_only, transaction
 from storage.models import DONE, FAILED, REJECTED
 from worker.app import app, task_name
-from worker.runtime import Runtime, get_runtime, wait_for_preload
+from worker.runtime import Runtime, get_runtime, serves, wait_for_preload
 
 log = logging.getLogger(__name__)
 
@@ -191,34 +191,70 @@ def _execute(rt: Runtime, run_ids: list[int], takeover: bool = False) -> str:
     return [_execute_one(rt, claim) for claim in claims][0]
 
 
+#: Tasks that read every pixel of the original. A process doing one of them for an image also
+#: takes that image's other pending runs of them (in the queues it serves): the photo is read and
+#: decoded once, and the results are stored in one transaction.
+SHARED_DECODE = ("normalize", "faces")
+
+
 def _execute_one(rt: Runtime, claim: repo.Claim) -> str:
+    """``claim`` (and, for a full-pixel task, its image's other pending full-pixel runs) to stored
+    results. Only ``claim`` shares its message's fate: on a transient error the others are given
+    back and sent again."""
     from tasks.classify import ModelUnavailable
     from tasks.imaging import BadImage, decode
 
-    run_id = claim.run_id
+    companions: list[repo.Claim] = []
+    if claim.task in SHARED_DECODE:
+        tasks = [t for t in SHARED_DECODE if t != claim.task and serves(t)]
+        if tasks:
+            with transaction(rt.sessions) as s:
+                companions = repo.claim_companions(s, image_id=claim.image_id, tasks=tasks, worker=rt.identity,
+                                                   exclude=claim.run_id, holder_alive=rt.holder_alive)
+    group = [claim, *companions]
     started = time.perf_counter()
+    states: dict[int, str] = {}
+    writes: list[tuple[repo.Claim, Callable]] = []
     try:
-        data = rt.blobs.read(claim.sha256)
-        image = decode(data, max_pixels=rt.settings.max_image_pixels, at_least=_decode_size(rt, claim))
-        write = HANDLERS[claim.task](rt, claim, image)
-    except BadImage as exc:
-        return _finish(rt, run_id, REJECTED, f"{_where(rt, claim)}: {exc}")
-    except ModelUnavailable as exc:
-        return _finish(rt, run_id, FAILED, str(exc))
-    except SoftTimeLimitExceeded:
-        return _finish(rt, run_id, FAILED, f"{_where(rt, claim)}: {claim.task} took longer than "
-                       f"{rt.settings.task_time_limit} s (DARKROOM_TASK_TIME_LIMIT)")
-    except TRANSIENT:
+        try:
+            data = rt.blobs.read(claim.sha256)
+            image = decode(data, max_pixels=rt.settings.max_image_pixels, at_least=_decode_size(rt, claim))
+        except BadImage as exc:
+            for c in group:
+                states[c.run_id] = _finish(rt, c.run_id, REJECTED, f"{_where(rt, c)}: {exc}")
+            return states[claim.run_id]
+        for c in group:
+            try:
+                writes.append((c, HANDLERS[c.task](rt, c, image)))
+            except ModelUnavailable as exc:
+                states[c.run_id] = _finish(rt, c.run_id, FAILED, str(exc))
+            except BadImage as exc:
+                states[c.run_id] = _finish(rt, c.run_id, REJECTED, f"{_where(rt, c)}: {exc}")
+            except SoftTimeLimitExceeded:
+                for late in group:
+                    if late.run_id not in states:
+                        states[late.run_id] = _finish(rt, late.run_id, FAILED, f"{_where(rt, late)}: {late.task} took "
+                                                      f"longer than {rt.settings.task_time_limit} s (DARKROOM_TASK_TIME_LIMIT)")
+                return states[claim.run_id]
+            except TRANSIENT:
+                raise
+            except Exception as exc:  # a bug or an unforeseen input: record it, keep the worker going
+                log.exception("run %s %s failed", c.run_id, c.task)
+                states[c.run_id] = _finish(rt, c.run_id, FAILED, f"{_where(rt, c)}: {type(exc).__name__}: {_one_line(exc)}")
+        if writes:
+            with transaction(rt.sessions) as s:
+                for _c, write in writes:
+                    write(s)
+                repo.finish_runs(s, [c.run_id for c, _w in writes], status=DONE)
+    except BaseException:
+        _release(rt, [c.run_id for c in companions if c.run_id not in states])
         raise
-    except Exception as exc:  # a bug or an unforeseen input: record it, keep the worker going
-        log.exception("run %s %s failed", run_id, claim.task)
-        return _finish(rt, run_id, FAILED, f"{_where(rt, claim)}: {type(exc).__name__}: {_one_line(exc)}")
-    with transaction(rt.sessions) as s:
-        write(s)
-        repo.finish_run(s, run_id, status=DONE)
-    log.info("run %s %s %s done in %.0f ms", run_id, claim.task, claim.sha256[:12],
-             (time.perf_counter() - started) * 1000)
-    return DONE
+    for c, _w in writes:
+        states[c.run_id] = DONE
+    log.info("run %s %s %s done in %.0f ms%s", claim.run_id, claim.task, claim.sha256[:12],
+             (time.perf_counter() - started) * 1000,
+             "".join(f" (with {c.task} run {c.run_id}: {states[c.run_id]})" for c in companions))
+    return states[claim.run_id]
 
 
 def _execute_batch(rt: Runtime, own: list[repo.Claim]) -> str:

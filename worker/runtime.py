@@ -169,6 +169,17 @@ def preload(rt: Runtime, queues: Sequence[str] | None = None) -> list[str]:
     return warmed
 
 
+#: The queues this worker process consumes (set as it starts); None: all of them.
+served_queues: list[str] | None = None
+
+
+def serves(task: str) -> bool:
+    """Whether this process may be sent ``task``'s runs (its queue is among those it consumes)."""
+    from darkroom.settings import TASK_QUEUES
+
+    return served_queues is None or TASK_QUEUES[task] in served_queues
+
+
 _preload_done = threading.Event()
 _preload_done.set()
 
