@@ -84,8 +84,8 @@ class Registrar:
         on its own, then all are recorded in one transaction, and their runs are sent after it.
         Returns each file's outcome, in order.
 
-        If that transaction fails, each file is recorded in its own, so one file's trouble (say,
-        a path another producer registered a moment ago) costs only that file; an error that
+        If that transaction fails (say, another producer registered one of the contents a moment
+        ago), each file is recorded in its own transaction, which copes with that; an error that
         remains is raised, as :meth:`register` does for a single file.
         """
         paths = [Path(os.path.abspath(p)) for p in paths]
