@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import case, delete, func, insert, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -363,7 +363,7 @@ def claim_batch(session: Session, *, task: str, model: str, worker: str, limit: 
     query = (
         select(TaskRun)
         .where(TaskRun.task == task, TaskRun.model == model, TaskRun.id.not_in(excluded),
-               TaskRun.status.in_(PENDING_STATES))
+               TaskRun.status.in_(PENDING_STATES), _not_awaiting_retry())
         .order_by(TaskRun.status.desc(), TaskRun.id)  # 'running' (orphans) before 'queued'
         .limit(limit * 4)
     )
@@ -373,8 +373,8 @@ def claim_batch(session: Session, *, task: str, model: str, worker: str, limit: 
     return _take(session, runs[:limit], worker)
 
 
-def claim_companions(session: Session, *, image_id: int, tasks: Sequence[str], worker: str, exclude: int,
-                     holder_alive: Callable[[str], bool] = lambda _holder: False) -> list[Claim]:
+def claim_companions(session: Session, *, image_id: int, tasks: Sequence[str], worker: str,
+                     exclude: int | Iterable[int], holder_alive: Callable[[str], bool] = lambda _holder: False) -> list[Claim]:
     """Claim the image's pending runs of ``tasks`` (other than ``exclude``), so that one process
     does them with the run it holds: the photo decoded once, the results stored together. Their
     own messages, when they arrive, find them taken and skip."""
@@ -382,13 +382,24 @@ def claim_companions(session: Session, *, image_id: int, tasks: Sequence[str], w
         return []
     query = (
         select(TaskRun)
-        .where(TaskRun.image_id == image_id, TaskRun.task.in_(list(tasks)), TaskRun.id != exclude,
-               TaskRun.status.in_(PENDING_STATES))
+        .where(TaskRun.image_id == image_id, TaskRun.task.in_(list(tasks)),
+               TaskRun.id.not_in([exclude] if isinstance(exclude, int) else list(exclude)),
+               TaskRun.status.in_(PENDING_STATES), _not_awaiting_retry())
         .order_by(TaskRun.id)
     )
     if session.bind.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     return _take(session, [run for run in session.scalars(query) if _claimable(run, holder_alive)], worker)
+
+
+#: The error a run carries while its retry message is on its way (see :func:`note_retry`).
+RETRYING = "retrying: "
+
+
+def _not_awaiting_retry():
+    """Runs another process may take into its batch or group: not those whose retry message is on
+    its way, which belong to that message (it may take them over from any holder)."""
+    return or_(TaskRun.error.is_(None), not_(TaskRun.error.startswith(RETRYING)))
 
 
 def _claimable(run: TaskRun, holder_alive: Callable[[str], bool]) -> bool:
@@ -459,7 +470,8 @@ def orphaned_runs(session: Session, holder_alive: Callable[[str], bool]) -> list
 
 def note_retry(session: Session, run_id: int, error: str) -> None:
     """A run will be tried again: back to ``queued`` with the reason kept for `status`."""
-    session.execute(update(TaskRun).where(TaskRun.id == run_id).values(status=QUEUED, error=f"retrying: {error}"))
+    session.execute(update(TaskRun).where(TaskRun.id == run_id, TaskRun.status.in_(PENDING_STATES))
+                    .values(status=QUEUED, error=f"{RETRYING}{error}"))
 
 
 # --- results (each replaces what the task wrote before: a redelivery leaves one result) -----------

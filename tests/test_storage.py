@@ -341,3 +341,25 @@ def test_holder_alive_reads_the_process_table():
     dead.wait()
     assert not holder_alive(f"{host}:{dead.pid}")
     assert holder_alive("some-other-host:1")  # another machine: trusted until its lease runs out
+
+
+def test_a_run_awaiting_its_retry_belongs_to_its_retry_message(sessions):
+    """Other processes' batches and groups leave it alone (the retry may take it over from any
+    holder, so two would do it at once), and a retry noted late never reopens a finished run."""
+    reg = _register(sessions, "/in/a.jpg")
+    normalize, classify, _augment, faces = reg.run_ids
+    other = _register(sessions, "/in/b.jpg", sha=SHA_B).run_ids[1]
+    with transaction(sessions) as s:
+        repo.note_retry(s, faces, "database restarting")
+        repo.note_retry(s, classify, "database restarting")
+    with transaction(sessions) as s:
+        assert repo.claim_companions(s, image_id=reg.image_id, tasks=["faces"], worker="w:1", exclude=normalize) == []
+        batch = repo.claim_batch(s, task="classify", model="vgg16", worker="w:1", limit=5, exclude=-1)
+        assert [c.run_id for c in batch] == [other]
+        # its own retry message takes it
+        assert repo.claim_run(s, faces, "w:2").run_id == faces
+        repo.finish_run(s, faces, status=DONE)
+    with transaction(sessions) as s:
+        repo.note_retry(s, faces, "a late note")
+    with sessions() as s:
+        assert s.get(TaskRun, faces).status == DONE

@@ -154,6 +154,7 @@ def execute(task: Task, run_id: int, takeover: bool = False, run_ids: list[int] 
     try:
         return _execute(rt, ids, takeover)
     except TRANSIENT as exc:
+        ids = list(dict.fromkeys([*ids, *getattr(exc, "darkroom_runs", [])]))  # members it could not give back
         retries = task.request.retries
         if retries < rt.settings.task_max_retries:
             delay = min(60, 2 ** retries)
@@ -187,8 +188,10 @@ def _execute(rt: Runtime, run_ids: list[int], takeover: bool = False) -> str:
         return "skipped"
     if claims[0].task in BATCH_HANDLERS:
         return _execute_batch(rt, claims)
-    # Groups are only sent for batch tasks; should one come for another task, its runs go in turn.
-    return [_execute_one(rt, claim) for claim in claims][0]
+    # Groups are sent for batch tasks, and retries carry the runs a group could not give back;
+    # such runs go in turn (none taking another of the message's as its companion).
+    mine = [c.run_id for c in claims]
+    return [_execute_one(rt, claim, mine) for claim in claims][0]
 
 
 #: Tasks that read every pixel of the original. A process doing one of them for an image also
@@ -197,7 +200,7 @@ def _execute(rt: Runtime, run_ids: list[int], takeover: bool = False) -> str:
 SHARED_DECODE = ("normalize", "faces")
 
 
-def _execute_one(rt: Runtime, claim: repo.Claim) -> str:
+def _execute_one(rt: Runtime, claim: repo.Claim, message_runs: list[int] | None = None) -> str:
     """``claim`` (and, for a full-pixel task, its image's other pending full-pixel runs) to stored
     results. Only ``claim`` shares its message's fate: on a transient error the others are given
     back and sent again."""
@@ -210,7 +213,8 @@ def _execute_one(rt: Runtime, claim: repo.Claim) -> str:
         if tasks:
             with transaction(rt.sessions) as s:
                 companions = repo.claim_companions(s, image_id=claim.image_id, tasks=tasks, worker=rt.identity,
-                                                   exclude=claim.run_id, holder_alive=rt.holder_alive)
+                                                   exclude=message_runs or [claim.run_id],
+                                                   holder_alive=rt.holder_alive)
     group = [claim, *companions]
     started = time.perf_counter()
     states: dict[int, str] = {}
@@ -246,8 +250,8 @@ def _execute_one(rt: Runtime, claim: repo.Claim) -> str:
                 for _c, write in writes:
                     write(s)
                 repo.finish_runs(s, [c.run_id for c, _w in writes], status=DONE)
-    except BaseException:
-        _release(rt, [c.run_id for c in companions if c.run_id not in states])
+    except BaseException as exc:
+        _release(rt, [c.run_id for c in companions if c.run_id not in states], exc)
         raise
     for c, _w in writes:
         states[c.run_id] = DONE
@@ -300,7 +304,7 @@ def _execute_batch(rt: Runtime, own: list[repo.Claim]) -> str:
             _finish(rt, c.run_id, FAILED, str(exc))
         return FAILED
     except BaseException as exc:
-        _release(rt, [c.run_id for c in extras])
+        _release(rt, [c.run_id for c in extras], exc)
         if isinstance(exc, SoftTimeLimitExceeded):
             return [_finish(rt, c.run_id, FAILED, f"{_where(rt, c)}: {c.task} took longer than "
                             f"{rt.settings.task_time_limit} s (DARKROOM_TASK_TIME_LIMIT)") for c in own][0]
@@ -320,8 +324,10 @@ def _ids_text(ids: list[int]) -> str:
     return str(ids[0]) if len(ids) == 1 else f"{ids[0]} (+{len(ids) - 1} in its group)"
 
 
-def _release(rt: Runtime, run_ids: list[int]) -> None:
-    """Give batch members back and send them again (their own messages may be gone already)."""
+def _release(rt: Runtime, run_ids: list[int], exc: BaseException | None = None) -> None:
+    """Give batch or group members back and send them again (their own messages may be gone
+    already). If that cannot be done (the database is away), they go with ``exc``: the message's
+    retry carries them and takes them over (see :func:`execute`)."""
     from worker.queues import send_run
 
     if not run_ids:
@@ -333,8 +339,13 @@ def _release(rt: Runtime, run_ids: list[int]) -> None:
             send_run(app, ref)
         with transaction(rt.sessions) as s:
             repo.mark_enqueued(s, [ref.id for ref in refs])
-    except Exception:  # noqa: BLE001 - the reconciler finds runs of a process that let go of them
-        log.exception("could not give back runs %s; the reconciler will", run_ids)
+    except Exception:  # noqa: BLE001 - the retry (or the reconciler's lease) brings them back
+        log.warning("could not give back runs %s; the message's retry takes them", run_ids, exc_info=True)
+        if exc is not None:
+            try:
+                exc.darkroom_runs = [*getattr(exc, "darkroom_runs", []), *run_ids]
+            except AttributeError:  # an exception type without a __dict__
+                log.error("runs %s are left to the reconciler", run_ids)
 
 
 def _finish(rt: Runtime, run_id: int, status: str, error: str) -> str:
