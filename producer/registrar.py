@@ -43,24 +43,6 @@ class Outcome(enum.Enum):
 
 
 @dataclass
-class _Prepared:
-    """A file in the blob store, probed, waiting to be recorded."""
-
-    path: Path
-    mtime_ns: int
-    sha256: str
-    size: int
-    fmt: str | None = None
-    width: int | None = None
-    height: int | None = None
-    reason: str | None = None  # why it is not a usable image
-
-    def record(self) -> repo.FileRecord:
-        return repo.FileRecord(path=str(self.path), size_bytes=self.size, mtime_ns=self.mtime_ns, sha256=self.sha256,
-                               fmt=self.fmt, width=self.width, height=self.height, rejected_reason=self.reason)
-
-
-@dataclass
 class Registrar:
     settings: Settings
     app: Celery
@@ -92,7 +74,7 @@ class Registrar:
         with self.sessions() as s:
             known = repo.file_signatures(s, [str(p) for p in paths])
         outcomes: list[Outcome | None] = []
-        ready: list[tuple[int, _Prepared]] = []
+        ready: list[tuple[int, repo.FileRecord]] = []
         for path in paths:
             item = self._prepare(path, known.get(str(path)))
             if isinstance(item, Outcome):
@@ -106,7 +88,7 @@ class Registrar:
                     if len(ready) == 1:
                         regs = [self._record(s, ready[0][1])]
                     else:
-                        regs = repo.register_files(s, [item.record() for _i, item in ready], self.work)
+                        regs = repo.register_files(s, [item for _i, item in ready], self.work)
             except Exception:
                 if len(ready) == 1:
                     raise
@@ -122,7 +104,7 @@ class Registrar:
                 self.send_pending()
         return [o for o in outcomes if o is not None]
 
-    def _prepare(self, path: Path, signature: tuple[int | None, int | None] | None) -> Outcome | _Prepared:
+    def _prepare(self, path: Path, signature: tuple[int | None, int | None] | None) -> Outcome | repo.FileRecord:
         """Everything about ``path`` that needs no transaction: its kind, its bytes into the blob
         store, its header. Returns the outcome when the file goes no further."""
         try:
@@ -158,22 +140,23 @@ class Registrar:
 
         from tasks.imaging import BadImage, probe
 
-        item = _Prepared(path=path, mtime_ns=st.st_mtime_ns, sha256=sha, size=size)
+        fmt = width = height = reason = None
         try:
             info = probe(self.blobs.path_for(sha), max_pixels=self.settings.max_image_pixels,
                          max_bytes=self.settings.max_image_bytes)
-            item.fmt, item.width, item.height = info.format, info.width, info.height
+            fmt, width, height = info.format, info.width, info.height
         except BadImage as exc:
-            item.reason = f"{path}: {exc}"
-        return item
+            reason = f"{path}: {exc}"
+        return repo.FileRecord(path=str(path), size_bytes=size, mtime_ns=st.st_mtime_ns, sha256=sha, fmt=fmt,
+                               width=width, height=height, rejected_reason=reason)
 
-    def _record(self, session, item: _Prepared) -> repo.Registration:
-        return repo.register_file(session, **dataclasses.asdict(item.record()), work=self.work)
+    def _record(self, session, item: repo.FileRecord) -> repo.Registration:
+        return repo.register_file(session, **dataclasses.asdict(item), work=self.work)
 
     @staticmethod
-    def _outcome(item: _Prepared, reg: repo.Registration) -> Outcome:
-        if item.reason:
-            log.warning("rejected %s", item.reason)
+    def _outcome(item: repo.FileRecord, reg: repo.Registration) -> Outcome:
+        if item.rejected_reason:
+            log.warning("rejected %s", item.rejected_reason)
             return Outcome.REJECTED
         if reg.new_image:
             log.info("registered %s (%s)", item.path, item.sha256[:12])

@@ -359,18 +359,8 @@ def claim_batch(session: Session, *, task: str, model: str, worker: str, limit: 
     forward pass serves them all. Their own messages, when they arrive, find them taken and skip."""
     if limit <= 0:
         return []
-    excluded = [exclude] if isinstance(exclude, int) else list(exclude)
-    query = (
-        select(TaskRun)
-        .where(TaskRun.task == task, TaskRun.model == model, TaskRun.id.not_in(excluded),
-               TaskRun.status.in_(PENDING_STATES), _not_awaiting_retry())
-        .order_by(TaskRun.status.desc(), TaskRun.id)  # 'running' (orphans) before 'queued'
-        .limit(limit * 4)
-    )
-    if session.bind.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    runs = [run for run in session.scalars(query) if _claimable(run, holder_alive)]
-    return _take(session, runs[:limit], worker)
+    return _claim_others(session, (TaskRun.task == task, TaskRun.model == model), worker=worker, exclude=exclude,
+                         holder_alive=holder_alive, limit=limit)
 
 
 def claim_companions(session: Session, *, image_id: int, tasks: Sequence[str], worker: str,
@@ -380,16 +370,27 @@ def claim_companions(session: Session, *, image_id: int, tasks: Sequence[str], w
     own messages, when they arrive, find them taken and skip."""
     if not tasks:
         return []
+    return _claim_others(session, (TaskRun.image_id == image_id, TaskRun.task.in_(list(tasks))), worker=worker,
+                         exclude=exclude, holder_alive=holder_alive)
+
+
+def _claim_others(session: Session, where: tuple, *, worker: str, exclude: int | Iterable[int],
+                  holder_alive: Callable[[str], bool], limit: int | None = None) -> list[Claim]:
+    """Claim pending runs matching ``where`` that are not ``exclude`` (the runs a process already
+    holds) and not awaiting their retry message: up to ``limit``, orphans ('running' in a dead
+    process) first, then the oldest. On PostgreSQL rows another process has locked are skipped."""
+    excluded = [exclude] if isinstance(exclude, int) else list(exclude)
     query = (
         select(TaskRun)
-        .where(TaskRun.image_id == image_id, TaskRun.task.in_(list(tasks)),
-               TaskRun.id.not_in([exclude] if isinstance(exclude, int) else list(exclude)),
-               TaskRun.status.in_(PENDING_STATES), _not_awaiting_retry())
-        .order_by(TaskRun.id)
+        .where(*where, TaskRun.id.not_in(excluded), TaskRun.status.in_(PENDING_STATES), _not_awaiting_retry())
+        .order_by(TaskRun.status.desc(), TaskRun.id)  # 'running' (orphans) before 'queued'
     )
+    if limit is not None:
+        query = query.limit(limit * 4)  # room for runs whose holder is alive
     if session.bind.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    return _take(session, [run for run in session.scalars(query) if _claimable(run, holder_alive)], worker)
+    runs = [run for run in session.scalars(query) if _claimable(run, holder_alive)]
+    return _take(session, runs if limit is None else runs[:limit], worker)
 
 
 #: The error a run carries while its retry message is on its way (see :func:`note_retry`).

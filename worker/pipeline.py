@@ -237,8 +237,7 @@ def _execute_one(rt: Runtime, claim: repo.Claim, message_runs: list[int] | None 
             except SoftTimeLimitExceeded:
                 for late in group:
                     if late.run_id not in states:
-                        states[late.run_id] = _finish(rt, late.run_id, FAILED, f"{_where(rt, late)}: {late.task} took "
-                                                      f"longer than {rt.settings.task_time_limit} s (DARKROOM_TASK_TIME_LIMIT)")
+                        states[late.run_id] = _finish(rt, late.run_id, FAILED, _too_long(rt, late))
                 return states[claim.run_id]
             except TRANSIENT:
                 raise
@@ -306,8 +305,7 @@ def _execute_batch(rt: Runtime, own: list[repo.Claim]) -> str:
     except BaseException as exc:
         _release(rt, [c.run_id for c in extras], exc)
         if isinstance(exc, SoftTimeLimitExceeded):
-            return [_finish(rt, c.run_id, FAILED, f"{_where(rt, c)}: {c.task} took longer than "
-                            f"{rt.settings.task_time_limit} s (DARKROOM_TASK_TIME_LIMIT)") for c in own][0]
+            return [_finish(rt, c.run_id, FAILED, _too_long(rt, c)) for c in own][0]
         if isinstance(exc, TRANSIENT) or not isinstance(exc, Exception):
             raise
         log.exception("runs %s %s failed", _ids_text([c.run_id for c in own]), claim.task)
@@ -318,6 +316,11 @@ def _execute_batch(rt: Runtime, own: list[repo.Claim]) -> str:
              [c.run_id for c in claims], claim.task, len(claims), (now - started) * 1000, (decoded - started) * 1000,
              (computed - decoded) * 1000, (now - computed) * 1000)
     return DONE
+
+
+def _too_long(rt: Runtime, claim: repo.Claim) -> str:
+    return (f"{_where(rt, claim)}: {claim.task} took longer than {rt.settings.task_time_limit} s "
+            "(DARKROOM_TASK_TIME_LIMIT)")
 
 
 def _ids_text(ids: list[int]) -> str:
