@@ -1,13 +1,17 @@
 """MTCNN's three stages with their networks compiled: the same networks, weights and steps as the
-``mtcnn`` package, about twice as fast on a CPU.
+``mtcnn`` package, two to three times as fast on a CPU.
 
 ``mtcnn`` 1.0 calls its Keras networks eagerly, op by op: every PReLU is several full-size
 temporaries, and each pyramid level's area resize runs as a separate eager op. Here each network
-runs as one ``tf.function`` with a fixed input signature (traced once per process, whatever the
-image size), and PNet's per-level resize is inside the same function, so TensorFlow's graph
-optimizer fuses convolution, bias and activation. Every step between the networks (proposal
-generation, the package's own NMS, square boxes, patch extraction, landmark mapping) is the
-package's code, called as the package calls it, except PNet's NMS: :func:`smart_nms` makes the
+runs as a ``tf.function`` with a fixed input signature (traced once per process, whatever the
+image size), so TensorFlow's graph optimizer fuses convolution, bias and activation. Each
+network's first block (a 3x3 convolution on the 3 colour channels, PReLU, max pool), the costliest
+part on a CPU, is computed on the input in 2x2 space-to-depth form (:class:`_FirstBlock`); the rest
+are the networks' own Keras layers. PNet takes large pyramid levels in strips, RNet and ONet take
+the proposals in chunks, so that their tensors stay in the CPU's caches.
+
+Every step between the networks (proposal generation, the package's own NMS, square boxes, patch
+extraction, landmark mapping) is the package's code, called as the package calls it, except PNet's NMS: :func:`smart_nms` makes the
 package's decisions (bit for bit: the same float operations on the same pairs) without building
 its N x N matrices, which cost more than PNet itself on large photos.
 
@@ -32,31 +36,173 @@ __all__ = ["CompiledMTCNN", "CompiledONet", "CompiledPNet", "CompiledRNet", "com
 _IMAGES = tf.TensorSpec([None, None, None, 3], tf.float32)
 
 
-class _CompiledModel:
-    """A Keras network called through one traced graph for any batch size (inference mode)."""
+def _s2d_kernel(kernel: np.ndarray) -> np.ndarray:
+    """A 3x3 kernel ``[3, 3, C, O]`` as the 2x2 kernel ``[2, 2, 4C, 4O]`` that gives, on the input
+    rearranged by ``tf.nn.space_to_depth(x, 2)``, the four outputs of every 2x2 block of the
+    original convolution (output channel ``(py * 2 + px) * O + o`` is row ``2i + py``, column
+    ``2j + px``). A 3x3 window at any of the four offsets lies within two blocks each way."""
+    k = np.asarray(kernel, np.float32)
+    if k.shape[:2] != (3, 3):
+        raise ValueError(f"expected a 3x3 kernel, got {k.shape}")
+    channels, outputs = k.shape[2:]
+    out = np.zeros((2, 2, 2, 2, channels, 4, outputs), np.float32)  # [ky, kx, dy, dx, c, phase, o]
+    for py in range(2):
+        for px in range(2):
+            for u in range(3):
+                for v in range(3):
+                    row, col = py + u, px + v
+                    out[row // 2, col // 2, row % 2, col % 2, :, py * 2 + px, :] = k[u, v]
+    return out.reshape(2, 2, 4 * channels, 4 * outputs)
 
-    def __init__(self, model: tf.keras.Model, patch: int):
+
+class _FirstBlock:
+    """``maxpool(prelu(conv1(x)))``, the first block of each MTCNN network, computed on the input
+    in 2x2 space-to-depth form.
+
+    conv1 maps the 3 colour channels to 10-32 with a 3x3 kernel; so few input channels keep the
+    CPU's vector units mostly idle (about 2 GMAC/s on one core, two thirds of PNet's time).
+    Rearranged, the same sums are a 2x2 convolution from 12 channels to 4 x 10-32 (the four
+    positions of every 2x2 block of the output), which runs several times faster although it
+    multiplies some zeros, and the max pool becomes a max over those four positions (and, for the
+    3x3 pools of RNet and ONet, their neighbours'). The sums are the same products added in
+    another order, so the outputs are the network's to float rounding; every max is exact.
+    """
+
+    def __init__(self, conv, prelu, pool):
+        kernel, bias = conv.get_weights()
+        if tuple(conv.strides) != (1, 1) or conv.padding != "valid" or kernel.shape[:2] != (3, 3):
+            raise ValueError(f"{conv.name}: expected a 3x3 'valid' convolution with stride 1")
+        self.pool = (tuple(pool.pool_size), tuple(pool.strides), pool.padding)
+        if self.pool not in (((2, 2), (2, 2), "same"), ((3, 3), (2, 2), "same")):
+            raise ValueError(f"{pool.name}: unsupported pooling {self.pool}")
+        self.channels = int(kernel.shape[-1])
+        self.kernel = tf.constant(_s2d_kernel(kernel))
+        self.bias = tf.constant(np.tile(np.asarray(bias, np.float32), 4))
+        # Keras' PReLU: relu(x) + (-alpha) * relu(-x); the same operations, per output channel.
+        self.neg_alpha = tf.constant(-np.tile(np.asarray(prelu.get_weights()[0], np.float32).reshape(-1), 4))
+
+    def __call__(self, x):
+        height, width = tf.shape(x)[1], tf.shape(x)[2]
+        # conv1's output is (height - 2) x (width - 2); as 2x2 blocks, ceil of half that.
+        rows, cols = (height - 1) // 2, (width - 1) // 2
+        x = tf.pad(x, [[0, 0], [0, 2 * rows + 2 - height], [0, 2 * cols + 2 - width], [0, 0]])
+        y = tf.nn.bias_add(tf.nn.conv2d(tf.nn.space_to_depth(x, 2), self.kernel, 1, "VALID"), self.bias)
+        y = tf.nn.relu(y) + self.neg_alpha * tf.nn.relu(-y)
+        blocks = tf.reshape(y, [tf.shape(y)[0], rows, cols, 2, 2, self.channels])  # [n, i, j, py, px, c]
+        if self.pool[0] == (2, 2):
+            return self._pool2(blocks, (height - 2) % 2 == 1, (width - 2) % 2 == 1)
+        # A 3x3 pool, stride 2, "same", over an even-sized output (RNet's 24 px and ONet's 48 px
+        # patches) pads one row and column after: window (i, j) is rows 2i..2i+2, columns 2j..2j+2.
+        tf.debugging.assert_equal((height - 2) % 2 + (width - 2) % 2, 0, message="3x3 pool needs even sizes")
+        inside = tf.reduce_max(blocks, axis=[3, 4])
+        below = tf.reduce_max(blocks[:, :, :, 0], axis=3)  # row 2i + 2 is the next block's first row
+        right = tf.reduce_max(blocks[:, :, :, :, 0], axis=3)
+        corner = blocks[:, :, :, 0, 0]
+        low = tf.constant(-np.inf, tf.float32)
+        below = tf.pad(below[:, 1:], [[0, 0], [0, 1], [0, 0], [0, 0]], constant_values=low)
+        right = tf.pad(right[:, :, 1:], [[0, 0], [0, 0], [0, 1], [0, 0]], constant_values=low)
+        corner = tf.pad(corner[:, 1:, 1:], [[0, 0], [0, 1], [0, 1], [0, 0]], constant_values=low)
+        return tf.maximum(tf.maximum(inside, below), tf.maximum(right, corner))
+
+    @staticmethod
+    def _pool2(blocks, odd_rows, odd_cols):
+        """A 2x2 pool, stride 2, "same": one window per block, except that an odd-sized output's
+        last window has only its first row (column): the block's second one lies outside."""
+        pooled = tf.reduce_max(blocks, axis=[3, 4])
+
+        def last_row(p):
+            row = tf.reduce_max(blocks[:, -1, :, 0], axis=2)  # [n, j, c]; its last column: below
+            return tf.concat([p[:, :-1], row[:, None]], axis=1)
+
+        def last_col(p):
+            col = blocks[:, :, -1, :, 0]  # [n, i, py, c]
+            values = tf.reduce_max(col, axis=2)
+            corner = tf.cond(odd_rows, lambda: col[:, -1:, 0], lambda: values[:, -1:])
+            values = tf.concat([values[:, :-1], corner], axis=1)
+            return tf.concat([p[:, :, :-1], values[:, :, None]], axis=2)
+
+        pooled = tf.cond(odd_rows, lambda: last_row(pooled), lambda: pooled)
+        return tf.cond(odd_cols, lambda: last_col(pooled), lambda: pooled)
+
+
+class _FastNetwork:
+    """An MTCNN network (PNet, RNet or ONet, inference only) with :class:`_FirstBlock` in place
+    of its first three layers; the rest are the model's own layers, called in its order: each
+    layer feeds the next, and the last ``heads`` layers all take the same input (the outputs)."""
+
+    def __init__(self, model: tf.keras.Model, heads: int):
+        layers = list(model.layers)
+        self.first = _FirstBlock(*layers[:3])
+        self.body, self.heads = layers[3:-heads], layers[-heads:]
+
+    def __call__(self, x):
+        x = self.first(x)
+        for layer in self.body:  # convolutions, PReLUs, pools, permute, flatten, dense: no training mode
+            x = layer(x)
+        return [head(x) for head in self.heads]
+
+
+#: RNet and ONet take the proposals in chunks of this many patches: a photo can have a thousand,
+#: and in one batch their intermediate tensors outgrow the CPU's caches (about 30 % slower).
+PATCH_CHUNK = 128
+#: PNet takes a large pyramid level in horizontal strips of about this many pixels, for the same
+#: reason (about 30 % faster on a 1280 x 960 level); see :func:`pnet_strips`.
+STRIP_PIXELS = 1 << 19
+
+
+def pnet_strips(height: int, width: int, budget: int | None = None) -> list[tuple[int, int]]:
+    """Input row ranges ``[start, stop)`` that split PNet over a ``height`` x ``width`` level into
+    strips of about ``budget`` pixels whose outputs, stacked, are the whole level's.
+
+    PNet's output row ``k`` sees input rows ``2k .. 2k + 11`` (a 12-px window, stride 2), so a strip
+    for output rows ``[a, b)`` takes input rows ``[2a, 2b + 10)``: neighbouring strips overlap by
+    10 rows and start on even rows, where the 2x2 pooling starts. The last strip runs to the
+    bottom, so an odd height's partial last pooling window is the whole level's.
+    """
+    budget = STRIP_PIXELS if budget is None else budget
+    out_rows = (height - 1) // 2 - 4  # conv 3x3, pool 2x2 "same", conv 3x3, conv 3x3
+    per = max(1, (budget // max(width, 1) - 10) // 2)
+    if out_rows <= per:
+        return [(0, height)]
+    return [(2 * a, height if a + per >= out_rows else 2 * (a + per) + 10) for a in range(0, out_rows, per)]
+
+
+class _CompiledModel:
+    """A Keras network called through one traced graph for any batch size (inference mode), on
+    at most :data:`PATCH_CHUNK` patches at a time."""
+
+    def __init__(self, model: tf.keras.Model, patch: int, heads: int):
         self.model = model
-        self._forward = tf.function(lambda x: model(x, training=False),
-                                    input_signature=[tf.TensorSpec([None, patch, patch, 3], tf.float32)])
+        self.network = _FastNetwork(model, heads)
+        self._forward = tf.function(self.network, input_signature=[tf.TensorSpec([None, patch, patch, 3], tf.float32)])
 
     def __call__(self, patches):
-        return self._forward(tf.convert_to_tensor(patches, tf.float32))
+        patches = tf.convert_to_tensor(patches, tf.float32)
+        count = int(patches.shape[0])
+        if count <= PATCH_CHUNK:
+            return self._forward(patches)
+        parts = [self._forward(patches[i:i + PATCH_CHUNK]) for i in range(0, count, PATCH_CHUNK)]
+        return [tf.concat([part[k] for part in parts], axis=0) for k in range(len(parts[0]))]
 
 
 class CompiledPNet(StagePNet):
-    """StagePNet with each pyramid level (area resize + PNet) as one compiled call."""
+    """StagePNet with each pyramid level's area resize and PNet (in strips) compiled."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        model = self._model
+        self._network = tf.function(_FastNetwork(self._model, heads=2), input_signature=[_IMAGES])
+        self._scale = tf.function(lambda images, size: tf.image.resize(images, size, method=tf.image.ResizeMethod.AREA),
+                                  input_signature=[_IMAGES, tf.TensorSpec([2], tf.int32)])
 
-        @tf.function(input_signature=[_IMAGES, tf.TensorSpec([2], tf.int32)])
-        def level(images, size):
-            scaled = tf.image.resize(images, size, method=tf.image.ResizeMethod.AREA)
-            return model(scaled, training=False)
-
-        self._level = level
+    def _level(self, images, size):
+        """PNet's two outputs (box offsets, face scores) over ``images`` resized to ``size``."""
+        scaled = self._scale(images, size)
+        height, width = (int(v) for v in size)
+        strips = pnet_strips(height, width * int(images.shape[0]))
+        if len(strips) == 1:
+            return self._network(scaled)
+        parts = [self._network(scaled[:, start:stop]) for start, stop in strips]
+        return [tf.concat([part[k] for part in parts], axis=1) for k in range(2)]
 
     def __call__(self, images_normalized, images_oshapes, min_face_size=20, min_size=12, scale_factor=0.709,
                  threshold_pnet=0.6, nms_pnet1=0.5, nms_pnet2=0.7, **kwargs):
@@ -86,10 +232,11 @@ class _CompiledRefinement:
 
     PATCH: int
     COLUMNS: int
+    HEADS: int
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self._model = _CompiledModel(self._model, self.PATCH)
+        self._model = _CompiledModel(self._model, self.PATCH, self.HEADS)
 
     def __call__(self, images_normalized, bboxes_batch, **kwargs):
         if len(bboxes_batch) == 0:
@@ -98,11 +245,11 @@ class _CompiledRefinement:
 
 
 class CompiledRNet(_CompiledRefinement, StageRNet):
-    PATCH, COLUMNS = 24, 6  # image, box (4), score
+    PATCH, COLUMNS, HEADS = 24, 6, 2  # image, box (4), score; outputs: box, score
 
 
 class CompiledONet(_CompiledRefinement, StageONet):
-    PATCH, COLUMNS = 48, 16  # image, box (4), score, 5 landmarks (10)
+    PATCH, COLUMNS, HEADS = 48, 16, 3  # image, box (4), score, 5 landmarks (10); outputs: box, landmarks, score
 
 
 def nms_keep(boxes: np.ndarray, threshold: float, method: str = "union") -> np.ndarray:

@@ -294,3 +294,66 @@ def test_pnet_nms_makes_the_packages_decisions():
                         want = smart_nms_from_bboxes(boxes.copy(), threshold, method=method, initial_sort=initial_sort)
                     got = smart_nms(boxes.copy(), threshold, method=method, initial_sort=initial_sort)
                     assert np.array_equal(got, want), (trial, method, threshold, initial_sort)
+
+
+def test_first_block_rearranged_gives_the_networks_outputs(detector):
+    """tasks.mtcnn_compiled computes each network's first block (conv 3x3, PReLU, max pool) on 2x2
+    space-to-depth input: PNet at every parity of height and width (the "same" pool's partial last
+    window), RNet and ONet (3x3 pools) on their patches: the Keras models' outputs to float rounding."""
+    import tensorflow as tf
+
+    from tasks.mtcnn_compiled import _FastNetwork
+
+    pnet, rnet, onet = detector._mtcnn.stages
+    fast = _FastNetwork(pnet._model, heads=2)
+    rng = np.random.default_rng(0)
+    for height in (12, 13, 14, 15, 24, 37):
+        for width in (12, 13, 30, 31):
+            x = tf.constant(rng.uniform(-1, 1, (2, height, width, 3)).astype(np.float32))
+            want, got = pnet._model(x), fast(x)
+            assert len(got) == len(want) == 2
+            for a, b in zip(got, want):
+                assert a.shape == b.shape, (height, width)
+                np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, rtol=0)
+    for stage, patch, outputs in ((rnet, 24, 2), (onet, 48, 3)):
+        x = tf.constant(rng.uniform(-1, 1, (PATCHES, patch, patch, 3)).astype(np.float32))
+        want, got = stage._model.model(x), stage._model(x)  # more patches than one chunk
+        assert len(got) == len(want) == outputs
+        for a, b in zip(got, want):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(np.asarray(a), b.numpy(), atol=1e-5, rtol=0)
+
+
+PATCHES = 300  # RNet and ONet take at most tasks.mtcnn_compiled.PATCH_CHUNK (128) at a time
+
+
+@pytest.mark.parametrize(("height", "width"), [(100, 80), (101, 80), (12, 500), (13, 40)])
+def test_pnet_strips_cover_the_level(height, width):
+    from tasks.mtcnn_compiled import pnet_strips
+
+    out_rows = (height - 1) // 2 - 4
+    for budget in (1, 200, 1000, 5000, 1 << 30):
+        strips = pnet_strips(height, width, budget)
+        assert strips[0][0] == 0 and strips[-1][1] == height
+        covered = 0
+        for start, stop in strips:
+            assert start % 2 == 0 and start == 2 * covered  # starts where the pooling does
+            rows = (stop - start - 1) // 2 - 4  # this strip's output rows
+            assert rows >= 1
+            covered += rows
+        assert covered == out_rows, (budget, strips)
+
+
+def test_pnet_in_strips_finds_the_same_faces(detector, astronaut, collage, monkeypatch):
+    """A level run in many narrow strips gives the faces of the whole level in one go."""
+    import tasks.mtcnn_compiled as compiled
+
+    wide = {name: detector.detect(photo) for name, photo in (("astronaut", astronaut), ("collage", collage))}
+    monkeypatch.setattr(compiled, "STRIP_PIXELS", 4000)
+    assert compiled.pnet_strips(256, 256) != [(0, 256)]
+    for name, photo in (("astronaut", astronaut), ("collage", collage)):
+        got = detector.detect(photo)
+        assert len(got) == len(wide[name]) >= 1
+        for a, b in zip(got, wide[name]):
+            assert np.abs(np.subtract(a.box, b.box)).max() <= 1, name
+            assert a.confidence == pytest.approx(b.confidence, abs=1e-5)
