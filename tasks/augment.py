@@ -158,22 +158,19 @@ def augment(image: np.ndarray, spec: AugmentSpec = AugmentSpec()) -> list[np.nda
     with _cpu():
         for position, step in enumerate(pipeline):
             # Fresh draws per step and call: they depend on nothing but the spec.
-            seed = _seed_generator(position, _layer_seed(spec.seed, position))
+            layer_seed = _layer_seed(spec.seed, position)
             if isinstance(step, _Flip):
-                pixels = step(pixels, seed)
+                pixels = step.apply(pixels, _flip_draws(step, position, layer_seed, len(pixels)))
                 continue
+            if pixels.dtype == np.uint8 and isinstance(step, keras.layers.RandomRotation):
+                matrices = _rotation_draws(step, position, layer_seed, pixels.shape)
+                if matrices is not None:
+                    pixels = _affine_uint8(pixels, matrices, step.fill_mode, step.fill_value)
+                    continue
+            seed = _seed_generator(position, layer_seed)  # in its first state, whatever was drawn above
             if isinstance(step, _OWN_STEPS):
                 pixels = step(pixels.astype(np.float32, copy=False), seed)
                 continue
-            if pixels.dtype == np.uint8 and isinstance(step, keras.layers.RandomRotation):
-                # Its draws depend on the batch's shape only: no float copy needed to make them.
-                transformation = step.get_random_transformation(keras.ops.convert_to_tensor(pixels), training=True,
-                                                                seed=seed)
-                if _pillow_can_apply(step, transformation):
-                    pixels = _affine_uint8(pixels, keras.ops.convert_to_numpy(transformation["rotation_matrix"]),
-                                           step.fill_mode, step.fill_value)
-                    continue
-                seed = _seed_generator(position, _layer_seed(spec.seed, position))  # draw again, as below
             batch = keras.ops.convert_to_tensor(pixels.astype(np.float32, copy=False))
             transformation = step.get_random_transformation(batch, training=True, seed=seed)
             pixels = keras.ops.convert_to_numpy(step.transform_images(batch, transformation, training=True))
@@ -306,6 +303,35 @@ def _seed_generator(position: int, seed: int) -> Any:
     return gen
 
 
+# A flip's and a rotation's draws depend on the spec, the seed and the batch's shape, never on
+# the pixels: each is drawn once per process and shape (photos of one camera share a few shapes).
+# A drawing costs ~100 small TensorFlow operations, a quarter of the augmentation's time.
+
+
+@functools.lru_cache(maxsize=512)
+def _flip_draws(step: _Flip, position: int, layer_seed: int, count: int) -> np.ndarray:
+    """Which of ``count`` images ``step`` flips (read-only)."""
+    chosen = step.draw(count, _seed_generator(position, layer_seed))
+    chosen.setflags(write=False)
+    return chosen
+
+
+@functools.lru_cache(maxsize=512)
+def _rotation_draws(layer: Any, position: int, layer_seed: int, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The affine matrices ``RandomRotation`` draws for a ``uint8`` batch of ``shape``, when
+    :func:`_affine_uint8` can apply them (read-only); None when the layer must transform the
+    batch itself."""
+    import keras
+
+    transformation = layer.get_random_transformation(keras.ops.zeros(shape, dtype="uint8"), training=True,
+                                                     seed=_seed_generator(position, layer_seed))
+    if not _pillow_can_apply(layer, transformation):
+        return None
+    matrices = np.array(keras.ops.convert_to_numpy(transformation["rotation_matrix"]))
+    matrices.setflags(write=False)
+    return matrices
+
+
 #: numpy's padding for each Keras fill mode that a padded Pillow transform reproduces; "wrap" is
 #: left to Keras (its interpolation across the seam differs).
 _PAD_MODES = {"nearest": "edge", "reflect": "symmetric", "constant": "constant"}
@@ -363,13 +389,19 @@ class _Flip:
 
     axis: int
 
-    def __call__(self, pixels: np.ndarray, seed: Any) -> np.ndarray:
+    @staticmethod
+    def draw(count: int, seed: Any) -> np.ndarray:
+        """Which of ``count`` images to flip."""
         import keras
 
-        draws = keras.ops.convert_to_numpy(keras.random.uniform((len(pixels),), seed=seed))
-        chosen = draws < 0.5
+        return keras.ops.convert_to_numpy(keras.random.uniform((count,), seed=seed)) < 0.5
+
+    def apply(self, pixels: np.ndarray, chosen: np.ndarray) -> np.ndarray:
         pixels[chosen] = np.flip(pixels[chosen], axis=self.axis)
         return pixels
+
+    def __call__(self, pixels: np.ndarray, seed: Any) -> np.ndarray:
+        return self.apply(pixels, self.draw(len(pixels), seed))
 
 
 @dataclass(frozen=True)

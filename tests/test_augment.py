@@ -263,3 +263,24 @@ def test_augment_is_its_keras_layers_alone_within_one_grey_level(astro, spec, to
             batch, step.get_random_transformation(batch, training=True, seed=seed), training=True))
     keras_only = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
     assert np.abs(ours.astype(int) - keras_only.astype(int)).max() <= tolerance
+
+
+def test_draws_are_made_once_per_seed_and_shape(astro):
+    """A flip's and a rotation's draws are cached per (step, seed, batch shape): the same as drawn
+    fresh, for every shape in any order, and a new seed or shape draws anew."""
+    from tasks import augment as aug
+
+    spec = AugmentSpec(seed=5)
+    other = np.ascontiguousarray(astro[:300, :420])
+    aug._flip_draws.cache_clear()
+    aug._rotation_draws.cache_clear()
+    fresh = {"astro": augment(astro, spec), "other": augment(other, spec)}
+    assert aug._rotation_draws.cache_info().currsize == 2  # two shapes
+    assert aug._flip_draws.cache_info().currsize == 2  # two flips, one batch size
+    for name, image in (("other", other), ("astro", astro), ("other", other)):
+        again = augment(image, spec)
+        assert all(np.array_equal(a, b) for a, b in zip(again, fresh[name])), name
+    assert aug._rotation_draws.cache_info().hits >= 3
+    reseeded = augment(astro, AugmentSpec(seed=6))
+    assert not all(np.array_equal(a, b) for a, b in zip(reseeded, fresh["astro"]))
+    assert aug._rotation_draws.cache_info().currsize == 3
