@@ -14,7 +14,8 @@ Stages, timed separately with ``time.process_time`` (CPU of every thread of this
 - ``augment``: the photo decoded as the worker decodes it for augmentation, ``tasks.augment.augment``
   with Darkroom's default spec, the contact sheet and the JPEG encoding of all of them (what the
   worker stores);
-- ``faces``: ``FaceDetector.detect``, the boxes drawn and the boxed image encoded as JPEG.
+- ``faces``: ``FaceDetector.detect``, and, as the worker does by default (DARKROOM_FACE_BOXED=found),
+  for a photo with faces the boxes drawn and the boxed image encoded as JPEG.
 
 Storing results is not part of any stage: that is the systems' overhead, which the reference lacks.
 """
@@ -81,7 +82,7 @@ class Pipeline:
     """Darkroom's stage functions with their models loaded once, as the reference runs them."""
 
     def __init__(self, model: str, weights: str = "none", *, top_k: int = 5, face_min_confidence: float = 0.9,
-                 face_min_size: int = 20, augment_spec: Any = None):
+                 face_min_size: int = 20, augment_spec: Any = None, face_boxed: str = "found"):
         from tasks.augment import AugmentSpec
         from tasks.classify import Classifier
         from tasks.faces import FaceDetector
@@ -90,6 +91,7 @@ class Pipeline:
         self.classifier = Classifier.create(model, weights).load()
         self.detector = FaceDetector(face_min_confidence, face_min_size).load()
         self.spec = augment_spec or AugmentSpec()
+        self.face_boxed = face_boxed  # as DARKROOM_FACE_BOXED
 
     # the stages
     @staticmethod
@@ -128,8 +130,9 @@ class Pipeline:
         from tasks.imaging import encode
 
         found = self.detector.detect(image)
-        boxed = draw_boxes(image, [f.box for f in found], [f.keypoints for f in found])
-        encode(boxed, "JPEG", quality=90)
+        if self.face_boxed == "always" or (self.face_boxed == "found" and found):
+            boxed = draw_boxes(image, [f.box for f in found], [f.keypoints for f in found])
+            encode(boxed, "JPEG", quality=90)
         return found
 
     def all_stages(self, path: Path) -> float:

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
         "'normalize').",
     )
     face_crops: bool = Field(True, description="Store a JPEG crop of every detected face.")
+    face_boxed: Literal["found", "always", "never"] = Field(
+        "found", description="Store the photo with its faces boxed: when a face was found (a photo without "
+        "one would be stored again unchanged), for every photo, or never.")
 
     # Limits on input.
     max_image_pixels: int = Field(100_000_000, ge=1, description="Larger images are rejected (decompression bombs).")

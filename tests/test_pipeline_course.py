@@ -206,6 +206,33 @@ def test_face_crops_off_and_a_rerun_replaces_them(pipe, files):
     assert second["artifacts"] == {"faces_boxed": 1}
 
 
+def test_boxed_photo_stored_when_a_face_is_found_by_default(pipe, files, tmp_path):
+    """DARKROOM_FACE_BOXED: a photo without faces is not stored again unchanged ("found", the
+    default); "always" stores it for every photo, "never" for none; a rerun replaces what was there."""
+    pipe.configure()
+    cup = tmp_path / "cup.png"  # new content: the coffee photo mirrored (no face)
+    Image.fromarray(np.fliplr(data.coffee())).save(cup)
+    sha, (run_id,) = pipe.add(cup, [("faces", "mtcnn")])
+    assert pipe.execute(run_id) == DONE
+    result = pipe.results(sha)
+    assert result["faces"] == [] and result["tasks"]["faces:mtcnn"] == "done"
+    assert result["artifacts"] == {}
+    for setting, want in (("always", {"faces_boxed": 1}), ("never", {}), ("found", {})):
+        pipe.configure(face_boxed=setting)
+        with transaction(pipe.sessions) as s:
+            assert run_id in repo.rerun(s, "faces", "mtcnn").requeued
+        assert pipe.execute(run_id) == DONE
+        assert pipe.results(sha)["artifacts"] == want, setting
+    # A photo with a face (new content: the astronaut mirrored), boxing off: its crop only
+    pipe.configure(face_boxed="never")
+    mirrored = tmp_path / "mirrored.png"
+    Image.fromarray(np.fliplr(data.astronaut())).save(mirrored)
+    sha, (run_id,) = pipe.add(mirrored, [("faces", "mtcnn")])
+    assert pipe.execute(run_id) == DONE
+    assert pipe.results(sha)["artifacts"] == {"face_crop": 1}
+    pipe.configure()
+
+
 # --- lesson 6: the settings' spec string, shear and channel shift ----------------------------------
 
 

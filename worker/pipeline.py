@@ -92,10 +92,12 @@ def _faces(rt: Runtime, claim: repo.Claim, image) -> Callable:
     cfg = rt.settings
     detector = rt.face_detector(cfg.face_min_confidence, cfg.face_min_size, cfg.face_max_side or None)
     faces = detector.detect(image)
-    # The lesson's boxes around every face (its bonus), with dots on the five landmarks.
-    boxed = draw_boxes(image, [f.box for f in faces], [f.keypoints for f in faces])
     found = [f.to_dict() for f in faces]
-    arts = [_jpeg("faces_boxed", 0, boxed)]
+    arts = []
+    if cfg.face_boxed == "always" or (cfg.face_boxed == "found" and faces):
+        # The lesson's boxes around every face (its bonus), with dots on the five landmarks.
+        boxed = draw_boxes(image, [f.box for f in faces], [f.keypoints for f in faces])
+        arts.append(_jpeg("faces_boxed", 0, boxed))
     if cfg.face_crops:
         # One crop per face, its artifact idx the face's index (results: faces[i]["crop"]).
         arts += [_jpeg("face_crop", i, crop(image, face)) for i, face in enumerate(faces)]
