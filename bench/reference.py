@@ -56,6 +56,10 @@ class ReferenceResult:
     same_top1: dict[str, Any] = field(default_factory=dict)
     raw_classify_single_img_s: float | None = None
     foreign_load: float | None = None
+    #: Images per forward pass of the reference's (and Darkroom's) classifier; the model's raw
+    #: throughput in passes of that many too, when it is not ``batch_size``.
+    chunk: int | None = None
+    raw_classify_chunk_img_s: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +93,11 @@ class Pipeline:
 
         self.model, self.weights, self.top_k = model, weights, top_k
         self.classifier = Classifier.create(model, weights).load()
+        # Forward passes of as many images as Darkroom's worker makes (DARKROOM_CLASSIFY_CHUNK).
+        from darkroom.settings import Settings
+        from worker.runtime import forward_chunk
+
+        self.classifier.chunk = forward_chunk(Settings())
         self.detector = FaceDetector(face_min_confidence, face_min_size).load()
         self.spec = augment_spec or AugmentSpec()
         self.face_boxed = face_boxed  # as DARKROOM_FACE_BOXED
@@ -202,12 +211,16 @@ def run_reference(files: list[Path], model: str, weights: str = "none", *, batch
 
     raw, batches = raw_classify(pipe, first_batch or [pipe.decode_for_classify(files[0])], batch_size, raw_seconds)
     single, _ = raw_classify(pipe, first_batch or [pipe.decode_for_classify(files[0])], 1, raw_seconds)
+    chunk = pipe.classifier.chunk
+    chunked = None
+    if chunk and chunk not in (batch_size, 1):
+        chunked, _ = raw_classify(pipe, first_batch or [pipe.decode_for_classify(files[0])], chunk, raw_seconds)
     result = ReferenceResult(
         model=model, weights=weights, images=n, batch_size=batch_size, wall_s=round(wall, 3), cpu_s=round(cpu, 3),
         img_s=n / wall, stages={s: c.per_image(n) for s, c in costs.items()},
         raw_classify_img_s=raw, raw_classify_batches=batches,
         same_top1={"checked": len(unbatched), "identical": same}, raw_classify_single_img_s=single,
-        foreign_load=foreign_load,
+        foreign_load=foreign_load, chunk=chunk, raw_classify_chunk_img_s=chunked,
     )
     return result, pipe
 

@@ -89,9 +89,14 @@ def compute(result: dict, cores: int) -> dict:
     else:
         out["cpu_efficiency"] = out["ideal_img_s"] = None
 
-    raw = _get(result, "reference", "raw_classify_img_s")
-    out["raw_classify_img_s"] = raw
+    out["raw_classify_img_s"] = _get(result, "reference", "raw_classify_img_s")
     out["raw_classify_single_img_s"] = _get(result, "reference", "raw_classify_single_img_s")
+    out["raw_classify_chunk_img_s"] = _get(result, "reference", "raw_classify_chunk_img_s")
+    # The target's baseline: the model's best raw throughput in one process, in batches of the
+    # reference's size or in Darkroom's forward passes, whichever is faster.
+    measured_raw = [v for v in (out["raw_classify_img_s"], out["raw_classify_chunk_img_s"]) if v is not None]
+    raw = max(measured_raw) if measured_raw else None
+    out["raw_classify_best_img_s"] = raw
     # The classify stage inside the pipeline: Darkroom running the classify task alone over the corpus
     # when measured; else an estimate from the classify runs' busy time in the full run.
     alone = _get(result, "darkroom", "classify_only_img_s")
@@ -158,7 +163,7 @@ def targets(m: dict) -> list[dict]:
                  "wanted": f">= {want:g}x" if want else "(no target for this model)",
                  "met": _verdict(r if want else None, r is not None and want is not None and r >= want)})
     r = m.get("classify_ratio")
-    rows.append({"target": "classify in pipeline vs raw batched", "measured": _x(r),
+    rows.append({"target": "classify in pipeline vs raw batched (best)", "measured": _x(r),
                  "wanted": f">= {CLASSIFY_RATIO_TARGET:g}x", "met": _verdict(r, r is not None and r >= CLASSIFY_RATIO_TARGET)})
     e = m.get("cpu_efficiency")
     rows.append({"target": "CPU efficiency", "measured": _f(e, 2), "wanted": f">= {EFFICIENCY_TARGET:g}",
@@ -271,6 +276,9 @@ def tables(m: dict, result: dict) -> list:
         s.add_section()
         batch = (ref or {}).get("batch_size")
         s.add_row(f"raw classify, model alone, batch {batch}", f"{_f(m['raw_classify_img_s'], 2)} img/s", "", "", "")
+        if m.get("raw_classify_chunk_img_s") is not None:
+            s.add_row(f"raw classify, model alone, batch {(ref or {}).get('chunk')} (Darkroom's forward pass)",
+                      f"{_f(m['raw_classify_chunk_img_s'], 2)} img/s", "", "", "")
         if m.get("raw_classify_single_img_s") is not None:
             s.add_row("raw classify, model alone, batch 1", f"{_f(m['raw_classify_single_img_s'], 2)} img/s", "", "", "")
         if m.get("classify_only_img_s") is not None:

@@ -286,6 +286,29 @@ def test_batch_equals_single_images(mobilenet_from_file, sample_photos):
         mobilenet_from_file.predict([sample_photos[0].astype(np.float32)])
 
 
+def test_forward_in_chunks_equals_one_pass(mobilenet_from_file, sample_photos):
+    """Classifier.chunk: a batch run as several forward passes gives the one pass's scores, in order,
+    whatever the remainder."""
+    photos = [*sample_photos, *[p[:, ::-1].copy() for p in sample_photos]]
+    whole = mobilenet_from_file.predict_proba(photos)
+    try:
+        for chunk in (1, 2, 3, len(photos), len(photos) + 5):
+            mobilenet_from_file.chunk = chunk
+            np.testing.assert_allclose(mobilenet_from_file.predict_proba(photos), whole, atol=1e-5)
+    finally:
+        mobilenet_from_file.chunk = None
+
+
+def test_worker_forward_chunk_setting():
+    from darkroom.settings import Settings
+    from tasks.classify import CPU_FORWARD_CHUNK
+    from worker.runtime import forward_chunk, tf_device
+
+    assert forward_chunk(Settings(classify_chunk=8)) == 8
+    on_gpu = tf_device().startswith("GPU")
+    assert forward_chunk(Settings(classify_chunk=0)) == (None if on_gpu else CPU_FORWARD_CHUNK)
+
+
 def test_random_init_matches_its_keras_model(sample_photos, mobilenet_batch):
     clf = Classifier.create("mobilenet_v2", weights="none")
     assert not clf.loaded and clf.version == "none"

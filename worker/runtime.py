@@ -63,13 +63,27 @@ class Runtime:
     def classifier(self, model: str, weights: str):
         from tasks.classify import Classifier
 
-        return self.model(("classify", model, weights), lambda: Classifier.create(model, weights))
+        def make():
+            classifier = Classifier.create(model, weights)
+            classifier.chunk = forward_chunk(self.settings)
+            return classifier
+
+        return self.model(("classify", model, weights), make)
 
     def face_detector(self, min_confidence: float, min_size: int, max_side: int | None = None):
         from tasks.faces import FaceDetector
 
         return self.model(("faces", min_confidence, min_size, max_side),
                           lambda: FaceDetector(min_confidence, min_size, max_side=max_side, device=tf_device()))
+
+
+def forward_chunk(settings: Settings) -> int | None:
+    """Images per forward pass (DARKROOM_CLASSIFY_CHUNK); None: the whole batch (on a GPU)."""
+    if settings.classify_chunk:
+        return settings.classify_chunk
+    from tasks.classify import CPU_FORWARD_CHUNK
+
+    return None if tf_device().startswith("GPU") else CPU_FORWARD_CHUNK
 
 
 def tf_device() -> str:
@@ -148,7 +162,9 @@ def preload(rt: Runtime, queues: Sequence[str] | None = None) -> list[str]:
             if task == "classify":
                 classifier = rt.classifier(*parse_classifier_key(model))
                 width, height = classifier.decode_size
-                classifier.predict([np.full((height, width, 3), 128, np.uint8)], top=1)
+                # As many images as one forward pass takes: the kernels are chosen per batch shape.
+                count = classifier.chunk or cfg.classify_batch_size
+                classifier.predict([np.full((height, width, 3), 128, np.uint8)] * count, top=1)
             elif task == "faces":
                 detector = rt.face_detector(cfg.face_min_confidence, cfg.face_min_size, cfg.face_max_side or None)
                 detector.detect(np.full((96, 128, 3), 128, np.uint8))
