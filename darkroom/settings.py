@@ -21,8 +21,8 @@ TaskName = Literal["normalize", "classify", "augment", "faces"]
 #: Which queue each task is routed to: model inference on ``gpu``, the rest on ``cpu``.
 TASK_QUEUES = {"normalize": "cpu", "augment": "cpu", "classify": "gpu", "faces": "gpu"}
 
-#: Tasks whose runs a worker takes in batches (one forward pass for up to CLASSIFY_BATCH_SIZE
-#: images); the producer sends their waiting runs one message per batch.
+#: Tasks whose runs a worker takes in batches (up to CLASSIFY_BATCH_SIZE images classified
+#: together, one claim and one store); the producer sends their waiting runs one message per batch.
 BATCH_TASKS = ("classify",)
 
 

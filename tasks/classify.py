@@ -642,7 +642,8 @@ class Classifier:
         return np.asarray(fn(batch), dtype=np.float32)
 
     def predict_proba(self, images: list[np.ndarray]) -> np.ndarray:
-        """Scores (N x classes, float32) for a list of images, in one forward pass."""
+        """Scores (N x classes, float32) for a list of images: one forward pass, or one per
+        :attr:`chunk` images."""
         self.load()
         assert self._classes is not None
         if len(images) == 0:

@@ -54,7 +54,8 @@ def normalize_modes(settings) -> list[tuple[str, bool]]:
 
 
 def _classify(rt: Runtime, claims: list[repo.Claim], images: list) -> Callable:
-    """One forward pass for the whole batch (all claims share the task and model)."""
+    """The whole batch classified together (all claims share the task and model), in forward
+    passes of the classifier's chunk."""
     model, weights = parse_classifier_key(claims[0].model)
     classifier = rt.classifier(model, weights)
     labels = [[lab.to_dict() for lab in labs] for labs in classifier.predict(images, top=rt.settings.classifier_top_k)]
@@ -264,7 +265,7 @@ def _execute_one(rt: Runtime, claim: repo.Claim, message_runs: list[int] | None 
 
 def _execute_batch(rt: Runtime, own: list[repo.Claim]) -> str:
     """The message's own runs and up to batch-size minus that many other pending runs of their
-    model, in one forward pass.
+    model, classified together.
 
     Each extra run's own message later finds it finished and is skipped. If anything goes wrong
     the extra runs are given back and sent again, so only the message's own runs share its fate.
