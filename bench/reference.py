@@ -86,21 +86,22 @@ class Pipeline:
     """Darkroom's stage functions with their models loaded once, as the reference runs them."""
 
     def __init__(self, model: str, weights: str = "none", *, top_k: int = 5, face_min_confidence: float = 0.9,
-                 face_min_size: int = 20, augment_spec: Any = None, face_boxed: str = "found"):
+                 face_min_size: int = 20, augment_spec: Any = None):
         from tasks.augment import AugmentSpec
         from tasks.classify import Classifier
         from tasks.faces import FaceDetector
 
         self.model, self.weights, self.top_k = model, weights, top_k
         self.classifier = Classifier.create(model, weights).load()
-        # Forward passes of as many images as Darkroom's worker makes (DARKROOM_CLASSIFY_CHUNK).
+        # As Darkroom's worker does: forward passes of DARKROOM_CLASSIFY_CHUNK images, and the
+        # faces-boxed copy where DARKROOM_FACE_BOXED asks for it.
         from darkroom.settings import Settings
         from worker.runtime import forward_chunk
 
-        self.classifier.chunk = forward_chunk(Settings())
+        self.settings = Settings()
+        self.classifier.chunk = forward_chunk(self.settings)
         self.detector = FaceDetector(face_min_confidence, face_min_size).load()
         self.spec = augment_spec or AugmentSpec()
-        self.face_boxed = face_boxed  # as DARKROOM_FACE_BOXED
 
     # the stages
     @staticmethod
@@ -139,7 +140,7 @@ class Pipeline:
         from tasks.imaging import encode
 
         found = self.detector.detect(image)
-        if self.face_boxed == "always" or (self.face_boxed == "found" and found):
+        if self.settings.store_boxed(bool(found)):
             boxed = draw_boxes(image, [f.box for f in found], [f.keypoints for f in found])
             encode(boxed, "JPEG", quality=90)
         return found
@@ -209,12 +210,13 @@ def run_reference(files: list[Path], model: str, weights: str = "none", *, batch
     unbatched = [pipe.classify([img])[0][0].class_id for img in first_batch]
     same = sum(a == b for a, b in zip(batched_top1[: len(unbatched)], unbatched))
 
-    raw, batches = raw_classify(pipe, first_batch or [pipe.decode_for_classify(files[0])], batch_size, raw_seconds)
-    single, _ = raw_classify(pipe, first_batch or [pipe.decode_for_classify(files[0])], 1, raw_seconds)
+    sample = first_batch or [pipe.decode_for_classify(files[0])]
+    raw, batches = raw_classify(pipe, sample, batch_size, raw_seconds)
+    single, _ = raw_classify(pipe, sample, 1, raw_seconds)
     chunk = pipe.classifier.chunk
     chunked = None
     if chunk and chunk not in (batch_size, 1):
-        chunked, _ = raw_classify(pipe, first_batch or [pipe.decode_for_classify(files[0])], chunk, raw_seconds)
+        chunked, _ = raw_classify(pipe, sample, chunk, raw_seconds)
     result = ReferenceResult(
         model=model, weights=weights, images=n, batch_size=batch_size, wall_s=round(wall, 3), cpu_s=round(cpu, 3),
         img_s=n / wall, stages={s: c.per_image(n) for s, c in costs.items()},

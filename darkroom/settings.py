@@ -175,6 +175,11 @@ class Settings(BaseSettings):
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
 
+    def store_boxed(self, found_faces: bool) -> bool:
+        """Whether a photo's faces-boxed copy is stored (DARKROOM_FACE_BOXED), given whether any
+        face was found."""
+        return self.face_boxed == "always" or (self.face_boxed == "found" and found_faces)
+
     def masked(self) -> dict[str, object]:
         """Settings as plain data with every password replaced by ``***`` (for `darkroom config`)."""
         out: dict[str, object] = {}

@@ -11,9 +11,10 @@ are the networks' own Keras layers. PNet takes large pyramid levels in strips, R
 the proposals in chunks, so that their tensors stay in the CPU's caches.
 
 Every step between the networks (proposal generation, the package's own NMS, square boxes, patch
-extraction, landmark mapping) is the package's code, called as the package calls it, except PNet's NMS: :func:`smart_nms` makes the
-package's decisions (bit for bit: the same float operations on the same pairs) without building
-its N x N matrices, which cost more than PNet itself on large photos.
+extraction, landmark mapping) is the package's code, called as the package calls it, except
+PNet's NMS: :func:`smart_nms` makes the package's decisions (bit for bit: the same float
+operations on the same pairs) without building its N x N matrices, which cost more than PNet
+itself on large photos.
 
 The outputs are those of ``mtcnn.MTCNN`` to float rounding: ``tests/test_faces.py`` checks the boxes,
 confidences and landmarks against the package on real photos.
@@ -167,6 +168,11 @@ def pnet_strips(height: int, width: int, budget: int | None = None) -> list[tupl
     return [(2 * a, height if a + per >= out_rows else 2 * (a + per) + 10) for a in range(0, out_rows, per)]
 
 
+def _joined(parts: list, axis: int) -> list:
+    """The outputs of a network run on consecutive slices of its input, each joined along ``axis``."""
+    return [tf.concat([part[k] for part in parts], axis=axis) for k in range(len(parts[0]))]
+
+
 class _CompiledModel:
     """A Keras network called through one traced graph for any batch size (inference mode), on
     at most :data:`PATCH_CHUNK` patches at a time."""
@@ -181,8 +187,7 @@ class _CompiledModel:
         count = int(patches.shape[0])
         if count <= PATCH_CHUNK:
             return self._forward(patches)
-        parts = [self._forward(patches[i:i + PATCH_CHUNK]) for i in range(0, count, PATCH_CHUNK)]
-        return [tf.concat([part[k] for part in parts], axis=0) for k in range(len(parts[0]))]
+        return _joined([self._forward(patches[i:i + PATCH_CHUNK]) for i in range(0, count, PATCH_CHUNK)], axis=0)
 
 
 class CompiledPNet(StagePNet):
@@ -201,8 +206,7 @@ class CompiledPNet(StagePNet):
         strips = pnet_strips(height, width * int(images.shape[0]))
         if len(strips) == 1:
             return self._network(scaled)
-        parts = [self._network(scaled[:, start:stop]) for start, stop in strips]
-        return [tf.concat([part[k] for part in parts], axis=1) for k in range(2)]
+        return _joined([self._network(scaled[:, start:stop]) for start, stop in strips], axis=1)
 
     def __call__(self, images_normalized, images_oshapes, min_face_size=20, min_size=12, scale_factor=0.709,
                  threshold_pnet=0.6, nms_pnet1=0.5, nms_pnet2=0.7, **kwargs):

@@ -95,7 +95,7 @@ def _faces(rt: Runtime, claim: repo.Claim, image) -> Callable:
     faces = detector.detect(image)
     found = [f.to_dict() for f in faces]
     arts = []
-    if cfg.face_boxed == "always" or (cfg.face_boxed == "found" and faces):
+    if cfg.store_boxed(bool(faces)):
         # The lesson's boxes around every face (its bonus), with dots on the five landmarks.
         boxed = draw_boxes(image, [f.box for f in faces], [f.keypoints for f in faces])
         arts.append(_jpeg("faces_boxed", 0, boxed))
