@@ -6,9 +6,10 @@ temporaries, and each pyramid level's area resize runs as a separate eager op. H
 runs as a ``tf.function`` with a fixed input signature (traced once per process, whatever the
 image size), so TensorFlow's graph optimizer fuses convolution, bias and activation. Each
 network's first block (a 3x3 convolution on the 3 colour channels, PReLU, max pool), the costliest
-part on a CPU, is computed on the input in 2x2 space-to-depth form (:class:`_FirstBlock`); the rest
-are the networks' own Keras layers. PNet takes large pyramid levels in strips, RNet and ONet take
-the proposals in chunks, so that their tensors stay in the CPU's caches.
+part on a CPU, is computed on the input in 2x2 space-to-depth form (:class:`_FirstBlock`); PReLUs
+take one full-size pass fewer than Keras's (:func:`_prelu`), and the output layers are one product
+(:class:`_Heads`); the rest are the networks' own Keras layers. PNet takes large pyramid levels in
+strips, RNet and ONet take the proposals in chunks, so that their tensors stay in the CPU's caches.
 
 Every step between the networks (proposal generation, the package's own NMS, square boxes, patch
 extraction, landmark mapping) is the package's code, called as the package calls it, except
@@ -37,11 +38,13 @@ __all__ = ["CompiledMTCNN", "CompiledONet", "CompiledPNet", "CompiledRNet", "com
 _IMAGES = tf.TensorSpec([None, None, None, 3], tf.float32)
 
 
-def _s2d_kernel(kernel: np.ndarray) -> np.ndarray:
+def _s2d_kernel(kernel: np.ndarray, channel_major: bool = False) -> np.ndarray:
     """A 3x3 kernel ``[3, 3, C, O]`` as the 2x2 kernel ``[2, 2, 4C, 4O]`` that gives, on the input
     rearranged by ``tf.nn.space_to_depth(x, 2)``, the four outputs of every 2x2 block of the
-    original convolution (output channel ``(py * 2 + px) * O + o`` is row ``2i + py``, column
-    ``2j + px``). A 3x3 window at any of the four offsets lies within two blocks each way."""
+    original convolution: output channel ``(py * 2 + px) * O + o`` is row ``2i + py``, column
+    ``2j + px`` of channel ``o``; ``channel_major``: channel ``o * 4 + py * 2 + px``, each channel's
+    four positions side by side (what a max pool over the depth reduces). A 3x3 window at any of
+    the four offsets lies within two blocks each way."""
     k = np.asarray(kernel, np.float32)
     if k.shape[:2] != (3, 3):
         raise ValueError(f"expected a 3x3 kernel, got {k.shape}")
@@ -53,7 +56,25 @@ def _s2d_kernel(kernel: np.ndarray) -> np.ndarray:
                 for v in range(3):
                     row, col = py + u, px + v
                     out[row // 2, col // 2, row % 2, col % 2, :, py * 2 + px, :] = k[u, v]
+    if channel_major:
+        out = out.transpose(0, 1, 2, 3, 4, 6, 5)
     return out.reshape(2, 2, 4 * channels, 4 * outputs)
+
+
+def _prelu_alpha(layer) -> tf.Tensor | None:
+    """A Keras PReLU layer's slopes as one per channel of the last axis, or None when its slopes
+    are shared otherwise (then the layer itself is called)."""
+    alpha = np.asarray(layer.get_weights()[0], np.float32)
+    if alpha.ndim and all(d == 1 for d in alpha.shape[:-1]):
+        return tf.constant(alpha.reshape(-1))
+    return None
+
+
+def _prelu(x, alpha):
+    """Keras's PReLU, ``relu(x) + (-alpha) * relu(-x)``, as ``relu(x) + alpha * min(x, 0)``: the
+    same values (the two products differ only in the signs of both factors), one full-size pass
+    fewer."""
+    return tf.nn.relu(x) + alpha * tf.minimum(x, 0.0)
 
 
 class _FirstBlock:
@@ -63,10 +84,11 @@ class _FirstBlock:
     conv1 maps the 3 colour channels to 10-32 with a 3x3 kernel; so few input channels keep the
     CPU's vector units mostly idle (about 2 GMAC/s on one core, two thirds of PNet's time).
     Rearranged, the same sums are a 2x2 convolution from 12 channels to 4 x 10-32 (the four
-    positions of every 2x2 block of the output), which runs several times faster although it
-    multiplies some zeros, and the max pool becomes a max over those four positions (and, for the
-    3x3 pools of RNet and ONet, their neighbours'). The sums are the same products added in
-    another order, so the outputs are the network's to float rounding; every max is exact.
+    positions of every 2x2 block of the output, side by side per channel), which runs several
+    times faster although it multiplies some zeros, and the max pool becomes a max over those four
+    positions (a max pool over the depth; for the 3x3 pools of RNet and ONet, with their
+    neighbours'). The sums are the same products added in another order, so the outputs are the
+    network's to float rounding; every max is exact.
     """
 
     def __init__(self, conv, prelu, pool):
@@ -76,11 +98,17 @@ class _FirstBlock:
         self.pool = (tuple(pool.pool_size), tuple(pool.strides), pool.padding)
         if self.pool not in (((2, 2), (2, 2), "same"), ((3, 3), (2, 2), "same")):
             raise ValueError(f"{pool.name}: unsupported pooling {self.pool}")
+        alpha = _prelu_alpha(prelu)
+        if alpha is None or int(alpha.shape[0]) != kernel.shape[-1]:
+            raise ValueError(f"{prelu.name}: expected one slope per channel")
         self.channels = int(kernel.shape[-1])
-        self.kernel = tf.constant(_s2d_kernel(kernel))
-        self.bias = tf.constant(np.tile(np.asarray(bias, np.float32), 4))
-        # Keras' PReLU: relu(x) + (-alpha) * relu(-x); the same operations, per output channel.
-        self.neg_alpha = tf.constant(-np.tile(np.asarray(prelu.get_weights()[0], np.float32).reshape(-1), 4))
+        # The 2x2 pool is a max pool over the depth of the channel-major layout; the 3x3 pools take
+        # rows and columns of neighbouring blocks, quicker to slice from the position-major one.
+        self.channel_major = self.pool[0] == (2, 2)
+        self.kernel = tf.constant(_s2d_kernel(kernel, self.channel_major))
+        spread = (lambda v: np.repeat(v, 4)) if self.channel_major else (lambda v: np.tile(v, 4))
+        self.bias = tf.constant(spread(np.asarray(bias, np.float32)))
+        self.alpha = tf.constant(spread(alpha.numpy()))
 
     def __call__(self, x):
         height, width = tf.shape(x)[1], tf.shape(x)[2]
@@ -88,13 +116,15 @@ class _FirstBlock:
         rows, cols = (height - 1) // 2, (width - 1) // 2
         x = tf.pad(x, [[0, 0], [0, 2 * rows + 2 - height], [0, 2 * cols + 2 - width], [0, 0]])
         y = tf.nn.bias_add(tf.nn.conv2d(tf.nn.space_to_depth(x, 2), self.kernel, 1, "VALID"), self.bias)
-        y = tf.nn.relu(y) + self.neg_alpha * tf.nn.relu(-y)
-        blocks = tf.reshape(y, [tf.shape(y)[0], rows, cols, 2, 2, self.channels])  # [n, i, j, py, px, c]
-        if self.pool[0] == (2, 2):
-            return self._pool2(blocks, (height - 2) % 2 == 1, (width - 2) % 2 == 1)
+        y = _prelu(y, self.alpha)
+        if self.channel_major:
+            pooled = tf.nn.max_pool(y, [1, 1, 1, 4], [1, 1, 1, 4], "VALID")  # each block's four positions
+            blocks = tf.reshape(y, [tf.shape(y)[0], rows, cols, self.channels, 2, 2])  # [n, i, j, c, py, px]
+            return self._pool2(pooled, blocks, (height - 2) % 2 == 1, (width - 2) % 2 == 1)
         # A 3x3 pool, stride 2, "same", over an even-sized output (RNet's 24 px and ONet's 48 px
         # patches) pads one row and column after: window (i, j) is rows 2i..2i+2, columns 2j..2j+2.
         tf.debugging.assert_equal((height - 2) % 2 + (width - 2) % 2, 0, message="3x3 pool needs even sizes")
+        blocks = tf.reshape(y, [tf.shape(y)[0], rows, cols, 2, 2, self.channels])  # [n, i, j, py, px, c]
         inside = tf.reduce_max(blocks, axis=[3, 4])
         below = tf.reduce_max(blocks[:, :, :, 0], axis=3)  # row 2i + 2 is the next block's first row
         right = tf.reduce_max(blocks[:, :, :, :, 0], axis=3)
@@ -106,19 +136,19 @@ class _FirstBlock:
         return tf.maximum(tf.maximum(inside, below), tf.maximum(right, corner))
 
     @staticmethod
-    def _pool2(blocks, odd_rows, odd_cols):
-        """A 2x2 pool, stride 2, "same": one window per block, except that an odd-sized output's
-        last window has only its first row (column): the block's second one lies outside."""
-        pooled = tf.reduce_max(blocks, axis=[3, 4])
+    def _pool2(pooled, blocks, odd_rows, odd_cols):
+        """A 2x2 pool, stride 2, "same" (``pooled``: the max of each block, ``blocks`` in the
+        channel-major layout): one window per block, except that an odd-sized output's last window
+        has only its first row (column): the block's second one lies outside."""
 
         def last_row(p):
-            row = tf.reduce_max(blocks[:, -1, :, 0], axis=2)  # [n, j, c]; its last column: below
+            row = tf.reduce_max(blocks[:, -1, :, :, 0], axis=-1)  # [n, j, c]; its last column: below
             return tf.concat([p[:, :-1], row[:, None]], axis=1)
 
         def last_col(p):
-            col = blocks[:, :, -1, :, 0]  # [n, i, py, c]
-            values = tf.reduce_max(col, axis=2)
-            corner = tf.cond(odd_rows, lambda: col[:, -1:, 0], lambda: values[:, -1:])
+            col = blocks[:, :, -1, :, :, 0]  # [n, i, c, py]
+            values = tf.reduce_max(col, axis=-1)
+            corner = tf.cond(odd_rows, lambda: col[:, -1:, :, 0], lambda: values[:, -1:])
             values = tf.concat([values[:, :-1], corner], axis=1)
             return tf.concat([p[:, :, :-1], values[:, :, None]], axis=2)
 
@@ -126,21 +156,57 @@ class _FirstBlock:
         return tf.cond(odd_cols, lambda: last_col(pooled), lambda: pooled)
 
 
+class _Heads:
+    """A network's output layers, which all take the same input (1x1 convolutions, or dense
+    layers), as one layer: their kernels side by side, one product instead of one per head, each
+    head's slice then given its own activation (linear or softmax)."""
+
+    def __init__(self, heads: list):
+        kinds = {type(h).__name__ for h in heads}
+        if kinds not in ({"Conv2D"}, {"Dense"}):
+            raise ValueError(f"expected 1x1 convolutions or dense layers as heads, got {sorted(kinds)}")
+        kernels, biases = zip(*(h.get_weights() for h in heads))
+        if kinds == {"Conv2D"} and any(k.shape[:2] != (1, 1) or tuple(h.strides) != (1, 1)
+                                       for k, h in zip(kernels, heads)):
+            raise ValueError("expected 1x1 convolutions with stride 1 as heads")
+        self.conv = kinds == {"Conv2D"}
+        self.kernel = tf.constant(np.concatenate([np.asarray(k, np.float32).reshape(k.shape[-2], k.shape[-1])
+                                                  for k in kernels], axis=-1))
+        self.bias = tf.constant(np.concatenate(biases).astype(np.float32))
+        self.sizes = [int(b.shape[0]) for b in biases]
+        self.activations = [h.get_config()["activation"] for h in heads]
+        if set(self.activations) - {"linear", "softmax"}:
+            raise ValueError(f"unsupported head activations {self.activations}")
+
+    def __call__(self, x):
+        if self.conv:
+            y = tf.nn.bias_add(tf.nn.conv2d(x, self.kernel[None, None], 1, "VALID"), self.bias)
+        else:
+            y = tf.nn.bias_add(tf.matmul(x, self.kernel), self.bias)
+        parts = tf.split(y, self.sizes, axis=-1)
+        return [tf.nn.softmax(p, axis=-1) if a == "softmax" else p for p, a in zip(parts, self.activations)]
+
+
 class _FastNetwork:
     """An MTCNN network (PNet, RNet or ONet, inference only) with :class:`_FirstBlock` in place
-    of its first three layers; the rest are the model's own layers, called in its order: each
-    layer feeds the next, and the last ``heads`` layers all take the same input (the outputs)."""
+    of its first three layers, its PReLUs as :func:`_prelu` and its output layers as one
+    (:class:`_Heads`); the rest are the model's own layers, called in its order: each layer feeds
+    the next, and the last ``heads`` layers all take the same input (the outputs)."""
 
     def __init__(self, model: tf.keras.Model, heads: int):
         layers = list(model.layers)
         self.first = _FirstBlock(*layers[:3])
-        self.body, self.heads = layers[3:-heads], layers[-heads:]
+        self.body = []
+        for layer in layers[3:-heads]:
+            alpha = _prelu_alpha(layer) if type(layer).__name__ == "PReLU" else None
+            self.body.append(layer if alpha is None else (lambda x, a=alpha: _prelu(x, a)))
+        self.heads = _Heads(layers[-heads:])
 
     def __call__(self, x):
         x = self.first(x)
         for layer in self.body:  # convolutions, PReLUs, pools, permute, flatten, dense: no training mode
             x = layer(x)
-        return [head(x) for head in self.heads]
+        return self.heads(x)
 
 
 #: RNet and ONet take the proposals in chunks of this many patches: a photo can have a thousand,
@@ -168,6 +234,13 @@ def pnet_strips(height: int, width: int, budget: int | None = None) -> list[tupl
     return [(2 * a, height if a + per >= out_rows else 2 * (a + per) + 10) for a in range(0, out_rows, per)]
 
 
+def _traced(fn, *signature: tf.TensorSpec):
+    """``fn`` traced once for ``signature``, now (under the device scope of the caller), as a
+    concrete function: called a few dozen times per photo, it skips ``tf.function``'s dispatch
+    (binding the arguments to the signature, about 0.1 ms a call)."""
+    return tf.function(fn, input_signature=list(signature)).get_concrete_function()
+
+
 def _joined(parts: list, axis: int) -> list:
     """The outputs of a network run on consecutive slices of its input, each joined along ``axis``."""
     return [tf.concat([part[k] for part in parts], axis=axis) for k in range(len(parts[0]))]
@@ -180,7 +253,7 @@ class _CompiledModel:
     def __init__(self, model: tf.keras.Model, patch: int, heads: int):
         self.model = model
         self.network = _FastNetwork(model, heads)
-        self._forward = tf.function(self.network, input_signature=[tf.TensorSpec([None, patch, patch, 3], tf.float32)])
+        self._forward = _traced(self.network, tf.TensorSpec([None, patch, patch, 3], tf.float32))
 
     def __call__(self, patches):
         patches = tf.convert_to_tensor(patches, tf.float32)
@@ -195,14 +268,15 @@ class CompiledPNet(StagePNet):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self._network = tf.function(_FastNetwork(self._model, heads=2), input_signature=[_IMAGES])
-        self._scale = tf.function(lambda images, size: tf.image.resize(images, size, method=tf.image.ResizeMethod.AREA),
-                                  input_signature=[_IMAGES, tf.TensorSpec([2], tf.int32)])
+        self._network = _traced(_FastNetwork(self._model, heads=2), _IMAGES)
+        self._scale = _traced(lambda images, size: tf.image.resize(images, size, method=tf.image.ResizeMethod.AREA),
+                              _IMAGES, tf.TensorSpec([2], tf.int32))
 
-    def _level(self, images, size):
-        """PNet's two outputs (box offsets, face scores) over ``images`` resized to ``size``."""
-        scaled = self._scale(images, size)
-        height, width = (int(v) for v in size)
+    def _level(self, images, size: tuple[int, int]):
+        """PNet's two outputs (box offsets, face scores) over ``images`` resized to ``size``
+        (height, width; plain ints: reading them back from a tensor costs a slice op each)."""
+        height, width = size
+        scaled = self._scale(images, tf.constant([height, width], tf.int32))
         strips = pnet_strips(height, width * int(images.shape[0]))
         if len(strips) == 1:
             return self._network(scaled)
@@ -220,8 +294,8 @@ class CompiledPNet(StagePNet):
         per_level = []
         for scale in scales:
             # mtcnn's scale_images passes shape * scale to tf.image.resize, which truncates.
-            size = tf.constant((shape * scale).astype(np.int32))
-            bbox_reg, bbox_class = self._level(images, size)
+            height, width = (int(v) for v in (shape * scale).astype(np.int32))
+            bbox_reg, bbox_class = self._level(images, (height, width))
             proposals = generate_bounding_box(bbox_reg, bbox_class, threshold_pnet)
             proposals = upscale_bboxes(proposals, np.asarray([scale] * batch_size))
             per_level.append(smart_nms(proposals, threshold=nms_pnet1, method="union", initial_sort=False))
