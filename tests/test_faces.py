@@ -357,3 +357,39 @@ def test_pnet_in_strips_finds_the_same_faces(detector, astronaut, collage, monke
         for a, b in zip(got, wide[name]):
             assert np.abs(np.subtract(a.box, b.box)).max() <= 1, name
             assert a.confidence == pytest.approx(b.confidence, abs=1e-5)
+
+
+def test_prelu_and_merged_heads_are_the_keras_layers():
+    """tasks.mtcnn_compiled's PReLU (one pass fewer) gives Keras's values exactly, for slopes below
+    0, between 0 and 1, and above 1 (MTCNN has all three); its merged output layers give each head's
+    own outputs, softmax included."""
+    import keras
+    import tensorflow as tf
+
+    from tasks.mtcnn_compiled import _Heads, _prelu, _prelu_alpha
+
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(0, 2, (3, 7, 9, 5)).astype(np.float32))
+    x = tf.concat([x, tf.zeros([3, 7, 9, 1])], axis=-1)  # zeros too
+    layer = keras.layers.PReLU(shared_axes=[1, 2])
+    layer.build(x.shape)
+    layer.set_weights([np.array([-1.3, -0.2, 0.0, 0.4, 1.0, 1.7], np.float32).reshape(1, 1, 6)])
+    assert np.array_equal(_prelu(x, _prelu_alpha(layer)).numpy(), layer(x).numpy())
+
+    inputs = keras.Input((7, 9, 6))
+    convs = [keras.layers.Conv2D(4, 1), keras.layers.Conv2D(2, 1, activation="softmax")]
+    for conv in convs:
+        conv(inputs)
+    heads = _Heads(convs)
+    for got, conv in zip(heads(x), convs):
+        np.testing.assert_allclose(got.numpy(), conv(x).numpy(), atol=1e-6, rtol=0)
+    flat = tf.reshape(x, [3, -1])
+    dense = [keras.layers.Dense(4), keras.layers.Dense(10), keras.layers.Dense(2, activation="softmax")]
+    for d in dense:
+        d.build(flat.shape)
+    for got, d in zip(_Heads(dense)(flat), dense):
+        np.testing.assert_allclose(got.numpy(), d(flat).numpy(), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="1x1"):
+        wide = keras.layers.Conv2D(2, 3)
+        wide(inputs)
+        _Heads([wide, convs[0]])
