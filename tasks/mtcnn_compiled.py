@@ -25,6 +25,9 @@ Imported lazily (it imports TensorFlow), by :func:`tasks.faces._shared_mtcnn`.
 
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy as np
 import tensorflow as tf
 from mtcnn import MTCNN
@@ -34,6 +37,8 @@ from mtcnn.utils.bboxes import (generate_bounding_box, iou, limit_bboxes, nms, r
 from mtcnn.utils.images import build_scale_pyramid
 
 __all__ = ["CompiledMTCNN", "CompiledONet", "CompiledPNet", "CompiledRNet", "compiled_mtcnn", "nms_keep", "smart_nms"]
+
+log = logging.getLogger(__name__)
 
 _IMAGES = tf.TensorSpec([None, None, None, 3], tf.float32)
 
@@ -188,25 +193,59 @@ class _Heads:
 
 
 class _FastNetwork:
-    """An MTCNN network (PNet, RNet or ONet, inference only) with :class:`_FirstBlock` in place
-    of its first three layers, its PReLUs as :func:`_prelu` and its output layers as one
-    (:class:`_Heads`); the rest are the model's own layers, called in its order: each layer feeds
-    the next, and the last ``heads`` layers all take the same input (the outputs)."""
+    """An MTCNN network (PNet, RNet or ONet, inference only) with its PReLUs as :func:`_prelu` and
+    its output layers as one (:class:`_Heads`); with ``first_block="s2d"``, :class:`_FirstBlock`
+    in place of its first three layers ("plain": the model's own). The rest are the model's own
+    layers, called in its order: each layer feeds the next, and the last ``heads`` layers all take
+    the same input (the outputs)."""
 
-    def __init__(self, model: tf.keras.Model, heads: int):
+    def __init__(self, model: tf.keras.Model, heads: int, first_block: str = "s2d"):
         layers = list(model.layers)
-        self.first = _FirstBlock(*layers[:3])
+        if first_block not in FIRST_BLOCKS:
+            raise ValueError(f"first_block must be one of {', '.join(FIRST_BLOCKS)}, got {first_block!r}")
+        self.first_block = first_block
+        self.first = _FirstBlock(*layers[:3]) if first_block == "s2d" else None
         self.body = []
-        for layer in layers[3:-heads]:
+        for layer in layers[3 if self.first else 0:-heads]:
             alpha = _prelu_alpha(layer) if type(layer).__name__ == "PReLU" else None
             self.body.append(layer if alpha is None else (lambda x, a=alpha: _prelu(x, a)))
         self.heads = _Heads(layers[-heads:])
 
     def __call__(self, x):
-        x = self.first(x)
+        if self.first is not None:
+            x = self.first(x)
         for layer in self.body:  # convolutions, PReLUs, pools, permute, flatten, dense: no training mode
             x = layer(x)
         return self.heads(x)
+
+
+#: The ways :class:`_FastNetwork` computes a network's first block; the same outputs to float
+#: rounding (``tests/test_faces.py``), at a speed that depends on the processor: on a 2-core AMD
+#: EPYC the space-to-depth form made PNet several times faster, on an Intel Xeon with AVX-512 the
+#: plain convolution is as fast for PNet and 1.4-1.7x faster for RNet and ONet.
+FIRST_BLOCKS = ("s2d", "plain")
+
+
+def _fastest(model: tf.keras.Model, heads: int, signature: tf.TensorSpec, sample: tuple[int, ...],
+             first_block: str = "auto"):
+    """The network traced with ``first_block``'s form, or with "auto", with whichever form runs
+    ``sample``-shaped input faster here (each timed three times, interleaved, as the network
+    loads: about 0.1 s). Returns (concrete function, the form chosen)."""
+    if first_block != "auto":
+        return _traced(_FastNetwork(model, heads, first_block), signature), first_block
+    candidates = {form: _traced(_FastNetwork(model, heads, form), signature) for form in FIRST_BLOCKS}
+    x = tf.constant(np.random.default_rng(0).uniform(-1, 1, sample).astype(np.float32))
+    best: dict[str, float] = {}
+    for form, fn in candidates.items():
+        fn(x)[0].numpy()  # the first call of a graph prepares its kernels
+    for _ in range(3):
+        for form, fn in candidates.items():
+            started = time.perf_counter()
+            fn(x)[0].numpy()
+            best[form] = min(best.get(form, np.inf), time.perf_counter() - started)
+    form = min(best, key=best.__getitem__)
+    log.debug("%s: first block %s (%s)", model.name, form, ", ".join(f"{f} {t * 1e3:.2f} ms" for f, t in best.items()))
+    return candidates[form], form
 
 
 #: RNet and ONet take the proposals in chunks of this many patches: a photo can have a thousand,
@@ -248,12 +287,13 @@ def _joined(parts: list, axis: int) -> list:
 
 class _CompiledModel:
     """A Keras network called through one traced graph for any batch size (inference mode), on
-    at most :data:`PATCH_CHUNK` patches at a time."""
+    at most :data:`PATCH_CHUNK` patches at a time; its first block in the faster form here
+    (``first_block="auto"``) or the one named."""
 
-    def __init__(self, model: tf.keras.Model, patch: int, heads: int):
+    def __init__(self, model: tf.keras.Model, patch: int, heads: int, sample: int, first_block: str = "auto"):
         self.model = model
-        self.network = _FastNetwork(model, heads)
-        self._forward = _traced(self.network, tf.TensorSpec([None, patch, patch, 3], tf.float32))
+        self._forward, self.first_block = _fastest(model, heads, tf.TensorSpec([None, patch, patch, 3], tf.float32),
+                                                   (sample, patch, patch, 3), first_block)
 
     def __call__(self, patches):
         patches = tf.convert_to_tensor(patches, tf.float32)
@@ -264,11 +304,12 @@ class _CompiledModel:
 
 
 class CompiledPNet(StagePNet):
-    """StagePNet with each pyramid level's area resize and PNet (in strips) compiled."""
+    """StagePNet with each pyramid level's area resize and PNet (in strips) compiled; PNet's first
+    block in the faster form here (``first_block="auto"``) or the one named (:data:`FIRST_BLOCKS`)."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, first_block: str = "auto", **kwargs):
         super().__init__(**kwargs)
-        self._network = _traced(_FastNetwork(self._model, heads=2), _IMAGES)
+        self._network, self.first_block = _fastest(self._model, 2, _IMAGES, (1, 240, 320, 3), first_block)
         self._scale = _traced(lambda images, size: tf.image.resize(images, size, method=tf.image.ResizeMethod.AREA),
                               _IMAGES, tf.TensorSpec([2], tf.int32))
 
@@ -312,9 +353,14 @@ class _CompiledRefinement:
     COLUMNS: int
     HEADS: int
 
-    def __init__(self, **kwargs):
+    #: Patches per call when the first block's forms are timed (RNet sees a few hundred a photo,
+    #: ONet a few).
+    SAMPLE: int
+
+    def __init__(self, first_block: str = "auto", **kwargs):
         super().__init__(**kwargs)
-        self._model = _CompiledModel(self._model, self.PATCH, self.HEADS)
+        self._model = _CompiledModel(self._model, self.PATCH, self.HEADS, self.SAMPLE, first_block)
+        self.first_block = self._model.first_block
 
     def __call__(self, images_normalized, bboxes_batch, **kwargs):
         if len(bboxes_batch) == 0:
@@ -323,11 +369,11 @@ class _CompiledRefinement:
 
 
 class CompiledRNet(_CompiledRefinement, StageRNet):
-    PATCH, COLUMNS, HEADS = 24, 6, 2  # image, box (4), score; outputs: box, score
+    PATCH, COLUMNS, HEADS, SAMPLE = 24, 6, 2, 128  # image, box (4), score; outputs: box, score
 
 
 class CompiledONet(_CompiledRefinement, StageONet):
-    PATCH, COLUMNS, HEADS = 48, 16, 3  # image, box (4), score, 5 landmarks (10); outputs: box, landmarks, score
+    PATCH, COLUMNS, HEADS, SAMPLE = 48, 16, 3, 16  # image, box (4), score, 5 landmarks (10); outputs: box, landmarks, score
 
 
 def nms_keep(boxes: np.ndarray, threshold: float, method: str = "union") -> np.ndarray:
@@ -419,7 +465,10 @@ class CompiledMTCNN(MTCNN):
         return result if isinstance(image, list) else (result[0] if result else result)
 
 
-def compiled_mtcnn(device: str = "CPU:0") -> MTCNN:
-    """An ``mtcnn.MTCNN`` (faces and landmarks) whose three stages run compiled."""
+def compiled_mtcnn(device: str = "CPU:0", first_block: str = "auto") -> MTCNN:
+    """An ``mtcnn.MTCNN`` (faces and landmarks) whose three stages run compiled, each network's
+    first block in the faster of its forms on this processor ("auto", timed as it loads) or the
+    one named (:data:`FIRST_BLOCKS`)."""
     with tf.device(device):
-        return CompiledMTCNN(stages=[CompiledPNet(), CompiledRNet(), CompiledONet()], device=device)
+        stages = [CompiledPNet(first_block), CompiledRNet(first_block), CompiledONet(first_block)]
+        return CompiledMTCNN(stages=stages, device=device)

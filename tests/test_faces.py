@@ -247,12 +247,19 @@ def _photos_for_equivalence(astronaut, collage):
     }
 
 
-def test_compiled_mtcnn_gives_the_packages_faces(detector, astronaut, collage):
-    """tasks.mtcnn_compiled runs MTCNN's networks compiled; boxes, confidences and landmarks must be
-    those of the mtcnn package as shipped (float rounding aside), faces and no-faces alike."""
+@pytest.mark.parametrize("form", ["auto", "s2d", "plain"])
+def test_compiled_mtcnn_gives_the_packages_faces(detector, astronaut, collage, form, monkeypatch):
+    """tasks.mtcnn_compiled runs MTCNN's networks compiled, each first block in either form; boxes,
+    confidences and landmarks must be those of the mtcnn package as shipped (float rounding
+    aside), faces and no-faces alike."""
+    from tasks.mtcnn_compiled import compiled_mtcnn
+
     assert detector.compiled
     shipped = FaceDetector(compiled=False).load()
     assert shipped._mtcnn is not detector._mtcnn
+    if form != "auto":  # the same detector, its networks in the form named
+        detector = FaceDetector().load()
+        monkeypatch.setattr(detector, "_mtcnn", compiled_mtcnn(first_block=form))
     found_any = 0
     for name, photo in _photos_for_equivalence(astronaut, collage).items():
         want, got = shipped.detect(photo), detector.detect(photo)
@@ -296,16 +303,20 @@ def test_pnet_nms_makes_the_packages_decisions():
                     assert np.array_equal(got, want), (trial, method, threshold, initial_sort)
 
 
-def test_first_block_rearranged_gives_the_networks_outputs(detector):
+@pytest.mark.parametrize("form", ["s2d", "plain"])
+def test_first_block_forms_give_the_networks_outputs(detector, form):
     """tasks.mtcnn_compiled computes each network's first block (conv 3x3, PReLU, max pool) on 2x2
-    space-to-depth input: PNet at every parity of height and width (the "same" pool's partial last
-    window), RNet and ONet (3x3 pools) on their patches: the Keras models' outputs to float rounding."""
+    space-to-depth input ("s2d") or as the model's own layers ("plain"), with its PReLUs one pass
+    shorter and its heads merged: PNet at every parity of height and width (the "same" pool's
+    partial last window), RNet and ONet (3x3 pools) on their patches, in chunks: the Keras models'
+    outputs to float rounding."""
     import tensorflow as tf
 
-    from tasks.mtcnn_compiled import _FastNetwork
+    from tasks.mtcnn_compiled import _CompiledModel, _FastNetwork
 
     pnet, rnet, onet = detector._mtcnn.stages
-    fast = _FastNetwork(pnet._model, heads=2)
+    fast = _FastNetwork(pnet._model, heads=2, first_block=form)
+    assert (fast.first is not None) == (form == "s2d")
     rng = np.random.default_rng(0)
     for height in (12, 13, 14, 15, 24, 37):
         for width in (12, 13, 30, 31):
@@ -316,12 +327,26 @@ def test_first_block_rearranged_gives_the_networks_outputs(detector):
                 assert a.shape == b.shape, (height, width)
                 np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, rtol=0)
     for stage, patch, outputs in ((rnet, 24, 2), (onet, 48, 3)):
+        keras_model = stage._model.model
+        compiled = _CompiledModel(keras_model, patch, outputs, sample=4, first_block=form)
+        assert compiled.first_block == form
         x = tf.constant(rng.uniform(-1, 1, (PATCHES, patch, patch, 3)).astype(np.float32))
-        want, got = stage._model.model(x), stage._model(x)  # more patches than one chunk
+        want, got = keras_model(x), compiled(x)  # more patches than one chunk
         assert len(got) == len(want) == outputs
         for a, b in zip(got, want):
             assert a.shape == b.shape
             np.testing.assert_allclose(np.asarray(a), b.numpy(), atol=1e-5, rtol=0)
+
+
+def test_first_block_form_is_chosen_by_timing_or_named():
+    from tasks.mtcnn_compiled import FIRST_BLOCKS, compiled_mtcnn
+
+    chosen = compiled_mtcnn()  # "auto": each network's faster form on this processor
+    assert all(stage.first_block in FIRST_BLOCKS for stage in chosen.stages)
+    named = compiled_mtcnn(first_block="s2d")
+    assert [stage.first_block for stage in named.stages] == ["s2d"] * 3
+    with pytest.raises(ValueError, match="first_block"):
+        compiled_mtcnn(first_block="fast")
 
 
 PATCHES = 300  # RNet and ONet take at most tasks.mtcnn_compiled.PATCH_CHUNK (128) at a time
