@@ -1,14 +1,16 @@
 """MTCNN's three stages with their networks compiled: the same networks, weights and steps as the
-``mtcnn`` package, two to three times as fast on a CPU.
+``mtcnn`` package, three to four times as fast on a CPU.
 
 ``mtcnn`` 1.0 calls its Keras networks eagerly, op by op: every PReLU is several full-size
 temporaries, and each pyramid level's area resize runs as a separate eager op. Here each network
 runs as a ``tf.function`` with a fixed input signature (traced once per process, whatever the
 image size), so TensorFlow's graph optimizer fuses convolution, bias and activation. Each
-network's first block (a 3x3 convolution on the 3 colour channels, PReLU, max pool), the costliest
-part on a CPU, is computed on the input in 2x2 space-to-depth form (:class:`_FirstBlock`); PReLUs
-take one full-size pass fewer than Keras's (:func:`_prelu`), and the output layers are one product
-(:class:`_Heads`); the rest are the networks' own Keras layers. PNet takes large pyramid levels in
+network's first block (a 3x3 convolution on the 3 colour channels, PReLU, max pool) can be
+computed on the input in 2x2 space-to-depth form (:class:`_FirstBlock`), several times faster on
+processors whose convolutions over 3 channels are slow, or as the model's own layers; which is
+faster is timed for each network as it loads (:func:`_fastest`). PReLUs take one full-size pass
+fewer than Keras's (:func:`_prelu`), and the output layers are one product (:class:`_Heads`);
+the rest are the networks' own Keras layers. PNet takes large pyramid levels in
 strips, RNet and ONet take the proposals in chunks, so that their tensors stay in the CPU's caches.
 
 Every step between the networks (proposal generation, the package's own NMS, square boxes, patch
