@@ -117,7 +117,8 @@ class Settings(BaseSettings):
     )
     classify_chunk: int = Field(
         0, ge=0, le=1024, description="Images per forward pass within a batch. 0: 4 on a CPU (a core keeps a few "
-        "images' activations in its caches, not 16's), the whole batch on a GPU.")
+        "images' activations in its caches, not 16's) except for models of over 256 MB of weights (VGG16, VGG19: "
+        "each pass reads them all), the whole batch on a GPU.")
     tf_threads: int = Field(0, ge=0, description="TensorFlow threads per worker process; 0: cores / processes.")
     preload_models: bool = Field(
         True, description="Each worker process loads the models of the tasks it may be sent, and runs them once, "

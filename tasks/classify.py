@@ -239,9 +239,18 @@ def _looks_like_path(model: str) -> bool:
 
 #: Images per forward pass on a CPU. A core keeps the activations of a few images in its caches,
 #: not those of 16: on the benchmark's 2-core EPYC, one thread, MobileNetV2 took 22.8 ms per image
-#: in chunks of 4 against 30.1 in one batch of 16 (VGG16: the same within 4 %). Batches still
-#: gather 16 images (one claim, one store); on a GPU the whole batch goes at once.
+#: in chunks of 4 against 30.1 in one batch of 16. Batches still gather 16 images (one claim, one
+#: store); on a GPU the whole batch goes at once.
 CPU_FORWARD_CHUNK = 4
+#: Models with more weights than this (bytes) go through the whole batch at once on a CPU too:
+#: each forward pass reads every weight from memory (VGG16's 528 MB, 400 of them in its first
+#: dense layer), once per batch instead of once per chunk. VGG16, one thread in each of two
+#: processes (Intel Xeon): 168 ms per image in passes of 16 against 185 in passes of 4; on the
+#: EPYC the same within 4 %. MobileNetV2 (14 MB) and ResNet50 (100 MB) keep their chunks.
+WHOLE_BATCH_WEIGHT_BYTES = 256 * 2**20
+#: :attr:`Classifier.chunk`'s setting for a CPU: :data:`CPU_FORWARD_CHUNK` images per forward pass,
+#: or the whole batch for a model of over :data:`WHOLE_BATCH_WEIGHT_BYTES` of weights.
+CPU_CHUNK = "cpu"
 
 
 def _scale(x: np.ndarray) -> np.ndarray:
@@ -309,9 +318,8 @@ class Classifier:
         self._forward: Any = None
         self._classes: list[str] | None = None
         self._prep: tuple[tuple[int, int], str, Callable[[np.ndarray], np.ndarray]] | None = None
-        #: Images per forward pass (None: the whole batch). On a CPU a few at a time run faster
-        #: than many (:data:`CPU_FORWARD_CHUNK`); the outputs are the same to float rounding.
-        self.chunk: int | None = None
+        self._chunk: int | str | None = None
+        self._weight_bytes = 0
 
     # -- construction -------------------------------------------------------------------------
 
@@ -429,6 +437,25 @@ class Classifier:
 
     # -- loading --------------------------------------------------------------------------------
 
+    @property
+    def chunk(self) -> int | None:
+        """Images per forward pass (None: the whole batch); the outputs are the same to float
+        rounding. On a CPU a few at a time run faster than many (:data:`CPU_FORWARD_CHUNK`), except
+        for models with more weights than any cache holds: set :data:`CPU_CHUNK` to have it
+        decided by the model (reading it then loads the model)."""
+        if self._chunk == CPU_CHUNK:
+            self.load()
+            return None if self._weight_bytes > WHOLE_BATCH_WEIGHT_BYTES else CPU_FORWARD_CHUNK
+        return self._chunk  # type: ignore[return-value]
+
+    @chunk.setter
+    def chunk(self, value: int | str | None) -> None:
+        if not (value is None or value == CPU_CHUNK or (isinstance(value, int) and not isinstance(value, bool)
+                                                        and value > 0)):
+            raise ValueError(f"chunk must be a positive number of images, None (the whole batch) or "
+                             f"{CPU_CHUNK!r}; got {value!r}")
+        self._chunk = value
+
     def load(self) -> Classifier:
         """Import Keras and load the model. Idempotent, thread-safe; raises ModelUnavailable."""
         if self._model is not None:
@@ -444,6 +471,7 @@ class Classifier:
                 prep = self._registry_preprocessing()
             self._forward = self._make_forward(model)
             self._classes, self._prep = classes, prep
+            self._weight_bytes = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
             self._model = model
         return self
 
@@ -649,7 +677,7 @@ class Classifier:
         if len(images) == 0:
             return np.zeros((0, len(self._classes)), dtype=np.float32)
         batch = self.preprocess(images)
-        step = self.chunk if self.chunk and self.chunk > 0 else len(batch)
+        step = self.chunk or len(batch)
         parts = [self._forward(batch[i:i + step]) for i in range(0, len(batch), step)]
         scores = np.concatenate([np.asarray(out.numpy() if hasattr(out, "numpy") else out, dtype=np.float32)
                                  for out in parts])

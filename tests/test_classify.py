@@ -301,12 +301,33 @@ def test_forward_in_chunks_equals_one_pass(mobilenet_from_file, sample_photos):
 
 def test_worker_forward_chunk_setting():
     from darkroom.settings import Settings
-    from tasks.classify import CPU_FORWARD_CHUNK
+    from tasks.classify import CPU_CHUNK
     from worker.runtime import forward_chunk, tf_device
 
     assert forward_chunk(Settings(classify_chunk=8)) == 8
     on_gpu = tf_device().startswith("GPU")
-    assert forward_chunk(Settings(classify_chunk=0)) == (None if on_gpu else CPU_FORWARD_CHUNK)
+    assert forward_chunk(Settings(classify_chunk=0)) == (None if on_gpu else CPU_CHUNK)
+
+
+def test_cpu_chunk_is_decided_by_the_models_weights(mobilenet_from_file, monkeypatch):
+    """CPU_CHUNK: a few images per pass for a model whose weights fit in caches' reach, the whole
+    batch for one whose every pass reads hundreds of MB (VGG16); explicit values are kept."""
+    import tasks.classify as classify
+
+    clf = mobilenet_from_file
+    try:
+        clf.chunk = classify.CPU_CHUNK
+        assert clf.chunk == classify.CPU_FORWARD_CHUNK  # MobileNetV2: 14 MB of weights
+        assert 10 * 2**20 < clf._weight_bytes < 20 * 2**20
+        monkeypatch.setattr(classify, "WHOLE_BATCH_WEIGHT_BYTES", 2**20)
+        assert clf.chunk is None
+        clf.chunk = 3
+        assert clf.chunk == 3
+        for bad in (0, -1, True, "big", 2.5):
+            with pytest.raises(ValueError, match="chunk"):
+                clf.chunk = bad
+    finally:
+        clf.chunk = None
 
 
 def test_random_init_matches_its_keras_model(sample_photos, mobilenet_batch):

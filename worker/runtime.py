@@ -77,13 +77,15 @@ class Runtime:
                           lambda: FaceDetector(min_confidence, min_size, max_side=max_side, device=tf_device()))
 
 
-def forward_chunk(settings: Settings) -> int | None:
-    """Images per forward pass (DARKROOM_CLASSIFY_CHUNK); None: the whole batch (on a GPU)."""
+def forward_chunk(settings: Settings) -> int | str | None:
+    """``Classifier.chunk`` for this process: images per forward pass (DARKROOM_CLASSIFY_CHUNK);
+    None: the whole batch (on a GPU); ``tasks.classify.CPU_CHUNK``: the model's CPU rule (a few
+    images per pass, the whole batch for a model of several hundred MB of weights)."""
     if settings.classify_chunk:
         return settings.classify_chunk
-    from tasks.classify import CPU_FORWARD_CHUNK
+    from tasks.classify import CPU_CHUNK
 
-    return None if tf_device().startswith("GPU") else CPU_FORWARD_CHUNK
+    return None if tf_device().startswith("GPU") else CPU_CHUNK
 
 
 def tf_device() -> str:
