@@ -101,7 +101,9 @@ class Settings(BaseSettings):
     # Worker.
     concurrency: int = Field(0, ge=0, description="Worker processes; 0 means the number of CPU cores.")
     queues: Annotated[list[str], NoDecode] = Field(["cpu", "gpu"], description="Queues a worker consumes.")
-    task_max_retries: int = Field(5, ge=0)
+    task_max_retries: int = Field(
+        5, ge=0, description="Retries of a run after a transient error (database or blob store away), with "
+        "backoff of 1, 2, 4, ... 60 s; then the run is recorded failed.")
     visibility_timeout: int = Field(
         3600, ge=60, description="Seconds before Redis redelivers an unacknowledged message; longer than any task."
     )

@@ -297,6 +297,20 @@ def test_postgres_restarted_mid_run_tasks_retry_and_nothing_is_lost(tmp_path, re
     ledger.check_invariants(dr.inbox, tasks=2)
 
 
+def test_celerys_retry_limit_leaves_darkrooms_to_count():
+    """The worker retries a run up to DARKROOM_TASK_MAX_RETRIES times, then records it failed.
+    Celery's own limit (3 by default) must not come first: past it, ``Task.retry`` raises the
+    error instead of sending the retry, and the run would stay queued with no message (seen when
+    PostgreSQL was away for four retries' backoff)."""
+    from darkroom.settings import Settings
+    from worker import pipeline
+
+    limit = Settings().task_max_retries
+    assert limit > 3
+    for task in (pipeline.normalize, pipeline.classify, pipeline.augment, pipeline.faces):
+        assert task.max_retries is None or task.max_retries >= limit, task.name
+
+
 def test_a_run_delivered_twice_at_once_leaves_one_result(tmp_path, redis_url, photos):
     """What a visibility timeout shorter than a task amounts to: a second delivery while the first runs."""
     from darkroom.settings import Settings

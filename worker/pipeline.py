@@ -394,28 +394,30 @@ def _int_list(values: Any) -> list[int] | None:
 
 # One Celery task per vision task, each with its own name and route (see worker.app). Messages carry
 # run ids only (one, or a group for a batch task); extra keyword arguments from newer producers are
-# ignored, not fatal.
+# ignored, not fatal. Retries are counted against DARKROOM_TASK_MAX_RETRIES by ``execute``, which
+# then records the runs failed: Celery's own limit (3 by default) is off, or past it ``retry``
+# would raise the error instead, leaving the runs queued with no message to carry them.
 
 
-@app.task(name=task_name("normalize"), bind=True)
+@app.task(name=task_name("normalize"), bind=True, max_retries=None)
 def normalize(self: Task, run_id: int, takeover: bool = False, run_ids: list[int] | None = None,
          **_params: Any) -> str:
     return execute(self, int(run_id), takeover=bool(takeover), run_ids=_int_list(run_ids))
 
 
-@app.task(name=task_name("classify"), bind=True)
+@app.task(name=task_name("classify"), bind=True, max_retries=None)
 def classify(self: Task, run_id: int, takeover: bool = False, run_ids: list[int] | None = None,
          **_params: Any) -> str:
     return execute(self, int(run_id), takeover=bool(takeover), run_ids=_int_list(run_ids))
 
 
-@app.task(name=task_name("augment"), bind=True)
+@app.task(name=task_name("augment"), bind=True, max_retries=None)
 def augment(self: Task, run_id: int, takeover: bool = False, run_ids: list[int] | None = None,
          **_params: Any) -> str:
     return execute(self, int(run_id), takeover=bool(takeover), run_ids=_int_list(run_ids))
 
 
-@app.task(name=task_name("faces"), bind=True)
+@app.task(name=task_name("faces"), bind=True, max_retries=None)
 def faces(self: Task, run_id: int, takeover: bool = False, run_ids: list[int] | None = None,
          **_params: Any) -> str:
     return execute(self, int(run_id), takeover=bool(takeover), run_ids=_int_list(run_ids))
