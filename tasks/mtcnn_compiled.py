@@ -68,12 +68,12 @@ def _s2d_kernel(kernel: np.ndarray, channel_major: bool = False) -> np.ndarray:
     return out.reshape(2, 2, 4 * channels, 4 * outputs)
 
 
-def _prelu_alpha(layer) -> tf.Tensor | None:
+def _prelu_alpha(layer) -> np.ndarray | None:
     """A Keras PReLU layer's slopes as one per channel of the last axis, or None when its slopes
     are shared otherwise (then the layer itself is called)."""
     alpha = np.asarray(layer.get_weights()[0], np.float32)
     if alpha.ndim and all(d == 1 for d in alpha.shape[:-1]):
-        return tf.constant(alpha.reshape(-1))
+        return alpha.reshape(-1)
     return None
 
 
@@ -115,7 +115,7 @@ class _FirstBlock:
         self.kernel = tf.constant(_s2d_kernel(kernel, self.channel_major))
         spread = (lambda v: np.repeat(v, 4)) if self.channel_major else (lambda v: np.tile(v, 4))
         self.bias = tf.constant(spread(np.asarray(bias, np.float32)))
-        self.alpha = tf.constant(spread(alpha.numpy()))
+        self.alpha = tf.constant(spread(alpha))
 
     def __call__(self, x):
         height, width = tf.shape(x)[1], tf.shape(x)[2]
@@ -205,7 +205,6 @@ class _FastNetwork:
         layers = list(model.layers)
         if first_block not in FIRST_BLOCKS:
             raise ValueError(f"first_block must be one of {', '.join(FIRST_BLOCKS)}, got {first_block!r}")
-        self.first_block = first_block
         self.first = _FirstBlock(*layers[:3]) if first_block == "s2d" else None
         self.body = []
         for layer in layers[3 if self.first else 0:-heads]:
@@ -231,8 +230,8 @@ FIRST_BLOCKS = ("s2d", "plain")
 def _fastest(model: tf.keras.Model, heads: int, signature: tf.TensorSpec, sample: tuple[int, ...],
              first_block: str = "auto"):
     """The network traced with ``first_block``'s form, or with "auto", with whichever form runs
-    ``sample``-shaped input faster here (each timed three times, interleaved, as the network
-    loads: about 0.1 s). Returns (concrete function, the form chosen)."""
+    ``sample``-shaped input faster here (both traced, then each timed three times, interleaved, as
+    the network loads: about 1 s for MTCNN's three). Returns (concrete function, the form chosen)."""
     if first_block != "auto":
         return _traced(_FastNetwork(model, heads, first_block), signature), first_block
     candidates = {form: _traced(_FastNetwork(model, heads, form), signature) for form in FIRST_BLOCKS}
