@@ -49,7 +49,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
+from tasks.base import Output
 from tasks.imaging import fit_within
 
 __all__ = ["FILL_MODES", "FLIPS", "AugmentSpec", "augment", "contact_sheet", "parse_spec"]
@@ -246,6 +248,26 @@ def parse_spec(text: str, base: AugmentSpec = AugmentSpec()) -> AugmentSpec:
         raise ValueError(f"bad augmentation spec {text!r}: {exc}") from None
 
 
+def spec_from(*, flip: str = "horizontal_and_vertical", rotation: float = 90.0, count: int = 9, seed: int = 0,
+              size: int = 256, extra: str = "") -> AugmentSpec:
+    """The spec of these values with ``extra``'s ``key=value`` pairs over them (see :func:`parse_spec`)."""
+    return parse_spec(extra, AugmentSpec(flip=flip, rotation=rotation, count=count, seed=seed, size=size))
+
+
+def augment_images(model: None, images: list[np.ndarray], **spec: Any) -> list[Output]:
+    """The pipeline's step (lesson 6): for each image, :func:`augment`'s copies (artifacts
+    ``augmented``, idx 0, 1, ...) and their contact sheet (``contact_sheet``); ``spec`` as
+    :func:`spec_from` takes it. There is no model."""
+    chosen = spec_from(**spec)
+    outputs = []
+    for image in images:
+        copies = augment(image, chosen)
+        pictures = [("augmented", i, copy) for i, copy in enumerate(copies)]
+        pictures.append(("contact_sheet", 0, contact_sheet(copies)))
+        outputs.append(Output(None, pictures))
+    return outputs
+
+
 # --- internals -----------------------------------------------------------------------------------
 
 
@@ -356,8 +378,6 @@ def _affine_uint8(pixels: np.ndarray, matrices: np.ndarray, fill_mode: str, fill
     matching mode) by enough that every sample lands inside, so Pillow's own edge handling never
     applies; its pixel centres are at half-integers.
     """
-    from PIL import Image
-
     n, h, w = pixels.shape[:3]
     mats = np.asarray(matrices, dtype=np.float64).reshape(n, 8)
     if np.any(mats[:, 6:] != 0):

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 
-from .classify import ModelUnavailable
+from tasks.base import InferenceModel, ModelUnavailable, Output, one_line
+from tasks.draw import draw_boxes
+from tasks.imaging import fit_within
 
-__all__ = ["KEYPOINTS", "Face", "FaceDetector", "crop"]
+__all__ = ["BOXED", "KEYPOINTS", "Face", "FaceDetector", "crop", "detect_faces"]
 
 #: The five landmarks MTCNN gives for every face, in a fixed order.
 KEYPOINTS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
@@ -95,7 +98,7 @@ def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-class FaceDetector:
+class FaceDetector(InferenceModel):
     """MTCNN face detector, loaded lazily and once.
 
     ``min_confidence``: faces MTCNN is less sure of are dropped. ``min_face_size``: the smallest
@@ -114,6 +117,7 @@ class FaceDetector:
 
     def __init__(self, min_confidence: float = 0.9, min_face_size: int = 20, device: str | None = None,
                  max_side: int | None = None, compiled: bool = True):
+        super().__init__()
         if not 0.0 <= float(min_confidence) <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
         if int(min_face_size) < 1:
@@ -140,23 +144,18 @@ class FaceDetector:
     @property
     def version(self) -> str:
         """The installed ``mtcnn`` package version (results are keyed by name + version)."""
-        from importlib.metadata import PackageNotFoundError, version
-
         try:
             return version("mtcnn")
         except PackageNotFoundError:
             return "unknown"
 
-    @property
-    def loaded(self) -> bool:
-        return self._mtcnn is not None
-
-    def load(self) -> FaceDetector:
-        """Import TensorFlow + mtcnn and build the three networks. Idempotent and thread-safe; the
+    def _load(self) -> None:
+        """Import TensorFlow + mtcnn and build the three networks (:meth:`load` calls it once); the
         networks are built once per process and device and shared by every FaceDetector."""
-        if self._mtcnn is None:
-            self._mtcnn = _shared_mtcnn(self.device, self.compiled)
-        return self
+        self._mtcnn = _shared_mtcnn(self.device, self.compiled)
+
+    def predict(self, images: list[np.ndarray]) -> list[list[Face]]:
+        return self.detect_batch(images)
 
     def detect(self, image: np.ndarray) -> list[Face]:
         """Faces in one HxWx3 uint8 RGB image (grayscale and RGBA are converted)."""
@@ -176,8 +175,6 @@ class FaceDetector:
 
     def _detect_downscaled(self, image: np.ndarray) -> list[Face]:
         """Search a smaller copy (longest side ``max_side``) and map the faces back to ``image``."""
-        from tasks.imaging import fit_within
-
         height, width = image.shape[:2]
         small = fit_within(image, self.max_side)
         sx, sy = width / small.shape[1], height / small.shape[0]
@@ -274,7 +271,7 @@ def _shared_mtcnn(device: str, compiled: bool = True) -> Any:
                 from tasks.mtcnn_compiled import compiled_mtcnn
         except ImportError as exc:
             raise ModelUnavailable(
-                f"face detector: the mtcnn package cannot be imported ({_one_line(exc)}); "
+                f"face detector: the mtcnn package cannot be imported ({one_line(exc, 300, with_type=True)}); "
                 "install it into this environment: pip install 'mtcnn>=1,<2'"
             ) from exc
         try:
@@ -284,7 +281,7 @@ def _shared_mtcnn(device: str, compiled: bool = True) -> Any:
                 detector = MTCNN(stages="face_and_landmarks_detection", device=device)
         except Exception as exc:  # a broken install: weights missing from the package, ...
             raise ModelUnavailable(
-                f"face detector: MTCNN could not be built on {device} ({_one_line(exc)}); its weights "
+                f"face detector: MTCNN could not be built on {device} ({one_line(exc, 300, with_type=True)}); its weights "
                 "ship inside the mtcnn package (mtcnn/assets/weights/*.lz4): reinstall it with "
                 "pip install --force-reinstall 'mtcnn>=1,<2'"
             ) from exc
@@ -326,7 +323,24 @@ def crop(image: np.ndarray, face: Face, margin: float = 0.0) -> np.ndarray:
     return arr[y0:max(y1, y0), x0:max(x1, x0)].copy()
 
 
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = str(exc).strip().splitlines()
-    line = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+#: When the photo with its faces boxed is stored: when a face was found (a photo without one would
+#: be stored again unchanged), for every photo, or never.
+BOXED = ("found", "always", "never")
+
+
+def detect_faces(model: FaceDetector, images: list[np.ndarray], *, crops: bool = True,
+                 boxed: str = "found") -> list[Output]:
+    """The pipeline's step (lesson 7 and its bonus): each image's faces as plain data, the image with
+    every face boxed and its landmarks dotted (artifact ``faces_boxed``, as ``boxed`` says: see
+    :data:`BOXED`), and one crop per face (``face_crop``, its idx the face's index) when ``crops``."""
+    if boxed not in BOXED:
+        raise ValueError(f"boxed must be one of {', '.join(BOXED)}; got {boxed!r}")
+    outputs = []
+    for image, faces in zip(images, model.detect_batch(images)):
+        pictures: list[tuple[str, int, np.ndarray]] = []
+        if boxed == "always" or (boxed == "found" and faces):
+            pictures.append(("faces_boxed", 0, draw_boxes(image, [f.box for f in faces], [f.keypoints for f in faces])))
+        if crops:
+            pictures += [("face_crop", i, crop(image, face)) for i, face in enumerate(faces)]
+        outputs.append(Output([face.to_dict() for face in faces], pictures))
+    return outputs

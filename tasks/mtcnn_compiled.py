@@ -34,8 +34,16 @@ import numpy as np
 import tensorflow as tf
 from mtcnn import MTCNN
 from mtcnn.stages import StageONet, StagePNet, StageRNet
-from mtcnn.utils.bboxes import (generate_bounding_box, iou, limit_bboxes, nms, resize_to_square, sort_by_scores,
-                                to_json, upscale_bboxes)
+from mtcnn.utils.bboxes import (
+    generate_bounding_box,
+    iou,
+    limit_bboxes,
+    nms,
+    resize_to_square,
+    sort_by_scores,
+    to_json,
+    upscale_bboxes,
+)
 from mtcnn.utils.images import build_scale_pyramid
 
 __all__ = ["CompiledMTCNN", "CompiledONet", "CompiledPNet", "CompiledRNet", "compiled_mtcnn", "nms_keep", "smart_nms"]
@@ -237,7 +245,7 @@ def _fastest(model: tf.keras.Model, heads: int, signature: tf.TensorSpec, sample
     candidates = {form: _traced(_FastNetwork(model, heads, form), signature) for form in FIRST_BLOCKS}
     x = tf.constant(np.random.default_rng(0).uniform(-1, 1, sample).astype(np.float32))
     best: dict[str, float] = {}
-    for form, fn in candidates.items():
+    for _form, fn in candidates.items():
         fn(x)[0].numpy()  # the first call of a graph prepares its kernels
     for _ in range(3):
         for form, fn in candidates.items():

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tasks.base import Output
+
 __all__ = [
     "MODES",
     "NormalizationReport",
@@ -148,6 +150,18 @@ def normalize_many(image: np.ndarray, modes: Sequence[tuple[str, bool]]) -> list
     channels = _moments(image)
     before = _stats(channels)
     return [_report(image, channels, before, mode, per_channel) for mode, per_channel in modes]
+
+
+def normalize_reports(model: None, images: list[np.ndarray], *, modes: Sequence[str] = ()) -> list[Output]:
+    """The pipeline's step (lesson 2): for each image, the ``scale`` report (always first: the
+    results' ``normalize``) and one for each of ``modes`` (as :func:`parse_mode` reads them), as
+    plain data. There is no model."""
+    pairs = [("scale", False)]
+    for text in modes:
+        pair = parse_mode(text)
+        if pair not in pairs:
+            pairs.append(pair)
+    return [Output([report.to_dict() for report in normalize_many(image, pairs)]) for image in images]
 
 
 def parse_mode(text: str) -> tuple[str, bool]:

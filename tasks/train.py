@@ -16,7 +16,7 @@ arguments, over three kinds of data:
 :func:`save` writes the model as ``<name>.keras`` with the sidecar metadata ``<name>.json`` that
 :class:`tasks.classify.Classifier` reads (class names, ``"preprocess": "scale"``, colour mode,
 input size), so ``Classifier.create("<name>.keras")`` classifies new photos with the right names:
-the lesson's bonus, and ``DARKROOM_CLASSIFIER_MODEL`` in the pipeline.
+the lesson's bonus, and the pipeline's classifier when the settings name the file.
 
 Pure code: no CLI, no settings. Keras is imported lazily, inside the functions that need it.
 """
@@ -26,11 +26,15 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
+from PIL import Image
+
+from tasks.imaging import BadImage, decode, resize
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -297,7 +301,8 @@ def load_keras_fashion_mnist() -> Dataset:
         names = ", ".join(f"{n}.gz" for n in IDX_FILES.values())
         raise DataError(
             f"could not download Fashion-MNIST with Keras ({detail}). Offline, put the four IDX files "
-            f"({names}; from {FASHION_MNIST_URL}) in a folder and pass --data FOLDER (or copy them into Keras's cache, ~/.keras/datasets/fashion-mnist/)"
+            f"({names}; from {FASHION_MNIST_URL}) in a folder and pass --data FOLDER (or copy them into "
+            "Keras's cache, ~/.keras/datasets/fashion-mnist/)"
         ) from None
     return Dataset(
         x_train[..., None].astype(np.uint8), y_train.astype(np.int64),
@@ -340,10 +345,6 @@ def load_labelled_folder(
     Raises :class:`DataError` for a missing folder, fewer than two classes, or a class folder
     with no usable image.
     """
-    from PIL import Image
-
-    from tasks.imaging import BadImage, decode, resize
-
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"{root} is not a folder" if root.exists() else f"no such folder: {root}")
