@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
@@ -125,3 +126,9 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
                 fcntl.flock(fh, fcntl.LOCK_UN)
     else:
         yield
+
+
+def chunks(values: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:
+    """``values`` in slices small enough for every database's limit on bound parameters."""
+    for start in range(0, len(values), size):
+        yield values[start:start + size]

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -107,6 +109,9 @@ class TaskRun(Base):
     duration_ms: Mapped[float | None] = mapped_column(Float)
     worker: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
+    #: Queued for a retry whose message is on its way: the run belongs to that message (which may
+    #: take it over from any holder), not to a batch or group another process gathers.
+    retry_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     image: Mapped[Image] = relationship(back_populates="runs")
 
@@ -157,6 +162,20 @@ class Face(Base):
     h: Mapped[int] = mapped_column(Integer)
     confidence: Mapped[float] = mapped_column(Float)
     keypoints: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class PHash(Base):
+    """A perceptual hash of the image (64 bits, stored signed) and its four 16-bit bands, each
+    indexed: near-duplicates are found by looking up bands (see :mod:`storage.results`)."""
+
+    __tablename__ = "phashes"
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    hash: Mapped[int] = mapped_column(BigInteger)
+    band0: Mapped[int] = mapped_column(Integer, index=True)
+    band1: Mapped[int] = mapped_column(Integer, index=True)
+    band2: Mapped[int] = mapped_column(Integer, index=True)
+    band3: Mapped[int] = mapped_column(Integer, index=True)
 
 
 class Artifact(Base):

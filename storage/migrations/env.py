@@ -2,15 +2,16 @@
 
 from alembic import context
 
+from storage.db import make_engine
 from storage.models import Base
 
 config = context.config
 engine = config.attributes.get("engine")
-if engine is None:  # plain `alembic` command line: build the engine from Darkroom's settings
-    from darkroom.settings import get_settings
-    from storage.db import make_engine
-
-    engine = make_engine(get_settings().db_url)
+if engine is None:  # the plain `alembic` command line: the URL from alembic.ini's sqlalchemy.url
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise SystemExit("darkroom: run `darkroom migrate` (it passes the engine), or set sqlalchemy.url for alembic")
+    engine = make_engine(url)
 
 with engine.connect() as connection:
     context.configure(

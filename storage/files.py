@@ -1,0 +1,189 @@
+"""Files and registration: which paths arrived, the image (content) each one carries, and the task
+runs a new image needs. Functions over a session; the caller owns the transaction (see
+:func:`storage.db.transaction`). Registering a path twice leaves one row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from storage.db import chunks
+from storage.models import QUEUED, Image, SourceFile, TaskRun, utcnow
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    image_id: int | None
+    new_image: bool
+    run_ids: list[int]
+
+
+def register_file(
+    session: Session,
+    *,
+    path: str,
+    size_bytes: int,
+    mtime_ns: int,
+    sha256: str,
+    fmt: str | None,
+    width: int | None,
+    height: int | None,
+    rejected_reason: str | None,
+    work: Sequence[tuple[str, str]],
+) -> Registration:
+    """Record that ``path`` holds the content ``sha256`` and create the task runs it still needs.
+
+    Args:
+        work: (task, model) pairs to run on the image; pairs that already have a run are skipped, so a
+            duplicate adds no work while a newly configured model adds only its own runs.
+    """
+    image, new_image = _get_or_create_image(
+        session,
+        sha256=sha256,
+        size_bytes=size_bytes,
+        fmt=fmt,
+        width=width,
+        height=height,
+        rejected_reason=rejected_reason,
+    )
+    source = session.scalars(select(SourceFile).where(SourceFile.path == path)).one_or_none()
+    if source is None:
+        session.add(SourceFile(path=path, image_id=image.id, size_bytes=size_bytes, mtime_ns=mtime_ns))
+    else:  # the same name, possibly new content
+        source.image_id, source.size_bytes, source.mtime_ns, source.refused_reason = image.id, size_bytes, mtime_ns, None
+    run_ids: list[int] = []
+    if image.rejected_reason is None:
+        have = set(session.execute(select(TaskRun.task, TaskRun.model).where(TaskRun.image_id == image.id)).all())
+        now = utcnow()
+        runs = [TaskRun(image_id=image.id, task=task, model=model, status=QUEUED, queued_at=now)
+                for task, model in work if (task, model) not in have]
+        session.add_all(runs)
+        session.flush()  # one INSERT for all of them, which gives their ids
+        run_ids = [run.id for run in runs]
+    session.flush()
+    return Registration(image_id=image.id, new_image=new_image, run_ids=run_ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRecord:
+    """One file for :func:`register_files`: the arguments of :func:`register_file`."""
+
+    path: str
+    size_bytes: int
+    mtime_ns: int
+    sha256: str
+    fmt: str | None
+    width: int | None
+    height: int | None
+    rejected_reason: str | None
+
+
+def register_files(session: Session, files: Sequence[FileRecord], work: Sequence[tuple[str, str]]) -> list[Registration]:
+    """:func:`register_file` for many files at once (a bulk ingest's chunk), in a few statements
+    instead of several per file; the same outcome as registering them one after another.
+
+    Unlike :func:`register_file`, a content another producer inserts at the same moment makes
+    this fail (IntegrityError, the transaction to be rolled back): callers register such a chunk
+    file by file instead.
+    """
+    files = list(files)
+    images: dict[str, Image] = {}
+    for chunk in chunks(sorted({f.sha256 for f in files})):
+        images.update({img.sha256: img for img in session.scalars(select(Image).where(Image.sha256.in_(chunk)))})
+    created: set[str] = set()
+    for f in files:
+        if f.sha256 not in images:
+            images[f.sha256] = Image(sha256=f.sha256, size_bytes=f.size_bytes, format=f.fmt, width=f.width,
+                                     height=f.height, rejected_reason=f.rejected_reason)
+            created.add(f.sha256)
+    session.add_all([images[sha] for sha in sorted(created)])
+    session.flush()
+    sources: dict[str, SourceFile] = {}
+    for chunk in chunks(sorted({f.path for f in files})):
+        sources.update({src.path: src for src in session.scalars(select(SourceFile).where(SourceFile.path.in_(chunk)))})
+    for f in files:
+        image = images[f.sha256]
+        source = sources.get(f.path)
+        if source is None:
+            sources[f.path] = source = SourceFile(path=f.path, image_id=image.id, size_bytes=f.size_bytes,
+                                                  mtime_ns=f.mtime_ns)
+            session.add(source)
+        else:  # the same name, possibly new content
+            source.image_id, source.size_bytes, source.mtime_ns, source.refused_reason = (
+                image.id, f.size_bytes, f.mtime_ns, None)
+    usable = sorted({img.id for img in images.values() if img.rejected_reason is None})
+    have: set[tuple[int, str, str]] = set()
+    for chunk in chunks(usable):
+        have.update(session.execute(select(TaskRun.image_id, TaskRun.task, TaskRun.model)
+                                    .where(TaskRun.image_id.in_(chunk))).tuples())
+    now = utcnow()
+    planned: list[list[TaskRun]] = []
+    for f in files:
+        image = images[f.sha256]
+        runs = []
+        if image.rejected_reason is None:
+            for task, model in work:
+                if (image.id, task, model) not in have:
+                    have.add((image.id, task, model))
+                    runs.append(TaskRun(image_id=image.id, task=task, model=model, status=QUEUED, queued_at=now))
+        planned.append(runs)
+    session.add_all([run for runs in planned for run in runs])
+    session.flush()
+    out, first_seen = [], set()
+    for f, runs in zip(files, planned):
+        new_image = f.sha256 in created and f.sha256 not in first_seen
+        first_seen.add(f.sha256)
+        out.append(Registration(image_id=images[f.sha256].id, new_image=new_image, run_ids=[r.id for r in runs]))
+    return out
+
+
+def _get_or_create_image(session: Session, *, sha256: str, **fields) -> tuple[Image, bool]:
+    image = session.scalars(select(Image).where(Image.sha256 == sha256)).one_or_none()
+    if image is not None:
+        return image, False
+    try:
+        with session.begin_nested():
+            image = Image(
+                sha256=sha256,
+                size_bytes=fields["size_bytes"],
+                format=fields["fmt"],
+                width=fields["width"],
+                height=fields["height"],
+                rejected_reason=fields["rejected_reason"],
+            )
+            session.add(image)
+        return image, True
+    except IntegrityError:  # another producer registered the same content a moment ago
+        return session.scalars(select(Image).where(Image.sha256 == sha256)).one(), False
+
+
+def refuse_file(session: Session, *, path: str, reason: str, size_bytes: int | None = None,
+                mtime_ns: int | None = None) -> None:
+    """Record a path that will never become an image (e.g. a symlink leading out of the inbox)."""
+    source = session.scalars(select(SourceFile).where(SourceFile.path == path)).one_or_none()
+    if source is None:
+        session.add(SourceFile(path=path, refused_reason=reason, size_bytes=size_bytes, mtime_ns=mtime_ns))
+    else:
+        source.image_id, source.refused_reason = None, reason
+        source.size_bytes, source.mtime_ns = size_bytes, mtime_ns
+    session.flush()
+
+
+def known_files(session: Session) -> dict[str, tuple[int | None, int | None]]:
+    """path -> (size, mtime_ns) for every recorded file: the producer's start-up diff."""
+    return {p: (s, m) for p, s, m in session.execute(select(SourceFile.path, SourceFile.size_bytes, SourceFile.mtime_ns))}
+
+
+def file_signatures(session: Session, paths: Sequence[str]) -> dict[str, tuple[int | None, int | None]]:
+    """path -> (size, mtime_ns) for those of ``paths`` that are recorded."""
+    out: dict[str, tuple[int | None, int | None]] = {}
+    for chunk in chunks(list(paths)):
+        rows = session.execute(select(SourceFile.path, SourceFile.size_bytes, SourceFile.mtime_ns)
+                               .where(SourceFile.path.in_(chunk)))
+        out.update({p: (size, mtime) for p, size, mtime in rows})
+    return out

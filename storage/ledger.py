@@ -1,0 +1,368 @@
+"""The run ledger: one task run per (image, task, model), and every change of its state —
+sent, claimed, finished, given back, retried, requeued — with the counts and problems read from it.
+
+Functions over a session; the caller owns the transaction (see :func:`storage.db.transaction`).
+Completing a run twice leaves one result; a run is claimed by one live process at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.orm import Session
+
+from storage.models import (
+    DONE,
+    FAILED,
+    PENDING_STATES,
+    QUEUED,
+    REJECTED,
+    RUNNING,
+    Image,
+    SourceFile,
+    TaskRun,
+    utcnow,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRef:
+    """What a message needs to be sent for a run."""
+
+    id: int
+    task: str
+    model: str
+
+
+def unsent_runs(session: Session, limit: int = 1000) -> list[RunRef]:
+    """Queued runs whose message has not been handed to the broker yet."""
+    rows = session.execute(
+        select(TaskRun.id, TaskRun.task, TaskRun.model)
+        .where(TaskRun.status == QUEUED, TaskRun.enqueued_at.is_(None))
+        .order_by(TaskRun.id)
+        .limit(limit)
+    )
+    return [RunRef(*row) for row in rows]
+
+
+def mark_enqueued(session: Session, run_ids: Iterable[int]) -> None:
+    ids = list(run_ids)
+    if ids:
+        session.execute(update(TaskRun).where(TaskRun.id.in_(ids)).values(enqueued_at=utcnow()))
+
+
+def requeue_runs(session: Session, *, statuses: Sequence[str], task: str | None = None,
+                 model: str | None = None, older_than: dt.datetime | None = None) -> list[int]:
+    """Put runs in ``statuses`` back to ``queued`` (unsent) so they are sent again; returns their ids."""
+    query = select(TaskRun.id).where(TaskRun.status.in_(statuses)).order_by(TaskRun.id)
+    if task:
+        query = query.where(TaskRun.task == task)
+    if model is not None:
+        query = query.where(TaskRun.model == model)
+    if older_than is not None:
+        query = query.where(func.coalesce(TaskRun.started_at, TaskRun.enqueued_at, TaskRun.queued_at) < older_than)
+    ids = list(session.scalars(query))
+    if ids:
+        session.execute(
+            update(TaskRun).where(TaskRun.id.in_(ids))
+            .values(status=QUEUED, enqueued_at=None, queued_at=utcnow(), error=None, retry_pending=False)
+        )
+        # A rejected image is re-examined from scratch.
+        image_ids = select(TaskRun.image_id).where(TaskRun.id.in_(ids))
+        session.execute(update(Image).where(Image.id.in_(image_ids)).values(rejected_reason=None))
+    return ids
+
+
+def ensure_runs(session: Session, task: str, model: str) -> list[int]:
+    """Create the (``task``, ``model``) run, queued and unsent, for every image that is not rejected
+    and has none (a newly configured classifier, a task added to DARKROOM_TASKS); returns the new
+    runs' ids. Images that already have the run keep it, whatever its state."""
+    have = select(TaskRun.image_id).where(TaskRun.task == task, TaskRun.model == model)
+    image_ids = list(session.scalars(
+        select(Image.id).where(Image.rejected_reason.is_(None), Image.id.not_in(have)).order_by(Image.id)
+    ))
+    now = utcnow()
+    runs = [TaskRun(image_id=i, task=task, model=model, status=QUEUED, queued_at=now) for i in image_ids]
+    session.add_all(runs)
+    session.flush()
+    return [run.id for run in runs]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rerun:
+    created: list[int]
+    requeued: list[int]
+
+
+def rerun(session: Session, task: str, model: str, *, failed_only: bool = False) -> Rerun:
+    """Do (``task``, ``model``) again over the store: requeue its failed runs, and unless
+    ``failed_only`` also its done runs and create it for every image that lacks it (see
+    :func:`ensure_runs`). Runs still queued or running, and rejected images, are left alone.
+    Every run touched is left unsent: send them with :func:`unsent_runs` / :func:`mark_enqueued`."""
+    created = [] if failed_only else ensure_runs(session, task, model)
+    statuses = (FAILED,) if failed_only else (DONE, FAILED)
+    return Rerun(created=created, requeued=requeue_runs(session, statuses=statuses, task=task, model=model))
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    run_id: int
+    image_id: int
+    sha256: str
+    task: str
+    model: str
+    attempts: int
+
+
+def claim_run(session: Session, run_id: int, worker: str,
+              holder_alive: Callable[[str], bool] = lambda _holder: False) -> Claim | None:
+    """Mark a run ``running``; ``None`` when there is nothing to do.
+
+    Nothing to do: the run is unknown, finished, or ``running`` in a process that is still alive
+    (``holder_alive(run.worker)``), e.g. because another worker took it into its batch. A run whose
+    holder died is taken over: that is how work comes back after a worker is killed.
+    """
+    claims = claim_runs(session, [run_id], worker, holder_alive)
+    return claims[0] if claims else None
+
+
+def claim_runs(session: Session, run_ids: Sequence[int], worker: str,
+               holder_alive: Callable[[str], bool] = lambda _holder: False) -> list[Claim]:
+    """:func:`claim_run` for several runs at once (one message's group): the claims of those that
+    had something to do, in the order of ``run_ids``."""
+    ids = list(dict.fromkeys(run_ids))
+    if not ids:
+        return []
+    query = select(TaskRun).where(TaskRun.id.in_(ids))
+    if session.bind.dialect.name == "postgresql":
+        query = query.with_for_update()
+    runs = {run.id: run for run in session.scalars(query)}
+    return _take(session, [runs[i] for i in ids if i in runs and _claimable(runs[i], holder_alive)], worker)
+
+
+def may_claim(session: Session, run_id: int, holder_alive: Callable[[str], bool] = lambda _holder: False) -> bool:
+    """Whether :func:`claim_run` could take the run now: a read without locks, so that the many
+    messages of runs another process already took into its batch are skipped cheaply. (The
+    claim itself checks again, under the lock.)"""
+    return bool(claimable(session, [run_id], holder_alive))
+
+
+def claimable(session: Session, run_ids: Sequence[int],
+              holder_alive: Callable[[str], bool] = lambda _holder: False) -> list[int]:
+    """Those of ``run_ids`` that :func:`claim_runs` could take now (a read without locks; see
+    :func:`may_claim`), in their order."""
+    ids = list(dict.fromkeys(run_ids))
+    if not ids:
+        return []
+    rows = session.execute(select(TaskRun.id, TaskRun.status, TaskRun.worker).where(TaskRun.id.in_(ids)))
+    ok = {run_id for run_id, status, holder in rows if _claimable_state(status, holder, holder_alive)}
+    return [i for i in ids if i in ok]
+
+
+def claim_batch(session: Session, *, task: str, model: str, worker: str, limit: int, exclude: int | Iterable[int],
+                holder_alive: Callable[[str], bool] = lambda _holder: False) -> list[Claim]:
+    """Claim up to ``limit`` more pending runs of the same task and model, oldest first, so one
+    forward pass serves them all. Their own messages, when they arrive, find them taken and skip."""
+    if limit <= 0:
+        return []
+    return _claim_others(session, (TaskRun.task == task, TaskRun.model == model), worker=worker, exclude=exclude,
+                         holder_alive=holder_alive, limit=limit)
+
+
+def claim_companions(session: Session, *, image_id: int, tasks: Sequence[str], worker: str,
+                     exclude: int | Iterable[int], holder_alive: Callable[[str], bool] = lambda _holder: False) -> list[Claim]:
+    """Claim the image's pending runs of ``tasks`` (other than ``exclude``), so that one process
+    does them with the run it holds: the photo decoded once, the results stored together. Their
+    own messages, when they arrive, find them taken and skip."""
+    if not tasks:
+        return []
+    return _claim_others(session, (TaskRun.image_id == image_id, TaskRun.task.in_(list(tasks))), worker=worker,
+                         exclude=exclude, holder_alive=holder_alive)
+
+
+def _claim_others(session: Session, where: tuple, *, worker: str, exclude: int | Iterable[int],
+                  holder_alive: Callable[[str], bool], limit: int | None = None) -> list[Claim]:
+    """Claim pending runs matching ``where`` that are not ``exclude`` (the runs a process already
+    holds) and not awaiting their retry message: up to ``limit``, orphans ('running' in a dead
+    process) first, then the oldest. On PostgreSQL rows another process has locked are skipped."""
+    excluded = [exclude] if isinstance(exclude, int) else list(exclude)
+    query = (
+        select(TaskRun)
+        .where(*where, TaskRun.id.not_in(excluded), TaskRun.status.in_(PENDING_STATES), TaskRun.retry_pending.is_(False))
+        .order_by(TaskRun.status.desc(), TaskRun.id)  # 'running' (orphans) before 'queued'
+    )
+    if limit is not None:
+        query = query.limit(limit * 4)  # room for runs whose holder is alive
+    if session.bind.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    runs = [run for run in session.scalars(query) if _claimable(run, holder_alive)]
+    return _take(session, runs if limit is None else runs[:limit], worker)
+
+
+#: How a run waiting for its retry message says why in ``error`` (the flag is ``retry_pending``).
+RETRYING = "retrying: "
+
+
+def _claimable(run: TaskRun, holder_alive: Callable[[str], bool]) -> bool:
+    return _claimable_state(run.status, run.worker, holder_alive)
+
+
+def _claimable_state(status: str, holder: str | None, holder_alive: Callable[[str], bool]) -> bool:
+    if status == QUEUED:
+        return True
+    return status == RUNNING and not (holder and holder_alive(holder))
+
+
+def _take(session: Session, runs: Sequence[TaskRun], worker: str) -> list[Claim]:
+    if not runs:
+        return []
+    shas = dict(session.execute(select(Image.id, Image.sha256).where(Image.id.in_({run.image_id for run in runs}))).all())
+    now = utcnow()
+    claims = []
+    for run in runs:
+        run.status, run.started_at, run.worker, run.attempts = RUNNING, now, worker, run.attempts + 1
+        run.retry_pending = False
+        claims.append(Claim(run.id, run.image_id, shas[run.image_id], run.task, run.model, run.attempts))
+    return claims
+
+
+def finish_run(session: Session, run_id: int, *, status: str, error: str | None = None) -> None:
+    finish_runs(session, [run_id], status=status, error=error)
+
+
+def finish_runs(session: Session, run_ids: Sequence[int], *, status: str, error: str | None = None) -> None:
+    """Record runs' end (unknown ids are ignored). A ``rejected`` run rejects its image, and closes
+    the image's other pending runs too: the content is unusable for every task."""
+    ids = list(run_ids)
+    if not ids:
+        return
+    now = utcnow()
+    for run in session.scalars(select(TaskRun).where(TaskRun.id.in_(ids))).all():
+        run.status, run.error, run.finished_at, run.retry_pending = status, error, now, False
+        if run.started_at is not None:
+            started = run.started_at if run.started_at.tzinfo else run.started_at.replace(tzinfo=dt.timezone.utc)
+            run.duration_ms = (now - started).total_seconds() * 1000.0
+        if status == REJECTED:
+            image = session.get(Image, run.image_id)
+            image.rejected_reason = error
+            session.execute(
+                update(TaskRun)
+                .where(TaskRun.image_id == run.image_id, TaskRun.status == QUEUED, TaskRun.id.not_in(ids))
+                .values(status=REJECTED, error=error, finished_at=now)
+            )
+
+
+def release_runs(session: Session, run_ids: Iterable[int]) -> list[RunRef]:
+    """Give claimed runs back (``queued``, to be sent again); returns what must be sent."""
+    ids = list(run_ids)
+    if not ids:
+        return []
+    session.execute(update(TaskRun).where(TaskRun.id.in_(ids), TaskRun.status == RUNNING)
+                    .values(status=QUEUED, enqueued_at=None))
+    rows = session.execute(select(TaskRun.id, TaskRun.task, TaskRun.model)
+                           .where(TaskRun.id.in_(ids), TaskRun.status == QUEUED))
+    return [RunRef(*row) for row in rows]
+
+
+def orphaned_runs(session: Session, holder_alive: Callable[[str], bool]) -> list[int]:
+    """Runs marked ``running`` whose holding process is known to be dead."""
+    rows = session.execute(select(TaskRun.id, TaskRun.worker).where(TaskRun.status == RUNNING))
+    return [run_id for run_id, worker in rows if worker and not holder_alive(worker)]
+
+
+def note_retry(session: Session, run_id: int, error: str) -> None:
+    """A run will be tried again: back to ``queued`` with the reason kept for `status`."""
+    session.execute(update(TaskRun).where(TaskRun.id == run_id, TaskRun.status.in_(PENDING_STATES))
+                    .values(status=QUEUED, error=f"{RETRYING}{error}", retry_pending=True))
+
+
+
+def image_status(image: Image) -> str:
+    """An image's state, derived from its task runs."""
+    if image.rejected_reason is not None:
+        return REJECTED
+    states = {run.status for run in image.runs}
+    if not states:
+        return QUEUED
+    if RUNNING in states:
+        return RUNNING
+    if QUEUED in states:
+        return QUEUED
+    if states == {DONE}:
+        return DONE
+    return FAILED
+
+
+def pending_count(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(TaskRun).where(TaskRun.status.in_(PENDING_STATES))) or 0
+
+
+def run_counts(session: Session) -> dict[tuple[str, str], int]:
+    """(task, status) -> number of runs."""
+    rows = session.execute(select(TaskRun.task, TaskRun.status, func.count()).group_by(TaskRun.task, TaskRun.status))
+    return {(task, status): n for task, status, n in rows}
+
+
+def image_counts(session: Session) -> Counter[str]:
+    """How many images are in each state (:func:`image_status`), counted by the database: one
+    aggregate query, whatever the size of the archive."""
+    def has(status: str):
+        return func.sum(case((TaskRun.status == status, 1), else_=0)) > 0
+
+    state = case(
+        (Image.rejected_reason.is_not(None), REJECTED),
+        (func.count(TaskRun.id) == 0, QUEUED),
+        (has(RUNNING), RUNNING),
+        (has(QUEUED), QUEUED),
+        (func.sum(case((TaskRun.status != DONE, 1), else_=0)) == 0, DONE),
+        else_=FAILED,
+    ).label("state")
+    per_image = (select(state).select_from(Image).outerjoin(TaskRun, TaskRun.image_id == Image.id)
+                 .group_by(Image.id, Image.rejected_reason).subquery())
+    rows = session.execute(select(per_image.c.state, func.count()).group_by(per_image.c.state))
+    return Counter({str(name): int(n) for name, n in rows})
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    path: str | None
+    sha256: str | None
+    task: str | None
+    status: str
+    attempts: int
+    reason: str
+
+
+def problems(session: Session, limit: int | None = None) -> list[Problem]:
+    """Every failed or rejected run and every refused file, with its reason: newest first."""
+    out: list[Problem] = []
+    first_path = (
+        select(func.min(SourceFile.path)).where(SourceFile.image_id == Image.id).correlate(Image).scalar_subquery()
+    )
+    rows = session.execute(
+        select(first_path, Image.sha256, TaskRun.task, TaskRun.status, TaskRun.attempts, TaskRun.error)
+        .join(Image, Image.id == TaskRun.image_id)
+        .where(TaskRun.status.in_((FAILED, REJECTED)))
+        .order_by(TaskRun.finished_at.desc())
+    )
+    out.extend(Problem(p, s, t, st, a, e or "") for p, s, t, st, a, e in rows)
+    refused = session.execute(select(SourceFile.path, SourceFile.refused_reason).where(SourceFile.refused_reason.is_not(None)))
+    out.extend(Problem(p, None, None, REJECTED, 0, r) for p, r in refused)
+    # Images rejected before any run existed (found bad by the producer).
+    rejected = session.execute(
+        select(first_path, Image.sha256, Image.rejected_reason)
+        .where(Image.rejected_reason.is_not(None), ~Image.runs.any())
+    )
+    out.extend(Problem(p, s, None, REJECTED, 0, r) for p, s, r in rejected)
+    return out[:limit] if limit else out
+
+
+
+
+def first_path(session: Session, image_id: int) -> str | None:
+    """The file a person knows the image by: the first of its paths (one indexed look-up)."""
+    return session.scalar(select(func.min(SourceFile.path)).where(SourceFile.image_id == image_id))
