@@ -11,19 +11,13 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
-#: The four per-image tasks, in the order a person reads them.
-ALL_TASKS = ("normalize", "classify", "augment", "faces")
-TaskName = Literal["normalize", "classify", "augment", "faces"]
-
-#: Which queue each task is routed to: model inference on ``gpu``, the rest on ``cpu``.
-TASK_QUEUES = {"normalize": "cpu", "augment": "cpu", "classify": "gpu", "faces": "gpu"}
-
-#: Tasks whose runs a worker takes in batches (up to CLASSIFY_BATCH_SIZE images classified
-#: together, one claim and one store); the producer sends their waiting runs one message per batch.
-BATCH_TASKS = ("classify",)
+from darkroom import catalog
+from tasks.augment import parse_spec
+from tasks.faces import BOXED
+from tasks.normalize import format_mode, parse_mode
 
 
 class Settings(BaseSettings):
@@ -46,7 +40,8 @@ class Settings(BaseSettings):
     )
 
     # What to do with each image.
-    tasks: Annotated[list[TaskName], NoDecode] = Field(list(ALL_TASKS), description="Tasks run on every image (comma-separated).")
+    tasks: Annotated[list[str], NoDecode] = Field(
+        list(catalog.DEFAULT_TASKS), description=f"Tasks run on every image (comma-separated): {', '.join(catalog.NAMES)}.")
     classifier_model: str = Field(
         "vgg16", description="Registry name (vgg16, mobilenet_v2, ...) or the path of a saved .keras model."
     )
@@ -80,9 +75,13 @@ class Settings(BaseSettings):
         "'normalize').",
     )
     face_crops: bool = Field(True, description="Store a JPEG crop of every detected face.")
-    face_boxed: Literal["found", "always", "never"] = Field(
+    face_boxed: Literal[BOXED] = Field(  # type: ignore[valid-type]
         "found", description="Store the photo with its faces boxed: when a face was found (a photo without "
         "one would be stored again unchanged), for every photo, or never.")
+
+    phash_distance: int = Field(
+        8, ge=0, le=32, description="Photos whose perceptual hashes differ in at most this many of 64 bits are "
+        "near-duplicates (the results' near_duplicates, `darkroom duplicates`' default).")
 
     # Limits on input.
     max_image_pixels: int = Field(100_000_000, ge=1, description="Larger images are rejected (decompression bombs).")
@@ -143,11 +142,17 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("tasks")
+    @classmethod
+    def _check_tasks(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in catalog.NAMES]
+        if unknown:
+            raise ValueError(f"unknown task {', '.join(map(repr, unknown))}: the tasks are {', '.join(catalog.NAMES)}")
+        return list(dict.fromkeys(value))
+
     @field_validator("normalize_modes")
     @classmethod
     def _check_normalize_modes(cls, value: list[str]) -> list[str]:
-        from tasks.normalize import format_mode, parse_mode
-
         modes: list[str] = []
         for text in value:
             mode = format_mode(*parse_mode(text))  # raises ValueError, which names the bad entry
@@ -158,8 +163,6 @@ class Settings(BaseSettings):
     @field_validator("augment")
     @classmethod
     def _check_augment(cls, value: str) -> str:
-        from tasks.augment import parse_spec
-
         parse_spec(value)  # raises ValueError naming the bad key or value
         return value.strip()
 
@@ -177,11 +180,6 @@ class Settings(BaseSettings):
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
-
-    def store_boxed(self, found_faces: bool) -> bool:
-        """Whether a photo's faces-boxed copy is stored (DARKROOM_FACE_BOXED), given whether any
-        face was found."""
-        return self.face_boxed == "always" or (self.face_boxed == "found" and found_faces)
 
     def masked(self) -> dict[str, object]:
         """Settings as plain data with every password replaced by ``***`` (for `darkroom config`)."""
@@ -207,6 +205,24 @@ def mask_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def settings_error(exc: Exception) -> str:
+    """One line naming each bad ``DARKROOM_`` variable and what is wrong with it (never its value:
+    it may be a secret)."""
+    if isinstance(exc, ValidationError):
+        return "invalid settings: " + "; ".join(
+            f"DARKROOM_{str(err['loc'][0]).upper()}: {err['msg']}" for err in exc.errors(include_input=False))
+    return f"invalid settings: {exc}"
+
+
+def load_settings() -> Settings:
+    """:func:`get_settings`, or exit with the one-line error of :func:`settings_error` (for entry
+    points such as ``celery -A worker.app``, where a traceback would bury it)."""
+    try:
+        return get_settings()
+    except (ValidationError, SettingsError) as exc:
+        raise SystemExit(f"darkroom: {settings_error(exc)}") from None
 
 
 @functools.cache

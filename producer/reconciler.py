@@ -19,10 +19,10 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from storage import repo
-from worker.runtime import holder_alive
+from storage import ledger
 from storage.db import transaction
 from storage.models import QUEUED, RUNNING, utcnow
+from worker.runtime import holder_alive
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,10 @@ class Reconciler:
         resent = expired = 0
         with transaction(self.registrar.sessions) as s:
             if lost:
-                resent = len(repo.requeue_runs(s, statuses=[QUEUED, RUNNING]))
-            expired = len(repo.requeue_runs(s, statuses=[RUNNING], older_than=utcnow() - self.lease))
+                resent = len(ledger.requeue_runs(s, statuses=[QUEUED, RUNNING]))
+            expired = len(ledger.requeue_runs(s, statuses=[RUNNING], older_than=utcnow() - self.lease))
             # Runs held by a process of this machine that has died (e.g. killed mid-batch).
-            expired += len(repo.release_runs(s, repo.orphaned_runs(s, holder_alive)))
+            expired += len(ledger.release_runs(s, ledger.orphaned_runs(s, holder_alive)))
         if lost:
             self._epoch = uuid.uuid4().hex
             client.set(EPOCH_KEY, self._epoch)

@@ -20,13 +20,13 @@ from pathlib import Path
 import redis
 from celery import Celery
 
-from darkroom.settings import BATCH_TASKS, Settings
-from darkroom.work import planned_work
-from storage import repo
-from storage.blobs import BlobStore, OversizeFile
-from storage.db import session_factory, transaction
-from storage.db import make_engine
+from darkroom import catalog
+from darkroom.settings import Settings
 from producer.files import inside
+from storage import files, ledger
+from storage.blobs import BlobStore, OversizeFile
+from storage.db import make_engine, session_factory, transaction
+from tasks.imaging import BadImage, probe
 from worker.queues import messages, queue_depths, send_runs
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class Registrar:
         self.sessions = session_factory(make_engine(self.settings.db_url))
         self.blobs = BlobStore(self.settings.blob_dir)
         self.redis = redis.Redis.from_url(self.settings.redis_url)
-        self.work = planned_work(self.settings)
+        self.work = catalog.planned_work(self.settings)
 
     # --- registering ---------------------------------------------------------------------------
 
@@ -72,9 +72,9 @@ class Registrar:
         """
         paths = [Path(os.path.abspath(p)) for p in paths]
         with self.sessions() as s:
-            known = repo.file_signatures(s, [str(p) for p in paths])
+            known = files.file_signatures(s, [str(p) for p in paths])
         outcomes: list[Outcome | None] = []
-        ready: list[tuple[int, repo.FileRecord]] = []
+        ready: list[tuple[int, files.FileRecord]] = []
         for path in paths:
             item = self._prepare(path, known.get(str(path)))
             if isinstance(item, Outcome):
@@ -88,7 +88,7 @@ class Registrar:
                     if len(ready) == 1:
                         regs = [self._record(s, ready[0][1])]
                     else:
-                        regs = repo.register_files(s, [item for _i, item in ready], self.work)
+                        regs = files.register_files(s, [item for _i, item in ready], self.work)
             except Exception:
                 if len(ready) == 1:
                     raise
@@ -104,7 +104,7 @@ class Registrar:
                 self.send_pending()
         return [o for o in outcomes if o is not None]
 
-    def _prepare(self, path: Path, signature: tuple[int | None, int | None] | None) -> Outcome | repo.FileRecord:
+    def _prepare(self, path: Path, signature: tuple[int | None, int | None] | None) -> Outcome | files.FileRecord:
         """Everything about ``path`` that needs no transaction: its kind, its bytes into the blob
         store, its header. Returns the outcome when the file goes no further."""
         try:
@@ -138,8 +138,6 @@ class Registrar:
         except PermissionError as exc:
             return self._refuse(path, f"cannot be read ({exc.strerror}): fix its permissions and touch it", st)
 
-        from tasks.imaging import BadImage, probe
-
         fmt = width = height = reason = None
         try:
             info = probe(self.blobs.path_for(sha), max_pixels=self.settings.max_image_pixels,
@@ -147,14 +145,14 @@ class Registrar:
             fmt, width, height = info.format, info.width, info.height
         except BadImage as exc:
             reason = f"{path}: {exc}"
-        return repo.FileRecord(path=str(path), size_bytes=size, mtime_ns=st.st_mtime_ns, sha256=sha, fmt=fmt,
+        return files.FileRecord(path=str(path), size_bytes=size, mtime_ns=st.st_mtime_ns, sha256=sha, fmt=fmt,
                                width=width, height=height, rejected_reason=reason)
 
-    def _record(self, session, item: repo.FileRecord) -> repo.Registration:
-        return repo.register_file(session, **dataclasses.asdict(item), work=self.work)
+    def _record(self, session, item: files.FileRecord) -> files.Registration:
+        return files.register_file(session, **dataclasses.asdict(item), work=self.work)
 
     @staticmethod
-    def _outcome(item: repo.FileRecord, reg: repo.Registration) -> Outcome:
+    def _outcome(item: files.FileRecord, reg: files.Registration) -> Outcome:
         if item.rejected_reason:
             log.warning("rejected %s", item.rejected_reason)
             return Outcome.REJECTED
@@ -167,7 +165,7 @@ class Registrar:
     def _refuse(self, path: Path, reason: str, st: os.stat_result | None = None) -> Outcome:
         log.warning("refused %s: %s", path, reason)
         with transaction(self.sessions) as s:
-            repo.refuse_file(s, path=str(path), reason=f"{path}: {reason}",
+            files.refuse_file(s, path=str(path), reason=f"{path}: {reason}",
                              size_bytes=st.st_size if st else None, mtime_ns=st.st_mtime_ns if st else None)
         return Outcome.REFUSED
 
@@ -185,10 +183,10 @@ class Registrar:
         """
         sent = 0
         group = max(1, min(50, self.settings.max_queue_depth // 10))
-        per_message = {task: self.settings.classify_batch_size for task in BATCH_TASKS}
+        per_message = {task.name: task.batch_size(self.settings) for task in catalog.TASKS if task.batched}
         while True:
             with self.sessions() as s:
-                batch = repo.unsent_runs(s, limit=200)
+                batch = ledger.unsent_runs(s, limit=200)
             if not batch:
                 return sent
             msgs = messages(batch, per_message)
@@ -204,7 +202,7 @@ class Registrar:
                 finally:
                     if done:
                         with transaction(self.sessions) as s:
-                            repo.mark_enqueued(s, done)
+                            ledger.mark_enqueued(s, done)
                 sent += len(done)
 
     def _room(self, wait: bool) -> bool:
@@ -217,4 +215,4 @@ class Registrar:
 
     def pending_runs(self) -> int:
         with self.sessions() as s:
-            return repo.pending_count(s)
+            return ledger.pending_count(s)

@@ -24,6 +24,7 @@ from watchdog.observers.polling import PollingObserver
 
 from producer.files import is_candidate, walk
 from producer.registrar import Outcome, Registrar
+from storage.files import known_files
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,6 @@ class InboxWatcher:
         """Make every unregistered file below the root a candidate; returns how many were new."""
         self._last_scan = self.clock()
         with self.registrar.sessions() as s:
-            from storage.repo import known_files
-
             known = known_files(s)
         found = 0
         for path in walk(self.root):

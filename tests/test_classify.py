@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from darkroom.catalog import CLASSIFIER_SETTINGS
 from tests.models import sharpen
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -300,13 +301,17 @@ def test_forward_in_chunks_equals_one_pass(mobilenet_from_file, sample_photos):
 
 
 def test_worker_forward_chunk_setting():
+    """DARKROOM_CLASSIFY_CHUNK: images per forward pass; 0: the whole batch on a GPU, the model's
+    own CPU rule on a CPU."""
+    from darkroom import catalog
     from darkroom.settings import Settings
     from tasks.classify import CPU_CHUNK
-    from worker.runtime import forward_chunk, tf_device
 
-    assert forward_chunk(Settings(classify_chunk=8)) == 8
-    on_gpu = tf_device().startswith("GPU")
-    assert forward_chunk(Settings(classify_chunk=0)) == (None if on_gpu else CPU_CHUNK)
+    model = catalog.get("classify").model
+    make = lambda settings, device: model.make("vgg16@none", model.options(settings), device)  # noqa: E731
+    assert make(Settings(classify_chunk=8), "CPU:0")._chunk == 8
+    assert make(Settings(classify_chunk=0), "CPU:0")._chunk == CPU_CHUNK
+    assert make(Settings(classify_chunk=0), "GPU:0")._chunk is None
 
 
 def test_cpu_chunk_is_decided_by_the_models_weights(mobilenet_from_file, monkeypatch):
@@ -415,7 +420,7 @@ def test_saved_keras_application_without_sidecar(mobilenet_reference, mobilenet_
 
 def test_uncached_imagenet_weights_say_how_to_provide_them(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-keras-home"))
-    clf = Classifier.create("vgg16", "imagenet")
+    clf = Classifier.create("vgg16", "imagenet", names=CLASSIFIER_SETTINGS)
     assert clf.version == "imagenet"
     with pytest.raises(ModelUnavailable) as info:
         clf.load()  # tries Keras's download, which fails offline (or would not be cached here)
@@ -427,7 +432,8 @@ def test_uncached_imagenet_weights_say_how_to_provide_them(tmp_path, monkeypatch
     assert not clf.loaded
 
 
-def test_imagenet_weights_come_from_the_keras_home_cache(mobilenet_reference, mobilenet_batch, sample_photos, tmp_path, monkeypatch):
+def test_imagenet_weights_come_from_the_keras_home_cache(mobilenet_reference, mobilenet_batch, sample_photos, tmp_path,
+                                                         monkeypatch):
     """weights="imagenet" finds Keras's cached file under $KERAS_HOME/models/ (read at load time)
     and loads it without touching the network. The cached file here is in Keras's legacy .h5
     format, as the files Keras downloads are (MobileNetV2's has no hash for Keras to check)."""
@@ -448,7 +454,7 @@ def test_imagenet_weights_come_from_the_keras_home_cache(mobilenet_reference, mo
 def test_missing_weights_file_names_the_path(tmp_path):
     missing = tmp_path / "nowhere" / "weights.h5"
     with pytest.raises(ModelUnavailable, match=str(missing)) as info:
-        Classifier.create("mobilenet_v2", weights=str(missing)).load()
+        Classifier.create("mobilenet_v2", weights=str(missing), names=CLASSIFIER_SETTINGS).load()
     assert "DARKROOM_CLASSIFIER_WEIGHTS" in str(info.value)
     with pytest.raises(ModelUnavailable, match="missing.keras"):
         Classifier.create(str(tmp_path / "missing.keras")).load()
@@ -471,4 +477,7 @@ def test_unknown_model_lists_known_names(tmp_path):
     legacy = tmp_path / "old_model.h5"
     legacy.write_bytes(b"")
     with pytest.raises(ModelUnavailable, match=r"not a \.keras file.*DARKROOM_CLASSIFIER_WEIGHTS"):
+        Classifier.create(str(legacy), names=CLASSIFIER_SETTINGS)
+    # tasks/ knows no settings: by default its errors name the arguments
+    with pytest.raises(ModelUnavailable, match=r"not a \.keras file.*the weights argument"):
         Classifier.create(str(legacy))

@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +21,7 @@ from sqlalchemy import func, select
 
 from storage.db import make_engine, session_factory
 from storage.models import Face, Normalization, SourceFile, TaskRun
-from tests.test_e2e import ROOT, Darkroom, _stop
+from tests.test_e2e import Darkroom, _stop
 
 pytestmark = pytest.mark.e2e
 
@@ -171,7 +170,7 @@ def test_redis_restarted_without_persistence_mid_run(tmp_path, private_redis, ph
         code = _stop(up)
     assert code == 0, dr.log_tail()
     assert {r.status for r in ledger.runs()} == {"done"}, [(r.task, r.status, r.error) for r in ledger.runs()]
-    assert "lost its queue" in (dr.logs / "up.log").read_text()
+    assert "lost its queue" in (dr.data / "logs" / "darkroom.log").read_text()  # up's log file
     ledger.check_invariants(dr.inbox, tasks=2)
 
 
@@ -302,19 +301,21 @@ def test_celerys_retry_limit_leaves_darkrooms_to_count():
     Celery's own limit (3 by default) must not come first: past it, ``Task.retry`` raises the
     error instead of sending the retry, and the run would stay queued with no message (seen when
     PostgreSQL was away for four retries' backoff)."""
+    from darkroom import catalog
     from darkroom.settings import Settings
-    from worker import pipeline
+    from worker.app import app
 
     limit = Settings().task_max_retries
     assert limit > 3
-    for task in (pipeline.normalize, pipeline.classify, pipeline.augment, pipeline.faces):
+    for name in catalog.NAMES:
+        task = app.tasks[catalog.task_name(name)]
         assert task.max_retries is None or task.max_retries >= limit, task.name
 
 
 def test_a_run_delivered_twice_at_once_leaves_one_result(tmp_path, redis_url, photos):
     """What a visibility timeout shorter than a task amounts to: a second delivery while the first runs."""
     from darkroom.settings import Settings
-    from storage.repo import RunRef
+    from storage.ledger import RunRef
     from worker.app import create_app
     from worker.queues import send_run
 

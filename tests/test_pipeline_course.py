@@ -15,20 +15,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tests.models import sharpen
 from PIL import Image
 from skimage import data
 
+from darkroom.catalog import classifier_key
 from darkroom.settings import Settings
-from darkroom.work import classifier_key
-from storage import repo
+from storage import files as registry
+from storage import ledger, results
 from storage.blobs import BlobStore
 from storage.db import make_engine, migrate, session_factory, transaction
 from storage.models import DONE, FAILED, QUEUED, REJECTED, TaskRun
 from tasks.augment import AugmentSpec, augment, contact_sheet, parse_spec
 from tasks.imaging import decode, encode, probe
 from tasks.normalize import normalize_many, normalize_stats, parse_mode
+from tests.models import sharpen
 
 # Every registry model, VGG16 and VGG19 (528 and 549 MB of weights) included.
 CLASSIFIERS = ["mobilenet_v2", "efficientnet_b0", "resnet50", "inception_v3", "xception", "vgg16", "vgg19"]
@@ -40,6 +40,7 @@ class Pipeline:
     def __init__(self, root: Path) -> None:
         from worker.runtime import Runtime
 
+        self.Runtime = Runtime
         self.root = root
         self.db_url = f"sqlite:///{root / 'darkroom.db'}"
         engine = make_engine(self.db_url)
@@ -47,42 +48,40 @@ class Pipeline:
         self.sessions = session_factory(engine)
         self.blobs = BlobStore(root / "blobs")
         self.rt = Runtime(settings=self.settings(), sessions=self.sessions, blobs=self.blobs, identity="test:1")
+        self.app = None  # a Celery app for messages the pipeline sends (given back runs); set by tests
 
     def settings(self, **values) -> Settings:
         return Settings(data_dir=self.root, database_url=self.db_url, **values)
 
     def configure(self, **values) -> None:
-        self.rt.settings = self.settings(**values)
+        self.rt.configure(self.settings(**values))
 
     def add(self, path: Path, work: list[tuple[str, str]]) -> tuple[str, list[int]]:
         sha, size = self.blobs.put_file(path)
         info = probe(self.blobs.path_for(sha), max_pixels=10**8, max_bytes=10**9)
         with transaction(self.sessions) as s:
-            reg = repo.register_file(s, path=str(path), size_bytes=size, mtime_ns=1, sha256=sha, fmt=info.format,
+            reg = registry.register_file(s, path=str(path), size_bytes=size, mtime_ns=1, sha256=sha, fmt=info.format,
                                      width=info.width, height=info.height, rejected_reason=None, work=work)
         return sha, reg.run_ids
 
     def execute(self, run_id: int, run_ids: list[int] | None = None, task=None) -> str:
-        import worker.runtime
         from worker.pipeline import execute
 
-        task = task or types.SimpleNamespace(request=types.SimpleNamespace(retries=0))
-        saved = worker.runtime._runtime
-        worker.runtime._runtime = self.rt  # what get_runtime() gives inside a worker process
-        try:
-            return execute(task, run_id, run_ids=run_ids)
-        finally:
-            worker.runtime._runtime = saved
+        task = task or _Task()
+        task.runtime, task.app = self.rt, self.app  # what a PipelineTask has inside a worker process
+        return execute(task, run_id, run_ids=run_ids)
 
     def results(self, sha: str) -> dict:
+        from darkroom import catalog
+
         with self.sessions() as s:
-            (image,) = repo.find_images(s, [sha])
-            return repo.image_results(s, image)
+            (image,) = results.find_images(s, [sha])
+            return results.results_json(s, [image], catalog.result_stores())[0]
 
     def artifacts(self, sha: str) -> dict[tuple[str, int], object]:
         with self.sessions() as s:
-            (image,) = repo.find_images(s, [sha])
-            return {(a.kind, a.idx): a for a in repo.artifacts_for(s, image.id)}
+            (image,) = results.find_images(s, [sha])
+            return {(a.kind, a.idx): a for a in results.artifacts_for(s, image.id)}
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +196,7 @@ def test_face_crops_off_and_a_rerun_replaces_them(pipe, files):
     # When crops are switched off and the task is run again over the store
     pipe.configure(face_crops=False)
     with transaction(pipe.sessions) as s:
-        again = repo.rerun(s, "faces", "mtcnn")
+        again = ledger.rerun(s, "faces", "mtcnn")
     assert run_id in again.requeued
     assert pipe.execute(run_id) == DONE
     second = pipe.results(sha)
@@ -220,7 +219,7 @@ def test_boxed_photo_stored_when_a_face_is_found_by_default(pipe, files, tmp_pat
     for setting, want in (("always", {"faces_boxed": 1}), ("never", {}), ("found", {})):
         pipe.configure(face_boxed=setting)
         with transaction(pipe.sessions) as s:
-            assert run_id in repo.rerun(s, "faces", "mtcnn").requeued
+            assert run_id in ledger.rerun(s, "faces", "mtcnn").requeued
         assert pipe.execute(run_id) == DONE
         assert pipe.results(sha)["artifacts"] == want, setting
     # A photo with a face (new content: the astronaut mirrored), boxing off: its crop only
@@ -335,33 +334,33 @@ def test_ensure_runs_and_rerun(tmp_path):
     pipe = Pipeline(tmp_path)
     work = [("classify", "mobilenet_v2@none")]
     with transaction(pipe.sessions) as s:
-        a = repo.register_file(s, path="/in/a.jpg", size_bytes=1, mtime_ns=1, sha256="a" * 64, fmt="JPEG",
+        a = registry.register_file(s, path="/in/a.jpg", size_bytes=1, mtime_ns=1, sha256="a" * 64, fmt="JPEG",
                                width=4, height=4, rejected_reason=None, work=work)
-        b = repo.register_file(s, path="/in/b.jpg", size_bytes=1, mtime_ns=1, sha256="b" * 64, fmt="JPEG",
+        b = registry.register_file(s, path="/in/b.jpg", size_bytes=1, mtime_ns=1, sha256="b" * 64, fmt="JPEG",
                                width=4, height=4, rejected_reason=None, work=work)
-        repo.register_file(s, path="/in/c.txt", size_bytes=1, mtime_ns=1, sha256="c" * 64, fmt=None,
+        registry.register_file(s, path="/in/c.txt", size_bytes=1, mtime_ns=1, sha256="c" * 64, fmt=None,
                            width=None, height=None, rejected_reason="not an image", work=work)
-        repo.mark_enqueued(s, a.run_ids + b.run_ids)
-        repo.finish_run(s, a.run_ids[0], status=DONE)
-        repo.finish_run(s, b.run_ids[0], status=FAILED, error="boom")
+        ledger.mark_enqueued(s, a.run_ids + b.run_ids)
+        ledger.finish_run(s, a.run_ids[0], status=DONE)
+        ledger.finish_run(s, b.run_ids[0], status=FAILED, error="boom")
     with transaction(pipe.sessions) as s:
         # A new model: one new run per usable image, none for the rejected one; a second call adds nothing
-        created = repo.ensure_runs(s, "classify", "resnet50@none")
+        created = ledger.ensure_runs(s, "classify", "resnet50@none")
         assert len(created) == 2
-        assert repo.ensure_runs(s, "classify", "resnet50@none") == []
+        assert ledger.ensure_runs(s, "classify", "resnet50@none") == []
         # --failed-only: the failed run only
-        only_failed = repo.rerun(s, "classify", "mobilenet_v2@none", failed_only=True)
+        only_failed = ledger.rerun(s, "classify", "mobilenet_v2@none", failed_only=True)
         assert only_failed.created == [] and only_failed.requeued == b.run_ids
     with transaction(pipe.sessions) as s:
-        repo.finish_run(s, b.run_ids[0], status=FAILED, error="boom again")
-        everything = repo.rerun(s, "classify", "mobilenet_v2@none")
+        ledger.finish_run(s, b.run_ids[0], status=FAILED, error="boom again")
+        everything = ledger.rerun(s, "classify", "mobilenet_v2@none")
         assert everything.created == [] and sorted(everything.requeued) == sorted(a.run_ids + b.run_ids)
     with pipe.sessions() as s:
         runs = {r.id: r for r in s.query(TaskRun)}
         for run_id in a.run_ids + b.run_ids + created:
             assert runs[run_id].status == QUEUED and runs[run_id].enqueued_at is None and runs[run_id].error is None
         assert {r.status for r in runs.values() if r.image.sha256 == "c" * 64} <= {REJECTED}
-        unsent = {r.id for r in repo.unsent_runs(s)}
+        unsent = {r.id for r in ledger.unsent_runs(s)}
     assert unsent == set(a.run_ids + b.run_ids + created)
 
 
@@ -406,7 +405,7 @@ def test_fast_decode_classifies_the_photo_decoded_smaller_and_can_be_turned_off(
         pipe.configure(classifier_top_k=3, fast_decode=fast)
         if not fast:  # the same run again, now decoding every pixel
             with transaction(pipe.sessions) as s:
-                assert run_id in repo.rerun(s, "classify", key).requeued
+                assert run_id in ledger.rerun(s, "classify", key).requeued
         assert pipe.execute(run_id) == DONE
         labels = pipe.results(sha)["labels_by_model"][key]
         order = np.argsort(-want, kind="stable")[:3]
@@ -414,7 +413,7 @@ def test_fast_decode_classifies_the_photo_decoded_smaller_and_can_be_turned_off(
         np.testing.assert_allclose([lab["score"] for lab in labels], want[order], rtol=0, atol=1e-5)
     assert not np.allclose(fast_scores, keras_direct(model, spec, big), atol=1e-5)  # really two decodes
     pipe.configure()
-    pipe.rt._models.pop(("classify", "mobilenet_v2", str(weights)), None)
+    pipe.rt.models.clear()
 
 
 class _Retry(Exception):
@@ -463,7 +462,7 @@ def test_a_group_message_classifies_its_runs_in_one_batch_and_retries_as_a_group
         # A group that meets a transient error is retried as a group, each run noting the retry
         pipe.blobs.path_for(sha4).rename(tmp_path / "away")
         with transaction(pipe.sessions) as s:
-            assert set(repo.rerun(s, "classify", key).requeued) >= {r1, r2, r3}
+            assert set(ledger.rerun(s, "classify", key).requeued) >= {r1, r2, r3}
         pipe.configure(classify_batch_size=2)  # the group alone: no other run in its batch
         task = _Task()
         with pytest.raises(_Retry):
@@ -475,11 +474,11 @@ def test_a_group_message_classifies_its_runs_in_one_batch_and_retries_as_a_group
         assert pipe.execute(r4, run_ids=[r4, r1]) == DONE
     finally:
         pipe.configure()
-        pipe.rt._models.pop(("classify", "mobilenet_v2", str(weights)), None)
+        pipe.rt.models.clear()
 
 
 def test_malformed_run_ids_are_ignored_not_fatal():
-    from worker.pipeline import _int_list
+    from worker.pipeline import int_list as _int_list
 
     assert _int_list(None) is None and _int_list([3, 4]) == [3, 4]
     for bad in ("1,2", [1, "2"], [True], {"a": 1}):
@@ -517,7 +516,7 @@ def test_pipeline_labels_equal_the_model_called_directly(name, pipe, files, tmp_
     assert [lab["class_id"] for lab in labels] == [int(i) for i in order]
     assert [lab["label"] for lab in labels] == [classes[i] for i in order]
     np.testing.assert_allclose([lab["score"] for lab in labels], reference[order], rtol=0, atol=1e-5)
-    pipe.rt._models.pop(("classify", name, str(weights)), None)  # free the model
+    pipe.rt.models.clear()  # free the model
 
 
 def test_faces_run_on_the_gpu_when_tensorflow_sees_one(pipe, monkeypatch):
@@ -531,13 +530,17 @@ def test_faces_run_on_the_gpu_when_tensorflow_sees_one(pipe, monkeypatch):
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [gpu] if kind == "GPU" else [])
     assert tf_device() == "GPU:0"
     if not tf.config.get_visible_devices("GPU"):  # here: the detector's key device, without building it
+        from darkroom import catalog
         from tasks.faces import FaceDetector
 
         built = []
         monkeypatch.setattr(FaceDetector, "load", lambda self: built.append(self.device) or self)
-        pipe.rt._models.pop(("faces", 0.5, 33, None), None)
-        assert pipe.rt.face_detector(0.5, 33).device == "GPU:0" and built == ["GPU:0"]
-        pipe.rt._models.pop(("faces", 0.5, 33, None), None)
+        pipe.configure(face_min_confidence=0.5, face_min_size=33)
+        try:
+            assert pipe.rt.models.get(catalog.get("faces"), "mtcnn").device == "GPU:0" and built == ["GPU:0"]
+        finally:
+            pipe.configure()
+            pipe.rt.models.clear()
 
 
 def test_preload_loads_and_runs_the_models_of_the_queues_a_process_serves(pipe, tmp_path, caplog):
@@ -545,19 +548,25 @@ def test_preload_loads_and_runs_the_models_of_the_queues_a_process_serves(pipe, 
     import keras
 
     from tasks.classify import REGISTRY
-    from worker.runtime import preload
+
+    def preload(rt, queues):
+        rt.queues = queues
+        try:
+            return rt.preload()
+        finally:
+            rt.queues = None
 
     keras.utils.set_random_seed(2)
     weights = tmp_path / "m.weights.h5"
     REGISTRY["mobilenet_v2"].build(weights=None).save_weights(str(weights))
     pipe.configure(classifier_model="mobilenet_v2", classifier_weights=str(weights))
-    key = ("classify", "mobilenet_v2", str(weights))
+    key = ("classify", classifier_key("mobilenet_v2", str(weights)), ("chunk", 0))
     try:
         assert preload(pipe.rt, ["cpu"]) == ["augment"]  # normalize has no model; classify and faces are gpu's
-        assert key not in pipe.rt._models
+        assert key not in pipe.rt.models.loaded()
         assert preload(pipe.rt, ["cpu", "gpu"]) == [f"classify:{classifier_key('mobilenet_v2', str(weights))}",
                                                      "augment", "faces:mtcnn"]
-        assert key in pipe.rt._models and any(k[0] == "faces" for k in pipe.rt._models)
+        assert key in pipe.rt.models.loaded() and any(k[0] == "faces" for k in pipe.rt.models.loaded())
         # A model that cannot be had is left to its runs, which say what to do; the rest still loads
         pipe.configure(classifier_model="mobilenet_v2", classifier_weights=str(tmp_path / "missing.weights.h5"),
                        tasks=["classify", "faces"])
@@ -566,22 +575,21 @@ def test_preload_loads_and_runs_the_models_of_the_queues_a_process_serves(pipe, 
         assert "could not preload classify" in caplog.text
     finally:
         pipe.configure()
-        pipe.rt._models.pop(key, None)
+        pipe.rt.models.clear()
 
 
 def test_normalize_and_faces_of_a_photo_are_done_together_from_one_decode(pipe, files, tmp_path, monkeypatch):
     """The full-pixel tasks of an image: the first of its messages does both (one decode, one
     transaction); the other's message is then skipped. Only in a process that serves both queues."""
-    import tasks.imaging
-    import worker.runtime
+    import worker.pipeline
 
-    original, calls = tasks.imaging.decode, []
+    original, calls = worker.pipeline.decode, []
 
-    def counting_decode(*args, **kwargs):  # the pipeline imports decode where it uses it
+    def counting_decode(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(tasks.imaging, "decode", counting_decode)
+    monkeypatch.setattr(worker.pipeline, "decode", counting_decode)
     copy = tmp_path / "astro.png"
     Image.fromarray(np.fliplr(decode(files["astronaut"]))).save(copy)
     sha, (norm, faces) = pipe.add(copy, [("normalize", ""), ("faces", "mtcnn")])
@@ -598,7 +606,7 @@ def test_normalize_and_faces_of_a_photo_are_done_together_from_one_decode(pipe, 
     copy2 = tmp_path / "astro2.png"
     Image.fromarray(np.flipud(decode(files["astronaut"]))).save(copy2)
     sha2, (norm2, faces2) = pipe.add(copy2, [("normalize", ""), ("faces", "mtcnn")])
-    monkeypatch.setattr(worker.runtime, "served_queues", ["cpu"])
+    monkeypatch.setattr(pipe.rt, "queues", ["cpu"])
     assert pipe.execute(norm2) == DONE
     with pipe.sessions() as s:
         assert s.get(TaskRun, faces2).status == QUEUED
@@ -610,19 +618,19 @@ def test_a_companion_run_is_given_back_when_its_group_meets_a_transient_error(pi
 
     import redis as redis_lib
 
+    from darkroom import catalog
     from darkroom.settings import Settings
-    from worker import pipeline
     from worker.app import create_app
 
-    monkeypatch.setattr(pipeline, "app", create_app(Settings(broker_url=redis_url, _env_file=None)))
+    monkeypatch.setattr(pipe, "app", create_app(Settings(broker_url=redis_url, _env_file=None)))
     copy = tmp_path / "coffee.png"
     Image.fromarray(np.flipud(decode(files["coffee"]))).save(copy)
     sha, (norm, faces) = pipe.add(copy, [("normalize", ""), ("faces", "mtcnn")])
 
-    def away(*_args):
+    def away(*_args, **_kwargs):
         raise ConnectionError("the blob store's disk is away")
 
-    monkeypatch.setitem(pipeline.HANDLERS, "faces", away)
+    monkeypatch.setitem(catalog.BY_NAME, "faces", dataclasses.replace(catalog.get("faces"), step=away))
     task = _Task()
     with pytest.raises(_Retry):
         pipe.execute(norm, task=task)

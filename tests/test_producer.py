@@ -16,7 +16,7 @@ from darkroom.settings import Settings
 from producer.files import is_candidate_name, walk
 from producer.registrar import Outcome, Registrar
 from producer.watcher import InboxWatcher
-from storage import repo
+from storage import files, ledger, results
 from storage.db import make_engine, migrate
 from worker.app import create_app
 from worker.queues import queue_depths
@@ -45,7 +45,9 @@ def test_walk_skips_hidden_folders_and_temp_files(tmp_path):
 def registrar(tmp_path, redis_url):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    settings = Settings(data_dir=tmp_path / "data", broker_url=redis_url, max_queue_depth=10_000, _env_file=None)
+    # The four tasks of the course: the counts below are of their runs (phash adds one more per image).
+    settings = Settings(data_dir=tmp_path / "data", broker_url=redis_url, max_queue_depth=10_000,
+                        tasks=["normalize", "classify", "augment", "faces"], _env_file=None)
     migrate(make_engine(settings.db_url))
     reg = Registrar(settings=settings, app=create_app(settings), roots=[inbox])
     reg.inbox = inbox
@@ -82,9 +84,9 @@ def test_register_stores_the_original_and_sends_one_json_message_per_run(registr
         ("cpu", "darkroom.augment"), ("cpu", "darkroom.normalize"), ("gpu", "darkroom.classify"), ("gpu", "darkroom.faces")]
     assert all(set(m["body"][1]) == {"run_id"} for m in msgs)  # ids only, never pixels
     with registrar.sessions() as s:
-        (image,) = repo.find_images(s)
+        (image,) = results.find_images(s)
         assert (image.width, image.height, image.format) == (512, 512, "JPEG")
-        assert repo.unsent_runs(s) == []
+        assert ledger.unsent_runs(s) == []
     assert registrar.blobs.read(image.sha256) == target.read_bytes()
     # The inbox file may go away once registered
     target.unlink()
@@ -108,7 +110,7 @@ def test_duplicates_unchanged_files_and_bad_content(registrar, photos, redis_url
     assert registrar.register(empty) is Outcome.REJECTED
     assert len(_messages(redis_url)) == 4  # no work for rejected content
     with registrar.sessions() as s:
-        reasons = {Path(p.path).name: p.reason for p in repo.problems(s)}
+        reasons = {Path(p.path).name: p.reason for p in ledger.problems(s)}
     assert set(reasons) == {"junk.jpg", "empty.jpg"}
     assert str(junk) in reasons["junk.jpg"]
 
@@ -132,9 +134,9 @@ def test_register_many_records_a_chunk_in_one_go_with_each_files_outcome(registr
     assert sorted(_run_ids(msgs)) == list(range(1, 13))
     assert sorted(len(_ids(m)) for m in msgs if m["task"] == "darkroom.classify") == [1, 2]
     with registrar.sessions() as s:
-        assert repo.unsent_runs(s) == []
-        assert len(repo.find_images(s)) == 4  # rocket, coffee, chelsea, and the rejected junk
-        assert set(repo.known_files(s)) >= {str(inbox / n) for n in ("a.jpg", "b.jpg", "junk.jpg", "c.jpg")}
+        assert ledger.unsent_runs(s) == []
+        assert len(results.find_images(s)) == 4  # rocket, coffee, chelsea, and the rejected junk
+        assert set(files.known_files(s)) >= {str(inbox / n) for n in ("a.jpg", "b.jpg", "junk.jpg", "c.jpg")}
     assert registrar.register_many([inbox / n for n in ("a.jpg", "c.jpg")]) == [Outcome.KNOWN, Outcome.KNOWN]
 
 
@@ -148,11 +150,11 @@ def test_a_chunk_that_cannot_be_recorded_at_once_is_recorded_file_by_file(regist
         calls.append(len(files))
         raise RuntimeError("UNIQUE constraint failed: images.sha256")
 
-    monkeypatch.setattr(repo, "register_files", clash)
+    monkeypatch.setattr(files, "register_files", clash)
     outcomes = registrar.register_many([inbox / n for n in ("a.jpg", "b.jpg", "c.jpg")])
     assert outcomes == [Outcome.NEW, Outcome.NEW, Outcome.NEW] and calls == [3]
     with registrar.sessions() as s:
-        assert len(repo.find_images(s)) == 3 and repo.unsent_runs(s) == []
+        assert len(results.find_images(s)) == 3 and ledger.unsent_runs(s) == []
     assert sorted(_run_ids(_messages(redis_url))) == list(range(1, 13))
 
 
@@ -171,7 +173,7 @@ def test_symlink_out_of_the_inbox_is_refused_but_inside_is_taken(registrar, phot
     (registrar.inbox / "dir.jpg").mkdir()
     assert registrar.register(registrar.inbox / "dir.jpg") is Outcome.SKIPPED
     with registrar.sessions() as s:
-        (problem,) = repo.problems(s)
+        (problem,) = ledger.problems(s)
     assert problem.path == str(link) and "outside the watched folder" in problem.reason
 
 
@@ -208,7 +210,7 @@ def _watch(registrar, stop):
 
 def _registered(registrar) -> dict[str, int]:
     with registrar.sessions() as s:
-        return {Path(p).name: size for p, (size, _m) in repo.known_files(s).items()}
+        return {Path(p).name: size for p, (size, _m) in files.known_files(s).items()}
 
 
 def _wait_for(predicate, timeout=15.0):
@@ -295,7 +297,7 @@ def test_a_burst_of_5000_files_is_all_registered(registrar):
         thread.join(30)
     assert watcher.counts[Outcome.NEW] == 5000
     with registrar.sessions() as s:
-        assert repo.unsent_runs(s) == []
+        assert ledger.unsent_runs(s) == []
     assert sum(queue_depths(registrar.redis).values()) == 5000
 
 
@@ -360,13 +362,13 @@ def test_a_file_over_the_byte_limit_is_refused_without_being_read(registrar, pho
     shutil.copy(photos["astronaut"], big)
     assert registrar.register(big) is Outcome.REFUSED
     with registrar.sessions() as s:
-        (problem,) = repo.problems(s)
+        (problem,) = ledger.problems(s)
     assert problem.path == str(big) and "DARKROOM_MAX_IMAGE_BYTES" in problem.reason
     assert not registrar.blobs.root.exists() or not any(registrar.blobs.root.rglob("*"))
 
 
 def test_messages_group_batch_task_runs_by_model_up_to_the_batch_size():
-    from storage.repo import RunRef
+    from storage.ledger import RunRef
     from worker.queues import messages
 
     runs = [RunRef(1, "normalize", ""), RunRef(2, "classify", "a"), RunRef(3, "classify", "b"),

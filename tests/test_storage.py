@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 from sqlalchemy import func, inspect, select
 
-from storage import repo
+from darkroom import catalog
+from storage import files, ledger, results
 from storage.db import make_engine, migrate, read_only, schema_is_current, session_factory, transaction
 from storage.models import DONE, FAILED, QUEUED, REJECTED, RUNNING, Face, Image, Label, TaskRun
 
@@ -27,7 +28,7 @@ def sessions(db_url):
 
 def _register(sessions, path, sha=SHA_A, reason=None, work=WORK):
     with transaction(sessions) as s:
-        return repo.register_file(s, path=path, size_bytes=10, mtime_ns=1, sha256=sha, fmt="JPEG",
+        return files.register_file(s, path=path, size_bytes=10, mtime_ns=1, sha256=sha, fmt="JPEG",
                                   width=4, height=3, rejected_reason=reason, work=work)
 
 
@@ -90,11 +91,11 @@ def test_register_files_is_registering_the_files_one_after_another(tmp_path):
             _register(sessions, path, sha=sha, reason=reason, work=work)
         with transaction(sessions) as s:
             if mode == "bulk":
-                regs = repo.register_files(s, [repo.FileRecord(path=p, size_bytes=10, mtime_ns=1, sha256=sha, fmt="JPEG",
+                regs = files.register_files(s, [files.FileRecord(path=p, size_bytes=10, mtime_ns=1, sha256=sha, fmt="JPEG",
                                                                width=4, height=3, rejected_reason=r)
                                                for p, sha, r in chunk], WORK)
             else:
-                regs = [repo.register_file(s, path=p, size_bytes=10, mtime_ns=1, sha256=sha, fmt="JPEG", width=4,
+                regs = [files.register_file(s, path=p, size_bytes=10, mtime_ns=1, sha256=sha, fmt="JPEG", width=4,
                                            height=3, rejected_reason=r, work=WORK) for p, sha, r in chunk]
         results[mode] = ([(r.new_image, len(r.run_ids)) for r in regs], _ledger(sessions))
         engine.dispose()
@@ -112,9 +113,9 @@ def test_register_creates_runs_once_and_duplicates_add_no_work(sessions):
     with sessions() as s:
         assert s.scalar(select(func.count()).select_from(Image)) == 1
         assert s.scalar(select(func.count()).select_from(TaskRun)) == 4
-        image = repo.find_images(s)[0]
+        image = results.find_images(s)[0]
         assert [f.path for f in image.files] == ["/in/a.jpg", "/in/copy of a.jpg"]
-        assert repo.image_status(image) == QUEUED
+        assert ledger.image_status(image) == QUEUED
 
 
 def test_a_newly_configured_model_adds_only_its_own_run(sessions):
@@ -127,35 +128,35 @@ def test_rejected_content_gets_no_runs(sessions):
     reg = _register(sessions, "/in/junk.jpg", sha=SHA_B, reason="/in/junk.jpg: not an image")
     assert reg.run_ids == []
     with sessions() as s:
-        image = repo.find_images(s, ["/in/junk.jpg"])[0]
-        assert repo.image_status(image) == REJECTED
-        problems = repo.problems(s)
+        image = results.find_images(s, ["/in/junk.jpg"])[0]
+        assert ledger.image_status(image) == REJECTED
+        problems = ledger.problems(s)
     assert [(p.path, p.status) for p in problems] == [("/in/junk.jpg", REJECTED)]
 
 
 def test_unsent_runs_are_sent_once(sessions):
     reg = _register(sessions, "/in/a.jpg")
     with transaction(sessions) as s:
-        unsent = repo.unsent_runs(s)
+        unsent = ledger.unsent_runs(s)
         assert [r.id for r in unsent] == reg.run_ids
-        repo.mark_enqueued(s, [unsent[0].id])
+        ledger.mark_enqueued(s, [unsent[0].id])
     with sessions() as s:
-        assert len(repo.unsent_runs(s)) == 3
+        assert len(ledger.unsent_runs(s)) == 3
 
 
 def test_claim_finish_and_redelivery(sessions):
     reg = _register(sessions, "/in/a.jpg")
     run_id = reg.run_ids[1]
     with transaction(sessions) as s:
-        claim = repo.claim_run(s, run_id, "host:1")
+        claim = ledger.claim_run(s, run_id, "host:1")
     assert claim.task == "classify" and claim.model == "vgg16" and claim.sha256 == SHA_A and claim.attempts == 1
     labels = [{"rank": 1, "class_id": 3, "label": "tiger shark", "score": 0.5}]
     for _ in range(2):  # a redelivered task writes the same result again
         with transaction(sessions) as s:
-            repo.save_labels(s, claim.image_id, claim.model, labels)
-            repo.finish_run(s, run_id, status=DONE)
+            results.LABELS.save(s, claim.model, [(claim.image_id, labels)])
+            ledger.finish_run(s, run_id, status=DONE)
     with transaction(sessions) as s:
-        assert repo.claim_run(s, run_id, "host:2") is None  # finished: nothing to do
+        assert ledger.claim_run(s, run_id, "host:2") is None  # finished: nothing to do
     with sessions() as s:
         assert s.scalar(select(func.count()).select_from(Label)) == 1
         run = s.get(TaskRun, run_id)
@@ -170,17 +171,17 @@ def test_may_claim_reads_without_waiting_for_a_writer(sessions, db_url):
     reg = _register(sessions, "/in/a.jpg")
     queued, taken = reg.run_ids[0], reg.run_ids[1]
     with transaction(sessions) as s:
-        repo.claim_run(s, taken, "host:1")
+        ledger.claim_run(s, taken, "host:1")
     other = session_factory(make_engine(db_url))
     with transaction(other) as writer:  # another process mid-write, holding the write lock
         writer.get(TaskRun, queued).error = "being written"
         writer.flush()
         started = time.perf_counter()
         with read_only(sessions) as s:
-            assert repo.may_claim(s, queued)
-            assert not repo.may_claim(s, taken, holder_alive=lambda holder: holder == "host:1")
-            assert repo.may_claim(s, taken)  # its holder died: it may be taken over
-            assert not repo.may_claim(s, 10**9)
+            assert ledger.may_claim(s, queued)
+            assert not ledger.may_claim(s, taken, holder_alive=lambda holder: holder == "host:1")
+            assert ledger.may_claim(s, taken)  # its holder died: it may be taken over
+            assert not ledger.may_claim(s, 10**9)
             s.get(TaskRun, queued).error = "a read-only session writes nothing"
         assert time.perf_counter() - started < 5  # did not wait for the writer (busy timeout: 60 s)
     with sessions() as s:
@@ -193,25 +194,25 @@ def test_image_state_is_derived_from_its_runs(sessions):
 
     def state():
         with sessions() as s:
-            return repo.image_status(repo.find_images(s)[0])
+            return ledger.image_status(results.find_images(s)[0])
 
     with transaction(sessions) as s:
-        repo.claim_run(s, ids[0], "w")
+        ledger.claim_run(s, ids[0], "w")
     assert state() == RUNNING
     with transaction(sessions) as s:
         for run_id in ids[:3]:
-            repo.claim_run(s, run_id, "w")
-            repo.finish_run(s, run_id, status=DONE)
+            ledger.claim_run(s, run_id, "w")
+            ledger.finish_run(s, run_id, status=DONE)
     assert state() == QUEUED
     with transaction(sessions) as s:
-        repo.claim_run(s, ids[3], "w")
-        repo.finish_run(s, ids[3], status=FAILED, error="boom")
+        ledger.claim_run(s, ids[3], "w")
+        ledger.finish_run(s, ids[3], status=FAILED, error="boom")
     assert state() == FAILED
     with sessions() as s:
-        result = repo.image_results(s, repo.find_images(s)[0])
+        result = catalog.results_json(s, [results.find_images(s)[0]])[0]
     assert result["errors"] == {"faces": "boom"}
     with transaction(sessions) as s:
-        assert repo.requeue_runs(s, statuses=[FAILED]) == [ids[3]]
+        assert ledger.requeue_runs(s, statuses=[FAILED]) == [ids[3]]
     assert state() == QUEUED
 
 
@@ -224,23 +225,23 @@ def test_image_counts_are_the_states_of_every_image_counted_in_sql(sessions):
     _register(sessions, "/in/none.jpg", sha=shas[8], work=[])  # no task configured
     with transaction(sessions) as s:
         for run_id in regs[0].run_ids:  # 0: done
-            repo.claim_run(s, run_id, "w")
-            repo.finish_run(s, run_id, status=DONE)
-        repo.claim_run(s, regs[1].run_ids[2], "w")  # 1: running
+            ledger.claim_run(s, run_id, "w")
+            ledger.finish_run(s, run_id, status=DONE)
+        ledger.claim_run(s, regs[1].run_ids[2], "w")  # 1: running
         for run_id in regs[2].run_ids[:2]:  # 2: partly done, the rest queued
-            repo.claim_run(s, run_id, "w")
-            repo.finish_run(s, run_id, status=DONE)
+            ledger.claim_run(s, run_id, "w")
+            ledger.finish_run(s, run_id, status=DONE)
         for run_id in regs[3].run_ids:  # 3: one failed, the others done
-            repo.claim_run(s, run_id, "w")
-            repo.finish_run(s, run_id, status=FAILED if run_id == regs[3].run_ids[1] else DONE)
-        repo.claim_run(s, regs[4].run_ids[0], "w")  # 4: rejected by a worker
-        repo.finish_run(s, regs[4].run_ids[0], status=REJECTED, error="truncated")
-        repo.claim_run(s, regs[5].run_ids[0], "w")  # 5: failed while another still runs
-        repo.finish_run(s, regs[5].run_ids[0], status=FAILED, error="x")
-        repo.claim_run(s, regs[5].run_ids[1], "w")
+            ledger.claim_run(s, run_id, "w")
+            ledger.finish_run(s, run_id, status=FAILED if run_id == regs[3].run_ids[1] else DONE)
+        ledger.claim_run(s, regs[4].run_ids[0], "w")  # 4: rejected by a worker
+        ledger.finish_run(s, regs[4].run_ids[0], status=REJECTED, error="truncated")
+        ledger.claim_run(s, regs[5].run_ids[0], "w")  # 5: failed while another still runs
+        ledger.finish_run(s, regs[5].run_ids[0], status=FAILED, error="x")
+        ledger.claim_run(s, regs[5].run_ids[1], "w")
     with sessions() as s:
-        counts = repo.image_counts(s)
-        expected = Counter(repo.image_status(image) for image in repo.find_images(s))
+        counts = ledger.image_counts(s)
+        expected = Counter(ledger.image_status(image) for image in results.find_images(s))
     assert counts == expected
     assert counts == Counter({DONE: 1, RUNNING: 2, QUEUED: 3, FAILED: 1, REJECTED: 2})
 
@@ -248,50 +249,51 @@ def test_image_counts_are_the_states_of_every_image_counted_in_sql(sessions):
 def test_rejection_by_a_worker_closes_the_images_other_runs(sessions):
     reg = _register(sessions, "/in/a.jpg")
     with transaction(sessions) as s:
-        repo.claim_run(s, reg.run_ids[0], "w")
-        repo.finish_run(s, reg.run_ids[0], status=REJECTED, error="/in/a.jpg: truncated")
+        ledger.claim_run(s, reg.run_ids[0], "w")
+        ledger.finish_run(s, reg.run_ids[0], status=REJECTED, error="/in/a.jpg: truncated")
     with sessions() as s:
-        image = repo.find_images(s)[0]
-        assert repo.image_status(image) == REJECTED
+        image = results.find_images(s)[0]
+        assert ledger.image_status(image) == REJECTED
         assert {r.status for r in image.runs} == {REJECTED}
 
 
 def test_faces_and_artifacts_are_replaced_not_duplicated(sessions):
     reg = _register(sessions, "/in/a.jpg")
     face = {"box": [1, 2, 3, 4], "confidence": 0.99, "keypoints": {"nose": [2, 3]}}
-    art = repo.ArtifactData(kind="faces_boxed", idx=0, mime="image/jpeg", width=4, height=3, data=b"jpeg")
+    art = results.ArtifactData(kind="faces_boxed", idx=0, mime="image/jpeg", width=4, height=3, data=b"jpeg")
     for faces in ([face, face], [face]):
         with transaction(sessions) as s:
-            repo.save_faces(s, reg.image_id, "mtcnn", faces)
-            repo.save_artifacts(s, reg.image_id, "faces", [art])
+            results.FACES.save(s, "mtcnn", [(reg.image_id, faces)])
+            results.save_artifacts(s, reg.image_id, results.FACES.artifact_kinds, [art])
     with sessions() as s:
         assert s.scalar(select(func.count()).select_from(Face)) == 1
-        assert len(repo.artifacts_for(s, reg.image_id)) == 1
+        assert len(results.artifacts_for(s, reg.image_id)) == 1
         with pytest.raises(ValueError):
-            repo.save_artifacts(s, reg.image_id, "faces", [repo.ArtifactData("augmented", 0, "image/jpeg", 1, 1, b"")])
+            wrong = results.ArtifactData("augmented", 0, "image/jpeg", 1, 1, b"")
+            results.save_artifacts(s, reg.image_id, results.FACES.artifact_kinds, [wrong])
 
 
 def test_find_images_by_path_and_hash_prefix(sessions):
     _register(sessions, "/in/a.jpg")
     _register(sessions, "/in/b.jpg", sha=SHA_B)
     with sessions() as s:
-        assert [i.sha256 for i in repo.find_images(s, ["/in/b.jpg"])] == [SHA_B]
-        assert [i.sha256 for i in repo.find_images(s, [SHA_A[:10]])] == [SHA_A]
-        assert len(repo.find_images(s)) == 2
-        assert repo.find_images(s, ["/in/nothing.jpg"]) == []
+        assert [i.sha256 for i in results.find_images(s, ["/in/b.jpg"])] == [SHA_B]
+        assert [i.sha256 for i in results.find_images(s, [SHA_A[:10]])] == [SHA_A]
+        assert len(results.find_images(s)) == 2
+        assert results.find_images(s, ["/in/nothing.jpg"]) == []
 
 
 def test_refused_files_are_listed_with_their_reason(sessions):
     with transaction(sessions) as s:
-        repo.refuse_file(s, path="/in/link.jpg", reason="/in/link.jpg: symbolic link outside")
+        files.refuse_file(s, path="/in/link.jpg", reason="/in/link.jpg: symbolic link outside")
     with sessions() as s:
-        assert [(p.path, p.reason) for p in repo.problems(s)] == [("/in/link.jpg", "/in/link.jpg: symbolic link outside")]
+        assert [(p.path, p.reason) for p in ledger.problems(s)] == [("/in/link.jpg", "/in/link.jpg: symbolic link outside")]
 
 
 @pytest.mark.parametrize("model, weights", [("vgg16", "imagenet"), ("vgg16", "none"),
                                             ("mobilenet_v2", "/w/my weights@2.h5"), ("/m/x@y.keras", "imagenet")])
 def test_classifier_keys_read_back(model, weights):
-    from darkroom.work import classifier_key, parse_classifier_key
+    from darkroom.catalog import classifier_key, parse_classifier_key
 
     assert parse_classifier_key(classifier_key(model, weights)) == (model, weights)
 
@@ -303,27 +305,27 @@ def test_batches_claim_pending_runs_of_one_model_and_respect_live_holders(sessio
         ids[sha] = reg.run_ids[1]  # the classify run of each image
     alive = {"host:1"}
     with transaction(sessions) as s:
-        first = repo.claim_run(s, ids["a"], "host:1", lambda w: w in alive)
-        batch = repo.claim_batch(s, task="classify", model="vgg16", worker="host:1", limit=2, exclude=first.run_id,
+        first = ledger.claim_run(s, ids["a"], "host:1", lambda w: w in alive)
+        batch = ledger.claim_batch(s, task="classify", model="vgg16", worker="host:1", limit=2, exclude=first.run_id,
                                  holder_alive=lambda w: w in alive)
     assert [c.run_id for c in batch] == [ids["b"], ids["c"]]
     assert {c.task for c in batch} == {"classify"}
     with transaction(sessions) as s:
         # Their own messages arrive at another process: held by a live process, nothing to do
-        assert repo.claim_run(s, ids["b"], "host:2", lambda w: w in alive) is None
+        assert ledger.claim_run(s, ids["b"], "host:2", lambda w: w in alive) is None
     alive.clear()  # the holder dies
     with transaction(sessions) as s:
-        assert repo.orphaned_runs(s, lambda w: w in alive) == [ids["a"], ids["b"], ids["c"]]
-        taken = repo.claim_batch(s, task="classify", model="vgg16", worker="host:2", limit=10, exclude=-1,
+        assert ledger.orphaned_runs(s, lambda w: w in alive) == [ids["a"], ids["b"], ids["c"]]
+        taken = ledger.claim_batch(s, task="classify", model="vgg16", worker="host:2", limit=10, exclude=-1,
                                  holder_alive=lambda w: w in alive)
     # Orphans first, then the queued ones; nothing of another task or model
     assert [c.run_id for c in taken] == [ids["a"], ids["b"], ids["c"], ids["d"], ids["e"]]
     assert [c.attempts for c in taken] == [2, 2, 2, 1, 1]
     with transaction(sessions) as s:
-        refs = repo.release_runs(s, [ids["d"], ids["e"]])
+        refs = ledger.release_runs(s, [ids["d"], ids["e"]])
     assert sorted(r.id for r in refs) == [ids["d"], ids["e"]]
     with sessions() as s:
-        assert {r.id for r in repo.unsent_runs(s) if r.task == "classify"} == {ids["d"], ids["e"]}
+        assert {r.id for r in ledger.unsent_runs(s) if r.task == "classify"} == {ids["d"], ids["e"]}
 
 
 def test_holder_alive_reads_the_process_table():
@@ -350,16 +352,16 @@ def test_a_run_awaiting_its_retry_belongs_to_its_retry_message(sessions):
     normalize, classify, _augment, faces = reg.run_ids
     other = _register(sessions, "/in/b.jpg", sha=SHA_B).run_ids[1]
     with transaction(sessions) as s:
-        repo.note_retry(s, faces, "database restarting")
-        repo.note_retry(s, classify, "database restarting")
+        ledger.note_retry(s, faces, "database restarting")
+        ledger.note_retry(s, classify, "database restarting")
     with transaction(sessions) as s:
-        assert repo.claim_companions(s, image_id=reg.image_id, tasks=["faces"], worker="w:1", exclude=normalize) == []
-        batch = repo.claim_batch(s, task="classify", model="vgg16", worker="w:1", limit=5, exclude=-1)
+        assert ledger.claim_companions(s, image_id=reg.image_id, tasks=["faces"], worker="w:1", exclude=normalize) == []
+        batch = ledger.claim_batch(s, task="classify", model="vgg16", worker="w:1", limit=5, exclude=-1)
         assert [c.run_id for c in batch] == [other]
         # its own retry message takes it
-        assert repo.claim_run(s, faces, "w:2").run_id == faces
-        repo.finish_run(s, faces, status=DONE)
+        assert ledger.claim_run(s, faces, "w:2").run_id == faces
+        ledger.finish_run(s, faces, status=DONE)
     with transaction(sessions) as s:
-        repo.note_retry(s, faces, "a late note")
+        ledger.note_retry(s, faces, "a late note")
     with sessions() as s:
         assert s.get(TaskRun, faces).status == DONE

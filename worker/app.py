@@ -1,25 +1,57 @@
 """The Celery application: ``celery -A worker.app worker`` and ``darkroom worker`` both start it.
 
+:func:`create_app` makes it from the settings: one Celery task per catalog task (``darkroom.<name>``,
+routed to its queue), each a :class:`PipelineTask` whose :attr:`~PipelineTask.runtime` — the
+process's engine, blob store and models — is made on first use in the worker process, after the
+fork (Celery's "Instantiation": a task object lives as long as its process).
+
 Configured for safety first: JSON messages only, acknowledgement after the work is stored, requeue
 when a worker process dies, and a visibility timeout longer than any task. Importing this module
-must stay cheap: no TensorFlow, no database connection (those are made in each worker process).
+makes :data:`app` from the environment's settings (what ``celery -A worker.app`` needs) but stays
+cheap: no TensorFlow, no database connection.
 """
 
 from __future__ import annotations
 
-from celery import Celery
+from typing import Any
+
+from celery import Celery, Task, current_app
 from celery.signals import worker_process_init
 
-from darkroom.settings import ALL_TASKS, TASK_QUEUES, Settings, get_settings
+from darkroom import catalog
+from darkroom.settings import Settings, load_settings
+from worker.pipeline import execute, int_list
+from worker.runtime import PerProcess, Runtime
 
 
-def task_name(task: str) -> str:
-    return f"darkroom.{task}"
+class PipelineTask(Task):
+    """The base of Darkroom's Celery tasks: a message of run ids to stored results (see
+    :func:`worker.pipeline.execute`)."""
+
+    #: Retries are counted against DARKROOM_TASK_MAX_RETRIES by ``execute``, which then records the
+    #: runs failed: Celery's own limit (3 by default) is off, or past it ``retry`` would raise the
+    #: error instead, leaving the runs queued with no message to carry them.
+    max_retries = None
+    #: This app's runtimes, one per process (set by :func:`create_app`).
+    runtimes: PerProcess
+
+    @property
+    def runtime(self) -> Runtime:
+        """This process's runtime, made on first use (after the fork)."""
+        return self.runtimes.get()
+
+
+def _run_message(self: PipelineTask, run_id: int, takeover: bool = False, run_ids: list[int] | None = None,
+                 **_params: Any) -> str:
+    """Messages carry run ids only (one, or a group); extra keyword arguments from newer producers
+    are ignored, not fatal."""
+    return execute(self, int(run_id), takeover=bool(takeover), run_ids=int_list(run_ids))
 
 
 def create_app(settings: Settings | None = None) -> Celery:
-    settings = settings or get_settings()
-    app = Celery("darkroom", broker=settings.redis_url, include=["worker.pipeline"])
+    """Darkroom's Celery app for ``settings`` (default: the environment's)."""
+    settings = settings or load_settings()
+    app = Celery("darkroom", broker=settings.redis_url, set_as_current=False)
     app.conf.update(
         # Messages are small JSON documents (ids); pickle is never accepted.
         task_serializer="json",
@@ -35,7 +67,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         broker_transport_options={"visibility_timeout": settings.visibility_timeout},
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
-        task_routes={task_name(t): {"queue": TASK_QUEUES[t]} for t in ALL_TASKS},
+        task_routes=catalog.routes(),
         task_default_queue="cpu",
         task_time_limit=settings.task_time_limit,
         task_soft_time_limit=max(1, settings.task_time_limit - 30),
@@ -45,20 +77,25 @@ def create_app(settings: Settings | None = None) -> Celery:
         # The broker's own heartbeat keeps long model loads from looking like dead connections.
         broker_heartbeat=0,
     )
-    app.darkroom_settings = settings
+
+    def make_runtime() -> Runtime:
+        consumed = sorted(app.amqp.queues.consume_from or ()) if app.amqp.queues.consume_from else None
+        return Runtime.create(settings, consumed)
+
+    runtimes = PerProcess(make_runtime)
+    for task in catalog.TASKS:
+        app.task(name=task.celery_name, bind=True, base=PipelineTask, runtimes=runtimes)(_run_message)
+
+    @worker_process_init.connect(weak=False)
+    def start_process(**_kwargs) -> None:
+        """In each new worker process of this app (after the fork): load its models in a background
+        thread (DARKROOM_PRELOAD_MODELS). Celery waits only seconds for a process to start, and a
+        model can take longer; tasks wait for the preload to finish."""
+        if current_app._get_current_object() is app and settings.preload_models:
+            runtimes.get().start_preload()
+
     return app
 
 
 app = create_app()
-
-
-@worker_process_init.connect
-def _start_process(**_kwargs) -> None:
-    """In each new worker process (after the fork): note the queues this worker serves, and load
-    its models in a background thread (``DARKROOM_PRELOAD_MODELS``). Celery waits only seconds for
-    a process to start, and a model can take longer; tasks wait for the preload to finish."""
-    from worker import runtime
-
-    runtime.served_queues = sorted(app.amqp.queues.consume_from or ()) or None
-    if app.darkroom_settings.preload_models:
-        runtime.start_preload(app.darkroom_settings, runtime.served_queues)
+app.set_current()

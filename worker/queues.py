@@ -5,11 +5,10 @@ from __future__ import annotations
 import redis
 from celery import Celery
 
-from darkroom.settings import TASK_QUEUES
-from storage.repo import RunRef
-from worker.app import task_name
+from darkroom import catalog
+from storage.ledger import RunRef
 
-QUEUES = tuple(sorted(set(TASK_QUEUES.values())))
+QUEUES = catalog.QUEUES
 # Kombu's Redis transport keeps one list per queue and priority step ("cpu", "cpu\x06\x163", ...).
 _PRIORITY_SUFFIXES = ("",) + tuple(f"\x06\x16{p}" for p in (1, 2, 3, 4, 5, 6, 7, 8, 9))
 
@@ -31,7 +30,8 @@ def send_runs(app: Celery, runs: list[RunRef], producer=None) -> None:
     kwargs: dict = {"run_id": first.id}
     if len(runs) > 1:
         kwargs["run_ids"] = [r.id for r in runs]
-    app.send_task(task_name(first.task), kwargs=kwargs, queue=TASK_QUEUES[first.task], producer=producer)
+    task = catalog.get(first.task)
+    app.send_task(task.celery_name, kwargs=kwargs, queue=task.queue, producer=producer)
 
 
 def messages(runs: list[RunRef], group: dict[str, int]) -> list[list[RunRef]]:

@@ -1,7 +1,10 @@
-"""What one worker process holds: its database engine, the blob store and the loaded models.
+"""What one worker process holds: its database engine, the blob store, the loaded models, and the
+queues it consumes.
 
-Built on first use inside the process that uses it (after Celery's fork), never at import, and
-thrown away in a child after a fork so no connection or model is shared between processes.
+A :class:`Runtime` is made on first use inside the process that uses it (after Celery's fork),
+never at import: :class:`PerProcess` makes one per process and forgets a parent's after a fork,
+so no connection or model is shared between processes. Tasks reach it as ``self.runtime`` (see
+``worker.app``); tests build their own with :meth:`Runtime.create`.
 """
 
 from __future__ import annotations
@@ -11,17 +14,105 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
+from darkroom import catalog
 from darkroom.settings import Settings
 from storage.blobs import BlobStore
 from storage.db import make_engine, session_factory
+from storage.results import ArtifactData
+from tasks.base import InferenceModel, Output
+from tasks.imaging import encode
 
 log = logging.getLogger(__name__)
+
+#: How long a task waits for its process's preload before going ahead anyway.
+PRELOAD_WAIT = 300.0
+
+
+@dataclass(frozen=True)
+class Step:
+    """A catalog task's step bound to its model and options, ready to run on images."""
+
+    task: catalog.Task
+    key: str
+    model: InferenceModel | None
+    options: dict[str, Any]
+
+    def __call__(self, images: list[Any]) -> list[Output]:
+        outputs = self.task.step(self.model, images, **self.options)
+        if len(outputs) != len(images):
+            raise RuntimeError(f"the {self.task.name} step gave {len(outputs)} results for {len(images)} images")
+        return outputs
+
+    @staticmethod
+    def artifacts(output: Output) -> list[ArtifactData]:
+        """The pictures a step made, encoded as they are stored (JPEG, quality 90)."""
+        return [ArtifactData(kind=kind, idx=idx, mime="image/jpeg", width=int(pixels.shape[1]),
+                             height=int(pixels.shape[0]), data=encode(pixels, "JPEG", quality=90))
+                for kind, idx, pixels in output.images]
+
+    @property
+    def decode_size(self) -> tuple[int, int] | None:
+        """The smallest (width, height) its photos may be decoded at; None: every pixel."""
+        return self.task.decode_size(self.model, self.options) if self.task.decode_size else None
+
+
+class ModelCache:
+    """The models one process has loaded, by task, run key and the settings that shape the model.
+    Thread-safe; a model that failed to load raises the same error for :attr:`RETRY_LOAD_AFTER`
+    seconds (each try may mean a download)."""
+
+    RETRY_LOAD_AFTER = 300.0
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._models: dict[tuple[Any, ...], InferenceModel] = {}
+        self._failures: dict[tuple[Any, ...], tuple[float, Exception]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, task: catalog.Task, key: str) -> InferenceModel:
+        """``task``'s model for a run's ``key``, made and loaded on first use."""
+        assert task.model is not None
+        options = task.model.options(self.settings)
+        cache_key = (task.name, key, *sorted(options.items()))
+        with self._lock:
+            if cache_key in self._models:
+                return self._models[cache_key]
+            failed = self._failures.get(cache_key)
+            if failed and time.monotonic() - failed[0] < self.RETRY_LOAD_AFTER:
+                raise failed[1]
+            configure_tensorflow(self.settings)
+            try:
+                model = task.model.make(key, options, tf_device())
+                model.load()
+            except Exception as exc:
+                self._failures[cache_key] = (time.monotonic(), exc)
+                raise
+            self._models[cache_key] = model
+            self._failures.pop(cache_key, None)
+            log.info("loaded model %s %s in process %s", task.name, key, os.getpid())
+            return model
+
+    def step(self, task: catalog.Task, key: str) -> Step:
+        """``task``'s step for runs keyed ``key``, with its model loaded (raises ModelUnavailable)."""
+        return Step(task, key, self.get(task, key) if task.model else None, task.options(self.settings))
+
+    def loaded(self) -> list[tuple[Any, ...]]:
+        """The keys of the models loaded so far."""
+        with self._lock:
+            return list(self._models)
+
+    def clear(self) -> None:
+        """Forget every model (and failure): the next use loads anew."""
+        with self._lock:
+            self._models.clear()
+            self._failures.clear()
 
 
 @dataclass
@@ -30,69 +121,120 @@ class Runtime:
     sessions: sessionmaker[Session]
     blobs: BlobStore
     identity: str
-    _models: dict[tuple[Any, ...], Any] = field(default_factory=dict)
-    _failures: dict[tuple[Any, ...], tuple[float, Exception]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The queues this process consumes; None: all of them.
+    queues: list[str] | None = None
+    models: ModelCache = field(init=False)
+    _ready: threading.Event = field(default_factory=threading.Event)
 
-    #: A model that failed to load is not tried again for this long (each try may mean a download).
-    RETRY_LOAD_AFTER = 300.0
+    def __post_init__(self) -> None:
+        self.models = ModelCache(self.settings)
+        self._ready.set()
 
-    def model(self, key: tuple[Any, ...], build):
-        """The model stored under ``key``, built (and loaded) by ``build()`` on first use."""
-        with self._lock:
-            if key in self._models:
-                return self._models[key]
-            failed = self._failures.get(key)
-            if failed and time.monotonic() - failed[0] < self.RETRY_LOAD_AFTER:
-                raise failed[1]
-            configure_tensorflow(self.settings)
-            try:
-                model = build()
-                model.load()
-            except Exception as exc:
-                self._failures[key] = (time.monotonic(), exc)
-                raise
-            self._models[key] = model
-            self._failures.pop(key, None)
-            log.info("loaded model %s in process %s", key, os.getpid())
-            return model
+    @classmethod
+    def create(cls, settings: Settings, queues: Sequence[str] | None = None) -> Runtime:
+        """This process's runtime: a new engine (its own pool), the blob store, no model loaded yet."""
+        return cls(settings=settings, sessions=session_factory(make_engine(settings.db_url)),
+                   blobs=BlobStore(settings.blob_dir), identity=f"{socket.gethostname()}:{os.getpid()}",
+                   queues=sorted(queues) if queues else None)
+
+    def configure(self, settings: Settings) -> None:
+        """Use other settings from now on. Loaded models stay: one is only reused where the settings
+        that shape it are the same (they are part of its key)."""
+        self.settings = settings
+        self.models.settings = settings
+
+    # --- what this process serves ----------------------------------------------------------------
+
+    def serves(self, task: str) -> bool:
+        """Whether this process may be sent ``task``'s runs (its queue is among those it consumes)."""
+        return self.queues is None or catalog.get(task).queue in self.queues
 
     def holder_alive(self, holder: str) -> bool:
         return holder_alive(holder, me=self.identity)
 
-    def classifier(self, model: str, weights: str):
-        from tasks.classify import Classifier
+    # --- models and steps --------------------------------------------------------------------------
 
-        def make():
-            classifier = Classifier.create(model, weights)
-            classifier.chunk = forward_chunk(self.settings)
-            return classifier
+    def step(self, task: catalog.Task, key: str) -> Step:
+        """``task``'s step for runs keyed ``key``, with its model loaded (raises ModelUnavailable)."""
+        return self.models.step(task, key)
 
-        return self.model(("classify", model, weights), make)
+    # --- the preload ---------------------------------------------------------------------------------
 
-    def face_detector(self, min_confidence: float, min_size: int, max_side: int | None = None):
-        from tasks.faces import FaceDetector
+    def preload(self) -> list[str]:
+        """Load the models of every configured task this process may be sent and run each step once
+        on a blank image, so that loading, and TensorFlow's tracing, are done before the first photo.
+        Returns what was warmed; a model that cannot be loaded is logged here and reported by its
+        task's runs, as without a preload."""
+        warmed = []
+        started = time.perf_counter()
+        served = {task.name for task in catalog.served_by(self.queues)}
+        for task in catalog.configured(self.settings):
+            if task.name not in served or not task.preload:
+                continue
+            key = task.model_key(self.settings)
+            try:
+                step = self.step(task, key)
+                if step.model is not None:
+                    step.model.warm_up()
+                else:
+                    step([np.full((48, 64, 3), 128, np.uint8)])
+            except Exception as exc:  # noqa: BLE001 - the task's own runs report it, with what to do
+                log.warning("could not preload %s %s in process %s: %s", task.name, key, os.getpid(),
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                continue
+            warmed.append(f"{task.name}:{key}" if key else task.name)
+        log.info("process %s warm: %s in %.1f s", os.getpid(), ", ".join(warmed) or "nothing to load",
+                 time.perf_counter() - started)
+        return warmed
 
-        return self.model(("faces", min_confidence, min_size, max_side),
-                          lambda: FaceDetector(min_confidence, min_size, max_side=max_side, device=tf_device()))
+    def start_preload(self) -> None:
+        """Run :meth:`preload` in a background thread; :meth:`wait_until_ready` waits for it.
+        Celery waits only seconds for a new process, and a model can take longer to load; and
+        TensorFlow's import is not safe from two threads at once."""
+        self._ready.clear()
+
+        def run() -> None:
+            try:
+                self.preload()
+            except Exception:  # noqa: BLE001 - the tasks load what they need themselves
+                log.exception("preloading models failed")
+            finally:
+                self._ready.set()
+
+        threading.Thread(target=run, name="darkroom-preload", daemon=True).start()
+
+    def wait_until_ready(self, timeout: float = PRELOAD_WAIT) -> None:
+        if not self._ready.wait(timeout):
+            log.warning("process %s: models still loading after %.0f s; going ahead", os.getpid(), timeout)
 
 
-def forward_chunk(settings: Settings) -> int | str | None:
-    """``Classifier.chunk`` for this process: images per forward pass (DARKROOM_CLASSIFY_CHUNK);
-    None: the whole batch (on a GPU); ``tasks.classify.CPU_CHUNK``: the model's CPU rule (a few
-    images per pass, the whole batch for a model of several hundred MB of weights)."""
-    if settings.classify_chunk:
-        return settings.classify_chunk
-    from tasks.classify import CPU_CHUNK
+class PerProcess:
+    """One :class:`Runtime` per process, made by ``make`` on first use; a child forgets its
+    parent's (the pid is checked), so a pool or a model never crosses a fork."""
 
-    return None if tf_device().startswith("GPU") else CPU_CHUNK
+    def __init__(self, make: Callable[[], Runtime]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._runtime: Runtime | None = None
+
+    def get(self) -> Runtime:
+        with self._lock:
+            if self._runtime is None or self._pid != os.getpid():
+                self._runtime, self._pid = self._make(), os.getpid()
+            return self._runtime
+
+    def set(self, runtime: Runtime) -> None:
+        """Use ``runtime`` in this process (tests, and `darkroom.analyze`-style embedding)."""
+        with self._lock:
+            self._runtime, self._pid = runtime, os.getpid()
 
 
 def tf_device() -> str:
-    """Where this process runs MTCNN: its first GPU when TensorFlow sees one (mtcnn's own default
-    is the CPU, where its pyramid costs most), else the CPU. Classifiers go where TensorFlow puts
-    them, the GPU first. Call after :func:`configure_tensorflow`."""
-    import tensorflow as tf
+    """Where this process runs its models: the first GPU when TensorFlow sees one (mtcnn's own
+    default is the CPU, where its pyramid costs most), else the CPU. Call after
+    :func:`configure_tensorflow`."""
+    import tensorflow as tf  # heavy: imported in the worker process, after the fork
 
     return "GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"
 
@@ -125,117 +267,6 @@ def holder_alive(holder: str, *, me: str | None = None) -> bool:
             return True
 
 
-_runtime: Runtime | None = None
-_runtime_lock = threading.Lock()
-_tf_configured = False
-
-
-def get_runtime(settings: Settings) -> Runtime:
-    global _runtime
-    with _runtime_lock:  # the preload thread and the first task may ask at once
-        if _runtime is None:
-            engine = make_engine(settings.db_url)
-            _runtime = Runtime(
-                settings=settings,
-                sessions=session_factory(engine),
-                blobs=BlobStore(settings.blob_dir),
-                identity=f"{socket.gethostname()}:{os.getpid()}",
-            )
-        return _runtime
-
-
-def preload(rt: Runtime, queues: Sequence[str] | None = None) -> list[str]:
-    """Load the models of every configured task this process may be sent (those routed to
-    ``queues``; None: all) and run each once on a blank image, so that loading, and TensorFlow's
-    tracing, are done before the first photo. Returns what was warmed; a model that cannot be
-    loaded is logged here and reported by its task's runs, as without a preload."""
-    import numpy as np
-
-    from darkroom.settings import TASK_QUEUES
-    from darkroom.work import parse_classifier_key, planned_work
-
-    cfg = rt.settings
-    warmed = []
-    started = time.perf_counter()
-    for task, model in planned_work(cfg):
-        if queues is not None and TASK_QUEUES[task] not in queues:
-            continue
-        try:
-            if task == "classify":
-                classifier = rt.classifier(*parse_classifier_key(model))
-                width, height = classifier.decode_size
-                # As many images as one forward pass takes: the kernels are chosen per batch shape.
-                count = classifier.chunk or cfg.classify_batch_size
-                classifier.predict([np.full((height, width, 3), 128, np.uint8)] * count, top=1)
-            elif task == "faces":
-                detector = rt.face_detector(cfg.face_min_confidence, cfg.face_min_size, cfg.face_max_side or None)
-                detector.detect(np.full((96, 128, 3), 128, np.uint8))
-            elif task == "augment":
-                from tasks.augment import augment
-                from worker.pipeline import augment_spec
-
-                augment(np.full((48, 64, 3), 128, np.uint8), augment_spec(cfg))
-            else:
-                continue
-        except Exception as exc:  # noqa: BLE001 - the task's own runs report it, with what to do
-            log.warning("could not preload %s %s in process %s: %s", task, model or "", os.getpid(),
-                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            continue
-        warmed.append(f"{task}:{model}" if model else task)
-    log.info("process %s warm: %s in %.1f s", os.getpid(), ", ".join(warmed) or "nothing to load",
-             time.perf_counter() - started)
-    return warmed
-
-
-#: The queues this worker process consumes (set as it starts); None: all of them.
-served_queues: list[str] | None = None
-
-
-def serves(task: str) -> bool:
-    """Whether this process may be sent ``task``'s runs (its queue is among those it consumes)."""
-    from darkroom.settings import TASK_QUEUES
-
-    return served_queues is None or TASK_QUEUES[task] in served_queues
-
-
-_preload_done = threading.Event()
-_preload_done.set()
-
-#: How long a task waits for its process's preload before going ahead anyway.
-PRELOAD_WAIT = 300.0
-
-
-def start_preload(settings: Settings, queues: Sequence[str] | None) -> None:
-    """Run :func:`preload` in a background thread of this (new) worker process. Tasks wait for it
-    (:func:`wait_for_preload`): TensorFlow's import is not safe from two threads at once."""
-    _preload_done.clear()
-
-    def run() -> None:
-        try:
-            preload(get_runtime(settings), queues)
-        except Exception:  # noqa: BLE001 - the tasks load what they need themselves
-            log.exception("preloading models failed")
-        finally:
-            _preload_done.set()
-
-    threading.Thread(target=run, name="darkroom-preload", daemon=True).start()
-
-
-def wait_for_preload(timeout: float = PRELOAD_WAIT) -> None:
-    if not _preload_done.wait(timeout):
-        log.warning("process %s: models still loading after %.0f s; going ahead", os.getpid(), timeout)
-
-
-def _forget_after_fork() -> None:
-    global _runtime, _runtime_lock, _tf_configured, _preload_done
-    _runtime, _runtime_lock, _tf_configured = None, threading.Lock(), False
-    _preload_done = threading.Event()
-    _preload_done.set()
-
-
-os.register_at_fork(after_in_child=_forget_after_fork)
-
-
 def _tf_threads(settings: Settings) -> int:
     if settings.tf_threads:
         return settings.tf_threads
@@ -244,12 +275,16 @@ def _tf_threads(settings: Settings) -> int:
     return max(1, cores // processes)
 
 
+_tf_configured_in: int | None = None
+
+
 def configure_tensorflow(settings: Settings) -> None:
-    """Let TensorFlow share a GPU politely (memory growth) before the first model is built."""
-    global _tf_configured
-    if _tf_configured:
+    """Size TensorFlow's thread pools and let it share a GPU politely (memory growth), once per
+    process, before its first model is built."""
+    global _tf_configured_in
+    if _tf_configured_in == os.getpid():
         return
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: imported in the worker process, after the fork
 
     threads = _tf_threads(settings)
     try:
@@ -264,4 +299,4 @@ def configure_tensorflow(settings: Settings) -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:  # already initialised in this process
             pass
-    _tf_configured = True
+    _tf_configured_in = os.getpid()
