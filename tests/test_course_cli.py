@@ -222,12 +222,13 @@ def test_classify_errors(run, files, args, needles):
 
 def test_classify_unavailable_imagenet_weights(run, files, monkeypatch):
     """ImageNet weights that cannot be had (no cache, no network): the loader's message, on one line."""
-    from tasks.classify import Classifier, ModelUnavailable
+    from tasks import keras_models
+    from tasks.classify import ModelUnavailable
 
-    def no_download(spec):
-        raise ModelUnavailable(f"classifier {spec.name!r}: no ImageNet weights here.\nSet DARKROOM_CLASSIFIER_WEIGHTS.")
+    def no_download(spec, names):
+        raise ModelUnavailable(f"classifier {spec.name!r}: no ImageNet weights here.\nSet {names['weights']}.")
 
-    monkeypatch.setattr(Classifier, "_imagenet_weights", staticmethod(no_download))
+    monkeypatch.setattr(keras_models, "_imagenet_weights", no_download)
     one_line_error(run("classify", files["chelsea"], "--model", "mobilenet_v2"), "mobilenet_v2",
                    "DARKROOM_CLASSIFIER_WEIGHTS")
 
@@ -351,7 +352,7 @@ def store(tmp_path, redis_url, monkeypatch):
 
 
 def test_rerun_classify_with_another_model_creates_and_sends_runs(run, store):
-    from storage import repo
+    from storage import files, ledger
     from storage.db import transaction
     from storage.models import DONE, QUEUED, TaskRun
     from worker.queues import queue_depths
@@ -359,14 +360,14 @@ def test_rerun_classify_with_another_model_creates_and_sends_runs(run, store):
     sessions, client = store
     work = [("classify", "mobilenet_v2@none"), ("normalize", "")]
     with transaction(sessions) as s:
-        regs = [repo.register_file(s, path=f"/in/{c}.jpg", size_bytes=1, mtime_ns=1, sha256=c * 64, fmt="JPEG",
+        regs = [files.register_file(s, path=f"/in/{c}.jpg", size_bytes=1, mtime_ns=1, sha256=c * 64, fmt="JPEG",
                                    width=4, height=4, rejected_reason=None, work=work) for c in "ab"]
-        repo.register_file(s, path="/in/c.txt", size_bytes=1, mtime_ns=1, sha256="c" * 64, fmt=None, width=None,
+        files.register_file(s, path="/in/c.txt", size_bytes=1, mtime_ns=1, sha256="c" * 64, fmt=None, width=None,
                            height=None, rejected_reason="not an image", work=work)
         for reg in regs:
-            repo.mark_enqueued(s, reg.run_ids)
+            ledger.mark_enqueued(s, reg.run_ids)
             for run_id in reg.run_ids:
-                repo.finish_run(s, run_id, status=DONE)
+                ledger.finish_run(s, run_id, status=DONE)
     # When a different model is asked for
     result = run("rerun", "--task", "classify", "--model", "resnet50", "--weights", "none")
     assert result.exit_code == 0, result.output

@@ -1,20 +1,19 @@
 """`darkroom bench`: Darkroom's throughput against a naive Celery peer and an in-process reference.
 
-Registered into the ``darkroom`` app by :func:`register` (``darkroom.cli`` calls it when this module
-exists). The work is in the ``bench`` package at the repository's root (not installed with
-Darkroom); it is imported only when the command runs.
+Registered into the ``darkroom`` app by :func:`register`. The work is in the ``bench`` package at
+the repository's root; it (and TensorFlow with it) is imported only when the command runs.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-
-from darkroom.console import fail as _fail
 from rich.console import Console
+
+from darkroom.cli.common import fail
 
 console = Console(stderr=True)
 out = Console()
@@ -23,6 +22,14 @@ if not out.is_terminal or out.width < 120:
 
 
 def _import_bench():
+    """The bench package (and TensorFlow with it), when the command runs; its corpus needs the
+    ``bench`` extra's packages."""
+    for module in ("skimage", "sklearn"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise fail(f"`darkroom bench` needs {module} for its photos: pip install 'darkroom[bench]' "
+                       "(from a checkout: pip install -e '.[bench]')") from None
     from bench import report, runner
 
     return report, runner
@@ -34,22 +41,23 @@ def _ints(text: str, what: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise _fail(f"{what} must be comma-separated whole numbers, got {text!r}") from None
+        raise fail(f"{what} must be comma-separated whole numbers, got {text!r}") from None
     if any(v < 1 for v in values):
-        raise _fail(f"{what} must be positive, got {text!r}")
+        raise fail(f"{what} must be positive, got {text!r}")
     return values
 
 
 def bench_command(
+    ctx: typer.Context,
     n: Annotated[int, typer.Option("--n", min=1, help="Photos in the corpus.")] = 200,
-    model: Annotated[Optional[list[str]], typer.Option(
+    model: Annotated[list[str] | None, typer.Option(
         "--model", help="Classifier to benchmark; repeat for several. Default: vgg16 and mobilenet_v2.",
         show_default=False)] = None,
     systems: Annotated[str, typer.Option(help="Comma-separated: naive,reference,darkroom.")] = "naive,reference,darkroom",
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure single drops into an idle system.")] = True,
     scale: Annotated[str, typer.Option(help="Corpus sizes for Darkroom's per-image cost as the work grows "
                                             "(comma-separated; 'none' to skip).")] = "200,1000,5000",
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write every measurement here.",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write every measurement here.",
                                                       show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Corpus (and seeded weights) seed.")] = 0,
     weights: Annotated[str, typer.Option(
@@ -58,7 +66,7 @@ def bench_command(
     concurrency: Annotated[int, typer.Option(min=1, help="Worker processes of the naive peer and of Darkroom.")] = 2,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="The reference's classification batch.")] = 16,
     drops: Annotated[int, typer.Option(min=1, help="Single drops for the latency measurement.")] = 20,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Where corpora and seeded weights are cached "
+    cache_dir: Annotated[Path | None, typer.Option(help="Where corpora and seeded weights are cached "
                                                            "(default ~/.cache/darkroom-bench).", show_default=False)] = None,
     redis_url: Annotated[str, typer.Option(help="Redis server (its databases below are flushed; never 0).")] = "redis://127.0.0.1:6379",
     naive_db: Annotated[int, typer.Option(min=1, max=15, help="Redis database of the naive peer.")] = 15,
@@ -68,21 +76,24 @@ def bench_command(
         help="Also run Darkroom with the classify task alone (the classify stage's throughput inside the pipeline).")] = True,
     keep: Annotated[bool, typer.Option(help="Keep the working folder (logs, stores).")] = False,
 ) -> None:
-    """Benchmark Darkroom against a naive Celery peer and an in-process reference, on real photos."""
+    """Benchmark Darkroom against a naive Celery peer and an in-process reference, on real photos
+    (`darkroom bench duplicates`: the near-duplicate grouping against comparing all pairs)."""
+    if ctx.invoked_subcommand is not None:
+        return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     report, runner = _import_bench()
     chosen = tuple(s.strip() for s in systems.split(",") if s.strip())
     bad = [s for s in chosen if s not in runner.SYSTEMS]
     if bad or not chosen:
-        raise _fail(f"--systems takes some of {', '.join(runner.SYSTEMS)}; got {systems!r}")
+        raise fail(f"--systems takes some of {', '.join(runner.SYSTEMS)}; got {systems!r}")
     from tasks.classify import REGISTRY
 
     models = model or ["vgg16", "mobilenet_v2"]
     unknown = [m for m in models if m not in REGISTRY]
     if unknown:
-        raise _fail(f"unknown model(s) {', '.join(unknown)}: choose from {', '.join(REGISTRY)}")
+        raise fail(f"unknown model(s) {', '.join(unknown)}: choose from {', '.join(REGISTRY)}")
     if weights not in ("seeded", "none") and not Path(weights).is_file():
-        raise _fail(f"--weights must be 'seeded', 'none' or an existing weights file; got {weights!r}")
+        raise fail(f"--weights must be 'seeded', 'none' or an existing weights file; got {weights!r}")
     opts = runner.Options(
         n=n, models=models, systems=chosen, latency=latency, latency_drops=drops, scale=_ints(scale, "--scale"),
         json_path=json_path, seed=seed, concurrency=concurrency, batch_size=batch_size, weights=weights,
@@ -109,11 +120,31 @@ def bench_command(
     try:
         runner.run(opts, log=lambda msg: console.print(msg, highlight=False, soft_wrap=True, markup=False), show=show)
     except (RuntimeError, TimeoutError, ValueError, OSError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if json_path:
         console.print(f"measurements written to {json_path}", highlight=False)
 
 
+def duplicates_command(
+    sizes: Annotated[str, typer.Option(help="Numbers of hashes to group (comma-separated).")] = "10000,100000,1000000",
+    distance: Annotated[int, typer.Option(min=0, max=32, help="Bits within which hashes are near-duplicates.")] = 8,
+    clusters: Annotated[int | None, typer.Option(
+        help="Planted clusters of near-duplicates per size (default: n/200, at most 5000).", show_default=False)] = None,
+    all_pairs_max: Annotated[int, typer.Option(
+        help="Largest size at which all pairs are compared; beyond it the time is extrapolated (n squared).")] = 100_000,
+    seed: Annotated[int, typer.Option(help="Seed of the random hashes.")] = 0,
+) -> None:
+    """Near-duplicate grouping (the phash task's index) against comparing all pairs, on random 64-bit
+    hashes with planted clusters: seconds, groups, planted clusters recovered, peak memory, speed-up."""
+    from bench import near_duplicates  # numpy only; no corpus needed
+
+    out.print(near_duplicates.table(near_duplicates.run(_ints(sizes, "--sizes"), distance, clusters, all_pairs_max,
+                                                        seed)), highlight=False, markup=False)
+
+
 def register(app: typer.Typer) -> None:
-    """Add `darkroom bench` to the ``darkroom`` app."""
-    app.command("bench")(bench_command)
+    """Add `darkroom bench` (and `darkroom bench duplicates`) to the ``darkroom`` app."""
+    group = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+    group.callback()(bench_command)
+    group.command("duplicates")(duplicates_command)
+    app.add_typer(group, name="bench")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from darkroom import catalog
 from darkroom.settings import Settings
-from darkroom.work import classifier_key
-from storage import repo
+from storage import results
 
 _EXT = {"image/jpeg": "jpg", "image/png": "png"}
 
@@ -29,18 +29,17 @@ def artifact_name(kind: str, idx: int, mime: str) -> str:
 
 def export_images(sessions: sessionmaker[Session], directory: Path, selectors: Sequence[str],
                   settings: Settings) -> tuple[int, int]:
-    primary = classifier_key(settings.classifier_model, settings.classifier_weights)
     root = directory.resolve()
     root.mkdir(parents=True, exist_ok=True)
     n_images = n_files = 0
     with sessions() as s:
-        for image in repo.find_images(s, selectors):
+        for image in results.find_images(s, selectors):
             folder = root / image.sha256  # sha256 is validated hex: cannot contain a separator
             folder.mkdir(exist_ok=True)
-            for art in repo.artifacts_for(s, image.id):
+            for art in results.artifacts_for(s, image.id):
                 _write(folder / artifact_name(art.kind, art.idx, art.mime), art.data)
                 n_files += 1
-            result = repo.image_results(s, image, primary_model=primary)
+            (result,) = catalog.results_json(s, [image], settings)
             _write(folder / "result.json", json.dumps(result, indent=2, ensure_ascii=False).encode())
             n_files += 1
             n_images += 1

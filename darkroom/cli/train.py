@@ -1,8 +1,8 @@
 """`darkroom train`: course lesson 5, train your own classifier, then use it in the pipeline.
 
-Registered into the ``darkroom`` app by :func:`register` (``darkroom.cli`` calls it when this module
-exists). The work is :mod:`tasks.train`; this module parses options, shows progress and reports.
-Keras is imported only when the command runs, never when the app is built.
+Registered into the ``darkroom`` app by :func:`register`. The work is :mod:`tasks.train`; this
+module parses options, shows progress and reports. Keras and TensorFlow are imported only when the
+command runs, never when the app is built.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import os
 import re
 import shlex
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
-from darkroom.console import err as console
-from darkroom.console import fail as _fail
-from darkroom.console import out
+
+from darkroom.cli.common import err as console
+from darkroom.cli.common import fail, out, read_settings
 
 
 def _progress_callback(progress: Any, epochs: int) -> Any:
@@ -61,25 +61,25 @@ def _slug(name: str) -> str:
     return slug or "model"
 
 
-def _load_data(data: Optional[Path], *, size: int, color: str, test_fraction: float, seed: int,
-               classes: Optional[str]):
+def _load_data(data: Path | None, *, size: int, color: str, test_fraction: float, seed: int,
+               classes: str | None):
     """(dataset, description, default model name) for the --data given."""
     from tasks import train as tr
 
     names = [c.strip() for c in classes.split(",")] if classes else None
     if names is not None and any(not n for n in names):
-        raise _fail("--classes must be comma-separated names with none empty")
+        raise fail("--classes must be comma-separated names with none empty")
     if data is None:
         if names is not None:
-            raise _fail("--classes applies to IDX folders only; Fashion-MNIST's names are built in")
+            raise fail("--classes applies to IDX folders only; Fashion-MNIST's names are built in")
         console.print("No --data: fetching Fashion-MNIST with Keras's downloader "
                       "(cached in ~/.keras/datasets/fashion-mnist) ...", highlight=False, soft_wrap=True)
         dataset = tr.load_keras_fashion_mnist()
         return dataset, "Fashion-MNIST (Keras's download)", "fashion-mnist"
     if not data.exists():
-        raise _fail(f"no such folder: {data}")
+        raise fail(f"no such folder: {data}")
     if not data.is_dir():
-        raise _fail(f"--data must be a folder (the four IDX files, or one sub-folder per class): {data} is a file")
+        raise fail(f"--data must be a folder (the four IDX files, or one sub-folder per class): {data} is a file")
     name = _slug(data.resolve().name)
     if tr.is_idx_folder(data):
         if size != 28 or color != "grayscale":
@@ -88,19 +88,19 @@ def _load_data(data: Optional[Path], *, size: int, color: str, test_fraction: fl
         dataset = tr.load_idx_folder(data, classes=names)
         return dataset, f"IDX files in {data}", name
     if names is not None:
-        raise _fail("--classes applies to IDX folders; a labelled folder's classes are its sub-folders' names")
+        raise fail("--classes applies to IDX folders; a labelled folder's classes are its sub-folders' names")
     dataset = tr.load_labelled_folder(data, size=(size, size), color_mode=color,
                                       test_fraction=test_fraction, seed=seed)
     return dataset, f"labelled folder {data}", name
 
 
 def train_command(
-    data: Annotated[Optional[Path], typer.Option(
+    data: Annotated[Path | None, typer.Option(
         "--data", help="A folder with the four Fashion-MNIST IDX files (train-images-idx3-ubyte, ...; .gz or "
                        "not), or a labelled folder: one sub-folder of images per class. Default: Fashion-MNIST "
                        "via Keras's downloader (connected machines).",
         show_default=False)] = None,
-    out_path: Annotated[Optional[Path], typer.Option(
+    out_path: Annotated[Path | None, typer.Option(
         "--out", help="Where to save the model (.keras; class names go beside it in <name>.json). "
                       "Default: DATA_DIR/models/<name>.keras.", show_default=False)] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 10,
@@ -112,7 +112,7 @@ def train_command(
     seed: Annotated[int, typer.Option(help="Random seed (weights, shuffling, the test split).")] = 0,
     test_fraction: Annotated[float, typer.Option(
         "--test-fraction", help="Labelled folders: share of each class held out for testing.")] = 0.2,
-    classes: Annotated[Optional[str], typer.Option(
+    classes: Annotated[str | None, typer.Option(
         help="IDX folders: comma-separated class names in label order (default: classes.txt in the "
              "folder, else Fashion-MNIST's).", show_default=False)] = None,
 ) -> None:
@@ -121,9 +121,9 @@ def train_command(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     color = color.strip().lower()
     if color not in ("grayscale", "rgb"):
-        raise _fail(f"--color must be grayscale or rgb, got {color!r}")
+        raise fail(f"--color must be grayscale or rgb, got {color!r}")
     if not 0.0 < test_fraction < 1.0:
-        raise _fail(f"--test-fraction must be between 0 and 1 (exclusive), got {test_fraction}")
+        raise fail(f"--test-fraction must be between 0 and 1 (exclusive), got {test_fraction}")
 
     from tasks import train as tr
 
@@ -131,7 +131,7 @@ def train_command(
         dataset, what, name = _load_data(data, size=size, color=color, test_fraction=test_fraction,
                                          seed=seed, classes=classes)
     except (tr.DataError, OSError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     for path, reason in dataset.skipped:
         console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False, soft_wrap=True)
     if dataset.skipped:
@@ -139,9 +139,7 @@ def train_command(
                       soft_wrap=True)
 
     if out_path is None:
-        from darkroom.settings import get_settings
-
-        out_path = get_settings().data_dir / "models" / f"{name}.keras"
+        out_path = read_settings().data_dir / "models" / f"{name}.keras"
     elif out_path.suffix.lower() != ".keras":
         out_path = out_path.with_name(out_path.name + ".keras")
 
@@ -176,7 +174,7 @@ def train_command(
     try:
         saved = tr.save(result.model, out_path, dataset.classes, dataset.input_size, dataset.color_mode, extra=extra)
     except OSError as exc:
-        raise _fail(f"cannot save the model to {out_path}: {exc}") from None
+        raise fail(f"cannot save the model to {out_path}: {exc}") from None
     saved = saved.resolve()
     out.print(f"saved the model to {saved} (class names in {saved.with_suffix('.json')})", highlight=False,
               soft_wrap=True)

@@ -1,4 +1,4 @@
-"""Making sure the services Darkroom needs answer: Redis (started locally when allowed), the schema."""
+"""Making sure the services Darkroom needs answer: Redis, started locally by `darkroom up` when allowed."""
 
 from __future__ import annotations
 

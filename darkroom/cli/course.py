@@ -1,24 +1,21 @@
-"""The course's lessons as commands: ``normalize``, ``model summary``, ``classify``, ``augment``,
-``faces`` (each on files, in this process, storing nothing), and ``rerun`` (a task over the store,
-through the queue and the workers).
+"""The course's lessons as commands: ``normalize``, ``model summary``, ``classify``, ``augment`` and
+``faces``, each on files, in this process, storing nothing.
 
-``darkroom.cli`` calls :func:`register` at import. Output is plain text on stdout (``--json`` for
-scripts); an error is one line on stderr, ``darkroom: ...``, with exit code 1.
+Output is plain text on stdout (``--json`` for scripts); an error is one line on stderr,
+``darkroom: ...``, with exit code 1. TensorFlow (through tasks.*) is imported inside each command,
+never when the app is built.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Optional
+from typing import Annotated, Any
 
 import typer
 
-from darkroom.console import fail
-
-from darkroom.settings import ALL_TASKS, Settings
+from darkroom.cli.common import CLASSIFIER_FLAGS, die, model_and_weights, print_json, read_settings
+from darkroom.settings import Settings
 
 model_app = typer.Typer(help="Look inside models (lesson 3).", no_args_is_help=True)
 
@@ -33,30 +30,18 @@ def register(app: typer.Typer) -> None:
     app.command("classify")(classify)
     app.command("augment")(augment)
     app.command("faces")(faces)
-    app.command("rerun")(rerun)
 
 
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _die(message: str) -> NoReturn:
-    """One line on stderr and exit code 1."""
-    raise fail(" ".join(str(message).split()))
-
-
-def _settings() -> Settings:
-    from darkroom.cli import _settings as read
-
-    return read()
-
-
 def _check_files(paths: list[Path]) -> None:
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
-        _die(f"no such file: {', '.join(missing)}")
+        die(f"no such file: {', '.join(missing)}")
     folders = [str(p) for p in paths if not p.is_file()]
     if folders:
-        _die(f"not a file: {', '.join(folders)} (give image files; `darkroom ingest` takes folders)")
+        die(f"not a file: {', '.join(folders)} (give image files; `darkroom ingest` takes folders)")
 
 
 def _load(path: Path, settings: Settings):
@@ -67,13 +52,9 @@ def _load(path: Path, settings: Settings):
     try:
         return decode(path, max_pixels=settings.max_image_pixels)
     except BadImage as exc:
-        _die(f"{path}: {exc}")
+        die(f"{path}: {exc}")
     except OSError as exc:
-        _die(f"{path}: cannot be read ({exc.strerror or exc})")
-
-
-def _echo_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        die(f"{path}: cannot be read ({exc.strerror or exc})")
 
 
 def _image_format(out: Path) -> str:
@@ -82,7 +63,7 @@ def _image_format(out: Path) -> str:
         return "JPEG"
     if suffix == ".png":
         return "PNG"
-    _die(f"{out}: write a .jpg or .png file")
+    die(f"{out}: write a .jpg or .png file")
 
 
 def _write_image(out: Path, pixels) -> None:
@@ -93,7 +74,7 @@ def _write_image(out: Path, pixels) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(data)
     except OSError as exc:
-        _die(f"cannot write {out}: {exc.strerror or exc}")
+        die(f"cannot write {out}: {exc.strerror or exc}")
 
 
 # --- lesson 2: normalize -------------------------------------------------------------------------
@@ -112,11 +93,11 @@ def normalize(
         mode, suffix_per_channel = parse_mode(mode)
         mode, per_channel = parse_mode(format_mode(mode, per_channel or suffix_per_channel))
     except ValueError as exc:
-        _die(f"--mode: {exc}")
-    settings = _settings()
+        die(f"--mode: {exc}")
+    settings = read_settings()
     report = normalize_stats(_load(path, settings), mode=mode, per_channel=per_channel)
     if as_json:
-        _echo_json({"path": str(path), **report.to_dict()})
+        print_json({"path": str(path), **report.to_dict()})
         return
     for line in report_lines(report):
         typer.echo(line)
@@ -144,13 +125,13 @@ def summary(
     try:
         extra = cnn.parse_layers(layers)
     except ValueError as exc:
-        _die(f"--layers: {exc}")
+        die(f"--layers: {exc}")
     model = _summary_model(name, extra, weights)
     rows = cnn.layer_rows(model)
     total, trainable, frozen = cnn.total_params(model)
     story = cnn.shape_story(model)
     if as_json:
-        _echo_json({"model": model.name, "input_shape": list(cnn.input_shape(model)),
+        print_json({"model": model.name, "input_shape": list(cnn.input_shape(model)),
                     "layers": [r.to_dict() for r in rows], "total_params": total,
                     "trainable_params": trainable, "non_trainable_params": frozen, "shape_story": story})
         return
@@ -184,23 +165,24 @@ def _summary_model(name: str, extra: list[tuple[str, int]], weights: str):
     key = name.strip().lower()
     builders = {"lesson3": cnn.lesson3, "lesson5": cnn.lesson5}
     if extra and key not in builders:
-        _die("--layers adds layers to the course's own CNNs: use it with lesson3 or lesson5")
+        die("--layers adds layers to the course's own CNNs: use it with lesson3 or lesson5")
     try:
         if key in builders:
             return builders[key](extra)
         if key in REGISTRY:
             if weights.strip().lower() == "none":
                 return REGISTRY[key].build(weights=None)
-            return Classifier.create(key, weights).keras_model
+            return Classifier.create(key, weights, names=CLASSIFIER_FLAGS).keras_model
         path = Path(name).expanduser()
         if path.suffix.lower() == ".keras" or path.exists():
             _check_files([path])
-            return Classifier.create(str(path), "imagenet" if weights.strip().lower() == "none" else weights).keras_model
+            return Classifier.create(str(path), "imagenet" if weights.strip().lower() == "none" else weights,
+                                     names=CLASSIFIER_FLAGS).keras_model
     except ModelUnavailable as exc:
-        _die(str(exc))
+        die(str(exc))
     except ValueError as exc:
-        _die(f"{name}: {exc}")
-    _die(f"unknown model {name!r}: use lesson3, lesson5, one of {', '.join(REGISTRY)}, "
+        die(f"{name}: {exc}")
+    die(f"unknown model {name!r}: use lesson3, lesson5, one of {', '.join(REGISTRY)}, "
          "or the path of a saved .keras model")
 
 
@@ -209,10 +191,10 @@ def _summary_model(name: str, extra: list[tuple[str, int]], weights: str):
 
 def classify(
     paths: Annotated[list[Path], typer.Argument(help="Image files.")],
-    model: Annotated[Optional[str], typer.Option(
+    model: Annotated[str | None, typer.Option(
         "--model", help="vgg16, vgg19, resnet50, mobilenet_v2, efficientnet_b0, inception_v3, xception, "
                         "or a saved .keras model (default: DARKROOM_CLASSIFIER_MODEL).")] = None,
-    weights: Annotated[Optional[str], typer.Option(
+    weights: Annotated[str | None, typer.Option(
         "--weights", help="imagenet, none, or a weights file (default: DARKROOM_CLASSIFIER_WEIGHTS, "
                           "or imagenet with --model).")] = None,
     top: Annotated[int, typer.Option("--top", "-k", min=1, max=1000, help="Labels per image.")] = 5,
@@ -221,15 +203,15 @@ def classify(
     """Lesson 4: label photos with a pre-trained model, printed `label (xx.xx%)` as the course does."""
     from tasks.classify import Classifier, ModelUnavailable
 
-    settings = _settings()
-    model, weights = _model_and_weights(settings, model, weights)
+    settings = read_settings()
+    model, weights = model_and_weights(settings, model, weights)
     _check_files(paths)
     try:
-        classifier = Classifier.create(model, weights)
+        classifier = Classifier.create(model, weights, names=CLASSIFIER_FLAGS)
     except ModelUnavailable as exc:
-        _die(str(exc))
+        die(str(exc))
     except ValueError as exc:
-        _die(f"--model: {exc}")
+        die(f"--model: {exc}")
     results: list[dict[str, Any]] = []
     for start in range(0, len(paths), _BATCH):
         chunk = paths[start:start + _BATCH]
@@ -237,7 +219,7 @@ def classify(
         try:
             labels = classifier.predict(images, top=top)
         except ModelUnavailable as exc:
-            _die(str(exc))
+            die(str(exc))
         for path, found in zip(chunk, labels):
             results.append({"path": str(path), "labels": [lab.to_dict() for lab in found]})
             if not as_json:
@@ -245,15 +227,7 @@ def classify(
                 for lab in found:
                     typer.echo(f"{lab.label} ({lab.score * 100:.2f}%)")
     if as_json:
-        _echo_json([{"model": classifier.name, "weights": classifier.version, **r} for r in results])
-
-
-def _model_and_weights(settings: Settings, model: str | None, weights: str | None) -> tuple[str, str]:
-    """--model/--weights over the settings: a --model without --weights means ImageNet weights
-    (the configured weights belong to the configured model)."""
-    if model is None:
-        return settings.classifier_model, weights if weights is not None else settings.classifier_weights
-    return model, weights if weights is not None else "imagenet"
+        print_json([{"model": classifier.name, "weights": classifier.version, **r} for r in results])
 
 
 # --- lesson 6: augment ---------------------------------------------------------------------------
@@ -265,19 +239,20 @@ def augment(
         "--augment", "-a", help="key=value pairs over the settings, e.g. 'flip=hv,rotation=90,zoom=0.2'; keys: "
                                 "flip, rotation, count, seed, size, width_shift, height_shift, zoom, shear, "
                                 "brightness, contrast, channel_shift, fill_mode, fill_value.")] = "",
-    out: Annotated[Optional[Path], typer.Option(
+    out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Where to write the contact sheet (.jpg or .png); default NAME-augmented.jpg here.")] = None,
     cols: Annotated[int, typer.Option("--cols", min=1, max=64, help="Images per row.")] = 3,
 ) -> None:
     """Lesson 6: randomly transformed copies of a photo, written as one contact sheet (the lesson's 3×3 plot)."""
-    from tasks.augment import AugmentSpec, augment as make, contact_sheet, parse_spec
-    from worker.pipeline import augment_spec
+    from darkroom import catalog
+    from tasks.augment import AugmentSpec, contact_sheet, parse_spec, spec_from
+    from tasks.augment import augment as make
 
-    settings = _settings()
+    settings = read_settings()
     try:
-        chosen = parse_spec(spec, augment_spec(settings))
+        chosen = parse_spec(spec, spec_from(**catalog.get("augment").options(settings)))
     except ValueError as exc:
-        _die(f"--augment: {exc}")
+        die(f"--augment: {exc}")
     out = out or Path(f"{path.stem}-augmented.jpg")
     _image_format(out)
     images = make(_load(path, settings), chosen)
@@ -297,13 +272,13 @@ def augment(
 
 def faces(
     path: Annotated[Path, typer.Argument(help="An image file.")],
-    min_confidence: Annotated[Optional[float], typer.Option(
+    min_confidence: Annotated[float | None, typer.Option(
         "--min-confidence", help="Faces MTCNN is less sure of are dropped (default: DARKROOM_FACE_MIN_CONFIDENCE).")] = None,
-    min_size: Annotated[Optional[int], typer.Option(
+    min_size: Annotated[int | None, typer.Option(
         "--min-size", help="Smallest face looked for, in pixels (default: DARKROOM_FACE_MIN_SIZE).")] = None,
-    out: Annotated[Optional[Path], typer.Option(
+    out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Where to write the boxed image (.jpg or .png); default NAME-faces.jpg here.")] = None,
-    crops: Annotated[Optional[Path], typer.Option(
+    crops: Annotated[Path | None, typer.Option(
         "--crops", help="Also write each face's crop into this folder (NAME-face-<i>.jpg).")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -312,19 +287,19 @@ def faces(
     from tasks.draw import draw_boxes
     from tasks.faces import FaceDetector, crop
 
-    settings = _settings()
+    settings = read_settings()
     try:
         detector = FaceDetector(settings.face_min_confidence if min_confidence is None else min_confidence,
                                 settings.face_min_size if min_size is None else min_size)
     except ValueError as exc:
-        _die(str(exc))
+        die(str(exc))
     out = out or Path(f"{path.stem}-faces.jpg")
     _image_format(out)
     image = _load(path, settings)
     try:
         found = detector.detect(image)
     except ModelUnavailable as exc:
-        _die(str(exc))
+        die(str(exc))
     _write_image(out, draw_boxes(image, [f.box for f in found], [f.keypoints for f in found]))
     crop_paths = []
     if crops is not None:
@@ -332,7 +307,7 @@ def faces(
             crop_paths.append(crops / f"{path.stem}-face-{i}.jpg")
             _write_image(crop_paths[-1], crop(image, face))
     if as_json:
-        _echo_json({"path": str(path), "faces": [f.to_dict() for f in found], "boxed": str(out),
+        print_json({"path": str(path), "faces": [f.to_dict() for f in found], "boxed": str(out),
                     "crops": [str(p) for p in crop_paths]})
         return
     typer.echo(f"{path}: {len(found)} face{'s' if len(found) != 1 else ''}")
@@ -343,64 +318,3 @@ def faces(
     typer.echo(f"boxed image: {out}")
     if crop_paths:
         typer.echo(f"crops: {', '.join(map(str, crop_paths))}")
-
-
-# --- rerun ---------------------------------------------------------------------------------------
-
-
-def rerun(
-    task: Annotated[str, typer.Option("--task", "-t", help=f"One of {', '.join(ALL_TASKS)}.")],
-    model: Annotated[Optional[str], typer.Option(
-        "--model", help="classify only: the classifier (default: DARKROOM_CLASSIFIER_MODEL). Another model "
-                        "labels every image anew, stored beside the labels already there.")] = None,
-    weights: Annotated[Optional[str], typer.Option(
-        "--weights", help="classify only: imagenet, none or a weights file.")] = None,
-    failed_only: Annotated[bool, typer.Option("--failed-only", help="Only the runs that failed.")] = False,
-) -> None:
-    """Do a task again over every stored image, through the queue: a new classifier, changed settings."""
-    # Creates the task's run for every image that lacks it (another --model labels every image anew,
-    # its labels stored beside the others) and sends the done and failed runs again; --failed-only
-    # sends the failed ones only (repo.rerun).
-    from darkroom.cli import _check_broker, _sessions
-    from darkroom.work import FACE_MODEL, classifier_key
-    from storage import repo
-    from storage.db import transaction
-    from tasks.classify import Classifier, ModelUnavailable
-
-    if task not in ALL_TASKS:
-        _die(f"--task: unknown task {task!r}: use one of {', '.join(ALL_TASKS)}")
-    settings = _settings()
-    if task == "classify":
-        name, chosen = _model_and_weights(settings, model, weights)
-        try:
-            Classifier.create(name, chosen)  # cheap: checks the name and that given files exist
-        except ModelUnavailable as exc:
-            _die(str(exc))
-        except ValueError as exc:
-            _die(f"--model: {exc}")
-        key = classifier_key(name, chosen)
-    elif model is not None or weights is not None:
-        _die("--model and --weights apply to --task classify only")
-    else:
-        key = FACE_MODEL if task == "faces" else ""
-    _check_broker(settings)
-    sessions = _sessions(settings)
-    with transaction(sessions) as s:
-        done = repo.rerun(s, task, key, failed_only=failed_only)
-    sent = _send_unsent(settings)
-    label = f"{task}:{key}" if key else task
-    typer.echo(f"{label}: {len(done.created)} new run(s), {len(done.requeued)} requeued; {sent} sent "
-               "(a worker does the work: `darkroom worker` or `darkroom up`)")
-
-
-def _send_unsent(settings: Settings) -> int:
-    """Send every run whose message is not in the broker yet: the producer's own sending, with its
-    backpressure."""
-    from producer.registrar import Registrar
-    from worker.app import create_app
-
-    celery_app = create_app(settings)
-    try:
-        return Registrar(settings=settings, app=celery_app, roots=[]).send_pending()
-    finally:
-        celery_app.close()

@@ -1,0 +1,390 @@
+"""Looking at and acting on the SQL ledger: `status`, `results`, `export`, `retry`, `rerun`,
+`reconcile`, `migrate` and `config`.
+
+The producer, worker and storage stack (Celery, SQLAlchemy, redis) and TensorFlow (through
+tasks.classify) are imported inside each command, so that building the app for `darkroom --help`
+does not load them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from darkroom import catalog
+from darkroom.cli.common import (
+    CLASSIFIER_FLAGS,
+    EXIT_ERROR,
+    EXIT_PARTIAL,
+    broker_problem,
+    check_broker,
+    database_unreachable,
+    die,
+    err,
+    expand_selectors,
+    fail,
+    model_and_weights,
+    one_line,
+    out,
+    print_json,
+    read_settings,
+    sessions,
+    short_path,
+    short_reason,
+    shorten,
+)
+from darkroom.settings import Settings
+
+#: Problem groups `status` shows without --all.
+STATUS_GROUPS = 20
+#: Seconds between `retry --wait`'s looks at the ledger.
+WAIT_POLL_SECONDS = 1.0
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(retry)
+    app.command()(reconcile)
+    app.command()(migrate)
+    app.command()(status)
+    app.command()(results)
+    app.command()(export)
+    app.command()(config)
+
+
+def register_rerun(app: typer.Typer) -> None:
+    """`rerun` is listed with the course's commands, as before."""
+    app.command("rerun")(rerun)
+
+
+# --- acting -------------------------------------------------------------------------------------
+
+
+def retry(
+    failed: Annotated[bool, typer.Option("--failed/--no-failed", help="Retry failed runs.")] = True,
+    rejected: Annotated[bool, typer.Option(help="Also re-examine rejected images (e.g. after raising a limit).")] = False,
+    task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Wait until the runs sent are finished, printing each outcome; exit 3 if any failed "
+                       "or was rejected again (a worker must be running).")] = False,
+) -> None:
+    """Send failed (and, if asked, rejected) task runs to the workers again."""
+    from producer.registrar import Registrar
+    from storage import ledger
+    from storage.db import transaction
+    from storage.models import FAILED, REJECTED
+    from worker.app import app as celery_app
+
+    settings = read_settings()
+    if task is not None and task not in catalog.NAMES:
+        raise fail(f"unknown task {task!r}; one of: {', '.join(catalog.NAMES)}")
+    statuses = [s for s, wanted in ((FAILED, failed), (REJECTED, rejected)) if wanted]
+    if not statuses:
+        raise fail("nothing to retry: give --failed and/or --rejected")
+    check_broker(settings)
+    registrar = Registrar(settings=settings, app=celery_app, roots=[])
+    with transaction(registrar.sessions) as s:
+        ids = ledger.requeue_runs(s, statuses=statuses, task=task)
+    registrar.send_pending()
+    out.print(f"sent {len(ids)} run(s) to the workers again", highlight=False)
+    if wait and ids:
+        raise typer.Exit(_wait_for(registrar.sessions, ids))
+
+
+def _wait_for(factory, run_ids: list[int]) -> int:
+    """Print each run's outcome as it ends; 3 when any failed or was rejected, else 0."""
+    from darkroom.cli.feed import run_line
+    from storage import progress
+    from storage.db import read_only
+
+    left = set(run_ids)
+    bad = 0
+    started = time.monotonic()
+    err.print(f"waiting for {len(left)} run(s) to finish (`darkroom worker` or `darkroom up` does the work; "
+              "Ctrl-C stops waiting, not the work)", highlight=False, soft_wrap=True)
+    while left:
+        with read_only(factory) as s:
+            ended = progress.ended_runs(s, sorted(left))
+        for run in ended:
+            left.discard(run.run_id)
+            bad += run.status != "done"
+            out.print(run_line(run, out.width), soft_wrap=True, highlight=False)
+        if left:
+            time.sleep(WAIT_POLL_SECONDS)
+    n = len(run_ids)
+    out.print(f"finished: {n - bad} done, {bad} failed or rejected, {time.monotonic() - started:.0f} s",
+              highlight=False)
+    return EXIT_PARTIAL if bad else 0
+
+
+def rerun(
+    task: Annotated[str, typer.Option("--task", "-t", help=f"One of {', '.join(catalog.NAMES)}.")],
+    model: Annotated[str | None, typer.Option(
+        "--model", help="classify only: the classifier (default: DARKROOM_CLASSIFIER_MODEL). Another model "
+                        "labels every image anew, stored beside the labels already there.")] = None,
+    weights: Annotated[str | None, typer.Option(
+        "--weights", help="classify only: imagenet, none or a weights file.")] = None,
+    failed_only: Annotated[bool, typer.Option("--failed-only", help="Only the runs that failed.")] = False,
+) -> None:
+    """Do a task again over every stored image, through the queue: a new classifier, changed settings."""
+    # Creates the task's run for every image that lacks it (another --model labels every image anew,
+    # its labels stored beside the others) and sends the done and failed runs again; --failed-only
+    # sends the failed ones only (storage.ledger.rerun).
+    from storage import ledger
+    from storage.db import transaction
+    from tasks.classify import Classifier, ModelUnavailable
+
+    if task not in catalog.NAMES:
+        die(f"--task: unknown task {task!r}: use one of {', '.join(catalog.NAMES)}")
+    settings = read_settings()
+    if task == "classify":
+        name, chosen = model_and_weights(settings, model, weights)
+        try:
+            Classifier.create(name, chosen, names=CLASSIFIER_FLAGS)  # cheap: checks the name and that given files exist
+        except ModelUnavailable as exc:
+            die(str(exc))
+        except ValueError as exc:
+            die(f"--model: {exc}")
+        key = catalog.classifier_key(name, chosen)
+    elif model is not None or weights is not None:
+        die("--model and --weights apply to --task classify only")
+    else:
+        key = catalog.get(task).model_key(settings)
+    check_broker(settings)
+    factory = sessions(settings)
+    with transaction(factory) as s:
+        done = ledger.rerun(s, task, key, failed_only=failed_only)
+    sent = _send_unsent(settings)
+    label = f"{task}:{key}" if key else task
+    typer.echo(f"{label}: {len(done.created)} new run(s), {len(done.requeued)} requeued; {sent} sent "
+               "(a worker does the work: `darkroom worker` or `darkroom up`)")
+
+
+def _send_unsent(settings: Settings) -> int:
+    """Send every run whose message is not in the broker yet: the producer's own sending, with its
+    backpressure."""
+    from producer.registrar import Registrar
+    from worker.app import create_app
+
+    celery_app = create_app(settings)
+    try:
+        return Registrar(settings=settings, app=celery_app, roots=[]).send_pending()
+    finally:
+        celery_app.close()
+
+
+def reconcile() -> None:
+    """Compare the SQL ledger with the broker now: resend what the broker lost or a dead worker held."""
+    from producer.reconciler import Reconciler
+    from producer.registrar import Registrar
+    from worker.app import app as celery_app
+
+    settings = read_settings()
+    check_broker(settings)
+    sessions(settings)
+    result = Reconciler(Registrar(settings=settings, app=celery_app, roots=[])).check()
+    out.print(f"broker lost its queue: {'yes' if result.broker_lost else 'no'}; resent {result.resent}, "
+              f"expired leases {result.expired}", highlight=False)
+
+
+def migrate() -> None:
+    """Create or upgrade the database schema."""
+    settings = read_settings()
+    sessions(settings, migrate=True)
+    out.print(f"schema is current in {settings.masked()['database_url']}", highlight=False)
+
+
+# --- looking ------------------------------------------------------------------------------------
+
+
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    show_all: Annotated[bool, typer.Option(
+        "--all", help=f"Every group of problems, not only the newest {STATUS_GROUPS}.")] = False,
+) -> None:
+    """Counts per task and state, queue depths, and the failures grouped by task, state and reason.
+
+    Exits 1 when the broker or the database is unreachable (after printing what it could)."""
+    from sqlalchemy.exc import DBAPIError
+
+    from storage import ledger, progress
+    from storage.db import read_only
+
+    settings = read_settings()
+    unreachable: list[str] = []
+    runs: dict[tuple[str, str], int] = {}
+    images: dict[str, int] = {}
+    problems: list = []
+    summary = None
+    try:
+        # A short connect timeout: compose's health check runs `darkroom status` with 20 s to answer.
+        factory = sessions(settings, connect_timeout=5)
+        with read_only(factory) as s:
+            runs = ledger.run_counts(s)
+            images = dict(ledger.image_counts(s))
+            if as_json:
+                problems = ledger.problems(s)
+            summary = progress.problem_groups(s, limit=None if show_all else STATUS_GROUPS)
+    except typer.Exit:
+        # The schema is missing (run `darkroom migrate`) or the database did not answer: said already.
+        unreachable.append("database")
+    except DBAPIError as exc:
+        unreachable.append("database")
+        fail(database_unreachable(settings, exc))
+    depths = _queue_depths(settings)
+    if isinstance(depths, str):
+        unreachable.append("broker")
+    if as_json:
+        data = {
+            "images": images,
+            "runs": {f"{task}:{state}": n for (task, state), n in sorted(runs.items())},
+            "queues": depths,
+            "problems": [vars(p) for p in problems],
+            "problem_groups": [g.to_dict() for g in summary.groups] if summary else [],
+        }
+        if unreachable:
+            data["unreachable"] = unreachable
+        print_json(data)
+    else:
+        _print_status(runs, images, depths, summary, show_all)
+    if "broker" in unreachable:
+        problem = broker_problem(settings) or f"the broker at {settings.masked()['broker_url']} did not answer"
+        err.print(f"[bold red]darkroom:[/] {problem}", highlight=False, soft_wrap=True)
+    if unreachable:
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _queue_depths(settings: Settings) -> dict[str, int] | str:
+    import redis as redis_lib
+
+    from worker.queues import queue_depths
+
+    try:
+        return queue_depths(redis_lib.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3))
+    except (redis_lib.RedisError, OSError) as exc:
+        return f"unreachable ({type(exc).__name__})"
+
+
+def _print_status(runs, images, depths, summary, show_all: bool) -> None:
+    if runs:
+        table = Table(title="task runs")
+        states = ["queued", "running", "done", "failed", "rejected"]
+        table.add_column("task")
+        for st in states:
+            table.add_column(st, justify="right")
+        tasks = sorted({t for t, _ in runs}, key=lambda t: catalog.NAMES.index(t) if t in catalog.NAMES else 99)
+        for task in tasks:
+            table.add_row(task, *[str(runs.get((task, st), 0)) for st in states])
+        out.print(table)
+    out.print("images: " + (", ".join(f"{n} {st}" for st, n in sorted(images.items())) or "none"), highlight=False)
+    if isinstance(depths, dict):
+        out.print("queues: " + ", ".join(f"{q} {n}" for q, n in depths.items()), highlight=False)
+    else:
+        out.print(f"queues: {depths}", highlight=False)
+    if summary is None or not summary.groups:
+        return
+    groups = summary.groups
+    out.print(f"\n[bold]failed and rejected ({summary.total}"
+              + (f", {summary.kinds} kinds of problem" if summary.kinds != summary.total else "") + ")[/]")
+    # One line each, never wrapped: reasons are long, and people grep and copy them. The same
+    # failure on many photos is one line, with its count and the command that retries it.
+    for g in groups:
+        what = f"{g.task} {g.status}" if g.task else g.status
+        where = g.example or ""
+        many = f" ×{g.count}" if g.count > 1 else ""
+        head = f"- [{what}{many}]"
+        if g.count == 1 or not g.task:
+            head += f" {where}" if where and where not in g.reason else ""
+        else:
+            head += f" e.g. {where}" if where else ""
+        again = ""
+        if g.task:
+            flags = f"--task {g.task}" if g.status == "failed" else f"--no-failed --rejected --task {g.task}"
+            again = f" (retry: darkroom retry {flags})"
+        out.print(f"{head}: {one_line(g.reason)}{again}", soft_wrap=True, highlight=False, markup=False)
+    if summary.kinds > len(groups) and not show_all:
+        out.print(f"… {summary.kinds - len(groups)} more (darkroom status --all)", highlight=False)
+
+
+def results(
+    selectors: Annotated[list[str] | None, typer.Argument(help="Paths or sha256 (prefixes of 8+); all if none.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON array (see README: Results JSON).")] = False,
+) -> None:
+    """Print the results of some or all images (each cell one short line; --json has the full text)."""
+    from storage import results as stored
+
+    settings = read_settings()
+    factory = sessions(settings)
+    with factory() as s:
+        images = stored.find_images(s, expand_selectors(selectors or []))
+        data = catalog.results_json(s, images, settings)
+    if selectors and not data:
+        raise fail(f"no image matches {' '.join(selectors)}")
+    if as_json:
+        print_json(data)
+        return
+    # Each cell one line: the fixed columns take what they need, the rest of the width goes to the
+    # path (its end kept), the top label and the errors (the task and the gist of its reason).
+    fixed = {"status": 8, "size": 9, "faces": 5, "aug": 3}
+    room = max(30, out.width - 3 * 7 - 1 - sum(fixed.values()))  # padding and dividers
+    widths = {"path": room * 2 // 5, "top label": room // 5}
+    widths["errors"] = room - widths["path"] - widths["top label"]
+    widths.update(fixed)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("path", "status", "size", "top label", "faces", "aug", "errors"):
+        table.add_column(col, no_wrap=True, overflow="ellipsis", width=widths[col],
+                         justify="right" if col in ("faces", "aug") else "left")
+    for item in data:
+        top = item["labels"][0] if item["labels"] else None
+        errors = "; ".join(f"{task}: {short_reason(_without_path(why, item['paths']), 40)}"
+                           for task, why in item["errors"].items())
+        table.add_row(
+            short_path(item["path"], widths["path"]) or item["sha256"][:12], item["status"],
+            f"{item['width']}x{item['height']}" if item["width"] else "-",
+            shorten(f"{top['label']} {top['score'] * 100:.0f}%", widths["top label"]) if top else "-",
+            str(len(item["faces"])), str(item["augmentations"]), shorten(errors, widths["errors"]),
+        )
+    out.print(table)
+
+
+def _without_path(reason: str, paths: list[str]) -> str:
+    """Rejection reasons start with the file's path; the path column shows it already."""
+    for p in paths:
+        if reason.startswith(p):
+            return reason[len(p):].lstrip(" :") or reason
+    return reason
+
+
+def export(
+    directory: Annotated[Path, typer.Argument(help="Where to write; one folder per image, named by its sha256.")],
+    selectors: Annotated[list[str] | None, typer.Argument(help="Paths or sha256; all images if none.")] = None,
+) -> None:
+    """Write the boxed images, augmented images, contact sheets and a JSON file per image."""
+    from darkroom.cli.exporting import export_images
+
+    settings = read_settings()
+    factory = sessions(settings)
+    try:
+        n_images, n_files = export_images(factory, directory, expand_selectors(selectors or []), settings)
+    except OSError as exc:
+        raise fail(f"could not write into {directory}: {exc.strerror or exc} (files already written are "
+                   "complete; nothing partial was left)") from None
+    out.print(f"exported {n_images} image(s), {n_files} file(s) to {directory}", highlight=False)
+
+
+def config(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The effective settings (environment, .env, defaults), with passwords masked."""
+    masked = read_settings().masked()
+    if as_json:
+        print_json(masked)
+        return
+    table = Table(show_header=True)
+    table.add_column("setting (DARKROOM_…)")
+    table.add_column("value", overflow="fold")
+    for key, value in masked.items():
+        table.add_row(key.upper(), ",".join(map(str, value)) if isinstance(value, list) else str(value))
+    out.print(table)
