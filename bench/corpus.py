@@ -27,7 +27,7 @@ import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +91,7 @@ def _load_source(name: str) -> np.ndarray | None:
     return np.ascontiguousarray(arr)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _source(name: str) -> np.ndarray | None:
     return _load_source(name)
 
@@ -105,7 +105,8 @@ def available_sources() -> tuple[str, ...]:
     return names
 
 
-def _variant(i: int, seed: int, sizes: tuple[int, int], sources: tuple[str, ...], extra_noise: int = 0) -> tuple[str, bytes, int, int]:
+def _variant(i: int, seed: int, sizes: tuple[int, int], sources: tuple[str, ...],
+             extra_noise: int = 0) -> tuple[str, bytes, int, int]:
     """(source, JPEG bytes, width, height) of image ``i``."""
     from PIL import Image
 

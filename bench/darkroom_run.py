@@ -5,7 +5,8 @@ against a fresh data folder, SQLite store and Redis database, measured from outs
   (its models loaded); their runs are left out of every figure.
 - Throughput: ``darkroom ingest <corpus>`` is started at t0; images/s = images / (the last run's
   ``finished_at`` - t0). Also the rate once work flows: images / (last ``finished_at`` - first
-  ``started_at``), which leaves out the ingest command's start-up. The Redis queue depths are sampled all along (their maximum is reported
+  ``started_at``), which leaves out the ingest command's start-up. The Redis queue depths are sampled
+  all along (their maximum is reported
   against ``DARKROOM_MAX_QUEUE_DEPTH``), and each worker process's peak RSS is read at the end.
 - Classify inside the pipeline (the runner): Darkroom with the classify task alone, measured
   from a queue the ingest filled while the worker was told not to consume (``prefill``), and
@@ -217,6 +218,8 @@ class DarkroomSystem:
             DARKROOM_BROKER_URL=redis_url, DARKROOM_CONCURRENCY=str(concurrency),
             DARKROOM_CLASSIFIER_MODEL=model, DARKROOM_CLASSIFIER_WEIGHTS=weights,
             DARKROOM_START_LOCAL_REDIS="false",
+            # The four tasks the naive peer and the reference do too (not the perceptual hash).
+            DARKROOM_TASKS="normalize,classify,augment,faces",
         )
         self.env.update({f"DARKROOM_{k.upper()}": str(v) for k, v in settings.items()})
         self.logs = self.workdir / "logs"
@@ -469,7 +472,7 @@ def _latency(system: DarkroomSystem, files: list[Path], log) -> dict:
         t_rename = time.time()
         os.rename(part, inbox / path.name)
 
-        def finished():
+        def finished(sha=sha):
             system.check_alive()
             rows = system.store.image_runs(sha)
             if not rows or any(status in PENDING for status, _ in rows):

@@ -104,7 +104,7 @@ def run_naive(files: list[Path], model: str, workdir: Path, redis_url: str, warm
             batch = [warmup[(sent + k) % len(warmup)] for k in range(concurrency * 2)]
             sent += len(batch)
             _send(sender, batch, "warmup")
-            procs.wait_for(lambda: _count(db, "warmup") >= sent * len(TASKS) or worker.poll() is not None,
+            procs.wait_for(lambda sent=sent: _count(db, "warmup") >= sent * len(TASKS) or worker.poll() is not None,
                            900, what="the naive peer's warm-up")
             if worker.poll() is not None:
                 raise RuntimeError(f"the naive worker exited with {worker.returncode}: see {workdir / 'naive-worker.log'}")

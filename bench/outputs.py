@@ -76,11 +76,11 @@ def check(pipe, items: list[tuple[Path, dict]], *, label_model_key: str | None, 
             if got:
                 want = pipe.classify([pipe.decode_for_classify(path)])[0]
                 labels_checked += 1
-                if int(got[0][0]) == want[0].class_id:
+                if int(got[0][0]) == want[0]["class_id"]:
                     labels_same += 1
                 else:
-                    mismatches.append(f"{Path(path).name}: top-1 {got[0][0]} stored, {want[0].class_id} unbatched")
-                want_scores = {lab.class_id: lab.score for lab in want}
+                    mismatches.append(f"{Path(path).name}: top-1 {got[0][0]} stored, {want[0]['class_id']} unbatched")
+                want_scores = {lab["class_id"]: lab["score"] for lab in want}
                 for class_id, score in got:
                     if class_id in want_scores:
                         score_diff = max(score_diff, abs(float(score) - want_scores[class_id]))

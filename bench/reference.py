@@ -83,25 +83,22 @@ class _Timer:
 
 
 class Pipeline:
-    """Darkroom's stage functions with their models loaded once, as the reference runs them."""
+    """Darkroom's stages as the reference runs them: the library API's :class:`darkroom.Analyzer`
+    (the catalog's steps, their models loaded once), one stage at a time so each can be timed."""
 
     def __init__(self, model: str, weights: str = "none", *, top_k: int = 5, face_min_confidence: float = 0.9,
-                 face_min_size: int = 20, augment_spec: Any = None):
-        from tasks.augment import AugmentSpec
-        from tasks.classify import Classifier
-        from tasks.faces import FaceDetector
+                 face_min_size: int = 20):
+        from darkroom.api import Analyzer
+        from darkroom.settings import Settings
 
         self.model, self.weights, self.top_k = model, weights, top_k
-        self.classifier = Classifier.create(model, weights).load()
-        # As Darkroom's worker does: forward passes of DARKROOM_CLASSIFY_CHUNK images, and the
-        # faces-boxed copy where DARKROOM_FACE_BOXED asks for it.
-        from darkroom.settings import Settings
-        from worker.runtime import forward_chunk
-
-        self.settings = Settings()
-        self.classifier.chunk = forward_chunk(self.settings)
-        self.detector = FaceDetector(face_min_confidence, face_min_size).load()
-        self.spec = augment_spec or AugmentSpec()
+        # The environment's other settings (DARKROOM_CLASSIFY_CHUNK, DARKROOM_FACE_BOXED, ...), as
+        # Darkroom's worker has them.
+        self.settings = Settings(classifier_model=model, classifier_weights=weights, classifier_top_k=top_k,
+                                 face_min_confidence=face_min_confidence, face_min_size=face_min_size)
+        self.analyzer = Analyzer(self.settings, tasks=STAGES[1:])
+        self.steps = {name: self.analyzer.step(name) for name in STAGES[1:]}
+        self.classifier = self.steps["classify"].model
 
     # the stages
     @staticmethod
@@ -112,38 +109,29 @@ class Pipeline:
 
     def decode_for_classify(self, path: Path) -> np.ndarray:
         """The photo as the worker decodes it for classification (fast decode on, the default)."""
-        return self.decode(path, self.classifier.decode_size)
+        return self.decode(path, self.steps["classify"].decode_size)
 
     def decode_for_augment(self, path: Path) -> np.ndarray:
-        return self.decode(path, self.spec.decode_size)
+        return self.decode(path, self.steps["augment"].decode_size)
 
-    @staticmethod
-    def normalize(image: np.ndarray) -> dict:
-        from tasks.normalize import normalize_stats
-
-        return normalize_stats(image, mode="scale", per_channel=False).to_dict()
+    def normalize(self, image: np.ndarray) -> list:
+        return self.steps["normalize"]([image])[0].data
 
     def classify(self, images: list[np.ndarray]) -> list:
-        return self.classifier.predict(images, top=self.top_k)
+        """Each image's labels (``{rank, class_id, label, score}``), the list in one call."""
+        return [out.data for out in self.steps["classify"](images)]
 
     def augment(self, image: np.ndarray) -> int:
-        from tasks.augment import augment, contact_sheet
-        from tasks.imaging import encode
-
-        images = augment(image, self.spec)
-        sheet = contact_sheet(images)
-        blobs = [encode(img, "JPEG", quality=90) for img in images] + [encode(sheet, "JPEG", quality=90)]
-        return len(blobs)
+        """The augmented copies and the contact sheet, encoded as the worker stores them."""
+        (out,) = self.steps["augment"]([image])
+        return len(self.steps["augment"].artifacts(out))
 
     def faces(self, image: np.ndarray) -> list:
-        from tasks.draw import draw_boxes
-        from tasks.imaging import encode
-
-        found = self.detector.detect(image)
-        if self.settings.store_boxed(bool(found)):
-            boxed = draw_boxes(image, [f.box for f in found], [f.keypoints for f in found])
-            encode(boxed, "JPEG", quality=90)
-        return found
+        """The faces, and the boxed photo and crops encoded where the settings store them."""
+        step = self.steps["faces"]
+        (out,) = step([image])
+        step.artifacts(out)
+        return out.data
 
     def all_stages(self, path: Path) -> float:
         """Wall seconds to compute every result of one photo, alone (classification unbatched)."""
@@ -192,7 +180,7 @@ def run_reference(files: list[Path], model: str, weights: str = "none", *, batch
         with _Timer(costs["classify"]):
             small = [pipe.decode_for_classify(path) for path in paths]
             labels = pipe.classify(small)
-        batched_top1.extend(lab[0].class_id for lab in labels)
+        batched_top1.extend(lab[0]["class_id"] for lab in labels)
         for path in paths:
             with _Timer(costs["augment"]):
                 pipe.augment(pipe.decode_for_augment(path))
@@ -207,7 +195,7 @@ def run_reference(files: list[Path], model: str, weights: str = "none", *, batch
     n = len(files)
 
     # Same outputs: batched top-1 against one call per image.
-    unbatched = [pipe.classify([img])[0][0].class_id for img in first_batch]
+    unbatched = [pipe.classify([img])[0][0]["class_id"] for img in first_batch]
     same = sum(a == b for a, b in zip(batched_top1[: len(unbatched)], unbatched))
 
     sample = first_batch or [pipe.decode_for_classify(files[0])]

@@ -191,7 +191,8 @@ def targets(m: dict) -> list[dict]:
     o = m.get("outputs") or {}
     if o.get("labels_checked"):
         ok = o["labels_identical"] == o["labels_checked"]
-        rows.append({"target": "same top-1 labels as unbatched calls", "measured": f"{o['labels_identical']}/{o['labels_checked']}",
+        rows.append({"target": "same top-1 labels as unbatched calls",
+                     "measured": f"{o['labels_identical']}/{o['labels_checked']}",
                      "wanted": "all", "met": ok})
     else:
         b = m.get("same_top1_batched") or {}

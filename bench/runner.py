@@ -30,7 +30,8 @@ class Options:
     json_path: Path | None = None
     seed: int = 0
     sizes: tuple[int, int] = (480, 1600)
-    cache_dir: Path = field(default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "darkroom-bench")
+    cache_dir: Path = field(
+        default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "darkroom-bench")
     redis_url: str = "redis://127.0.0.1:6379"
     naive_db: int = 15
     darkroom_db: int = 14

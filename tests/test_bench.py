@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
 import pytest
 
-from bench.corpus import build_corpus
 from bench import report
+from bench.corpus import build_corpus
 
 NAIVE_REDIS_URL = os.environ.get("DARKROOM_TEST_NAIVE_REDIS_URL", "redis://127.0.0.1:6379/12")
 
