@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 VENV := .venv
 
-.PHONY: setup up test bench clean
+.PHONY: setup up lint test bench clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -14,11 +14,14 @@ setup:
 up: setup
 	$(VENV)/bin/darkroom up $(INBOX)
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 bench: setup
 	$(VENV)/bin/darkroom bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache
