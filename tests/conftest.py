@@ -2,6 +2,12 @@
 
 Services: the machine's Redis (a test database, flushed around each test) and PostgreSQL (a fresh
 database per test session). Locally a missing service skips its tests; under CI (CI=true) it fails.
+The servers of a test's own and the rest of the harness are in ``tests/harness.py``.
+
+Photos, in one place (made by ``tests/photos.py``), all session-scoped and shared, never changed:
+``photos`` (JPEG files of scikit-image's astronaut, coffee, chelsea, rocket), ``files`` (those and
+a few pictures the course's commands and the worker are tried on), and the arrays ``astronaut``,
+``tall``, ``collage`` and ``sample_photos`` (read-only).
 """
 
 from __future__ import annotations
@@ -10,7 +16,13 @@ import os
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+
+from tests import photos as pictures
+from tests.harness import PrivatePostgres, PrivateRedis
+from tests.harness import missing as _missing
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -19,13 +31,6 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 #: suite starts a redis-server of its own, so test runs side by side never flush each other's queues.
 REDIS_URL = os.environ.get("DARKROOM_TEST_REDIS_URL")
 POSTGRES_ADMIN_URL = os.environ.get("DARKROOM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _missing(what: str) -> None:
-    if IN_CI:
-        pytest.fail(f"{what} is not reachable, and CI needs it")
-    pytest.skip(f"{what} is not reachable")
 
 
 @pytest.fixture(scope="session")
@@ -94,73 +99,6 @@ def db_url(request, tmp_path) -> str:
     return request.getfixturevalue("postgres_url")
 
 
-@pytest.fixture(scope="session")
-def photos(tmp_path_factory) -> dict[str, Path]:
-    """Real photos that packages ship, as files: astronaut (one face), coffee, chelsea (a cat), rocket."""
-    import skimage.data
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("photos")
-    out = {}
-    for name in ("astronaut", "coffee", "chelsea", "rocket"):
-        path = folder / f"{name}.jpg"
-        Image.fromarray(getattr(skimage.data, name)()).save(path, quality=92)
-        out[name] = path
-    return out
-
-
-class PrivateRedis:
-    """A redis-server of the test's own, on a free port, without persistence: safe to kill and restart."""
-
-    def __init__(self, folder: Path, *extra: str) -> None:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.folder = folder
-        self.extra = extra
-        self.proc = None
-        self.start()
-
-    def start(self) -> None:
-        import subprocess
-        import time
-
-        import redis
-
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.folder), *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
-                return
-            except redis.AuthenticationError:
-                return
-            except redis.ResponseError:  # NOAUTH: up, and wants a password
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("private redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def restart(self) -> None:
-        """Killed and started again on the same port: everything it held is gone."""
-        self.kill()
-        self.start()
-
-    def url(self, db: int = 0, auth: str = "") -> str:
-        return f"redis://{auth + '@' if auth else ''}127.0.0.1:{self.port}/{db}"
-
-
 @pytest.fixture()
 def private_redis(tmp_path):
     import shutil
@@ -170,49 +108,6 @@ def private_redis(tmp_path):
     server = PrivateRedis(tmp_path / "redis")
     yield server
     server.kill()
-
-
-class PrivatePostgres:
-    """A PostgreSQL cluster of the test's own (initdb in a temp folder, a free port): safe to stop."""
-
-    def __init__(self, folder: Path) -> None:
-        import glob
-        import shutil
-        import socket
-        import subprocess
-
-        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-        if not bins:
-            _missing("PostgreSQL's server binaries (initdb)")
-        self.bin = Path(bins[-1]).parent
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.data = folder / "pgdata"
-        folder.mkdir(parents=True, exist_ok=True)
-        self.prefix: list[str] = []
-        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-            self.prefix = ["runuser", "-u", "postgres", "--"]
-            shutil.chown(folder, "postgres")
-        subprocess.run([*self.prefix, str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres"],
-                       check=True, capture_output=True)
-        self.start()
-
-    def _ctl(self, *args: str) -> None:
-        import subprocess
-
-        subprocess.run([*self.prefix, str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60", *args],
-                       check=True, capture_output=True)
-
-    def start(self) -> None:
-        self._ctl("-o", f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1", "-l",
-                  str(self.data / "server.log"), "start")
-
-    def stop(self) -> None:
-        self._ctl("-m", "fast", "stop")
-
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
 
 @pytest.fixture()
@@ -229,3 +124,53 @@ def private_postgres():
     except Exception:  # noqa: BLE001 - already stopped
         pass
     shutil.rmtree(folder, ignore_errors=True)
+
+
+# --- photos --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> dict[str, Path]:
+    """Real photos that packages ship, as files: astronaut (one face), coffee, chelsea (a cat), rocket."""
+    folder = tmp_path_factory.mktemp("photos")
+    return {name: pictures.write_jpeg(pictures.shipped(name), folder / f"{name}.jpg") for name in pictures.SHIPPED}
+
+
+@pytest.fixture(scope="session")
+def files(photos, tmp_path_factory) -> dict[str, Path]:
+    """The ``photos`` files, and: ``collage``, a 2x3 PNG collage of six copies of the astronaut's face;
+    ``gradient``, a lossless PNG with both extremes (0 and 255) in every row; ``text``, a text file
+    named like a photo (notes.jpg)."""
+    folder = tmp_path_factory.mktemp("files")
+    out = dict(photos)
+    out["gradient"] = folder / "gradient.png"
+    Image.fromarray(pictures.gradient()).save(out["gradient"])
+    out["collage"] = folder / "collage.png"
+    Image.fromarray(pictures.face_collage(rows=2, cols=3)).save(out["collage"])
+    out["text"] = folder / "notes.jpg"
+    out["text"].write_text("not a photo at all")
+    return out
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    """scikit-image's astronaut, 512x512x3 (one face: roughly x 170..280, y 50..190), read-only."""
+    return pictures.read_only(pictures.shipped("astronaut"))
+
+
+@pytest.fixture(scope="session")
+def tall(astronaut) -> np.ndarray:
+    """A non-square picture (512 high, 384 wide), so that rotations show in the shape; read-only."""
+    return pictures.read_only(np.ascontiguousarray(astronaut[:, :384]))
+
+
+@pytest.fixture(scope="session")
+def collage() -> np.ndarray:
+    """2x2 tiles of the astronaut's head (four faces) on a 320x320 canvas, read-only."""
+    return pictures.read_only(pictures.face_collage(rows=2, cols=2))
+
+
+@pytest.fixture(scope="session")
+def sample_photos(astronaut) -> list[np.ndarray]:
+    """Two photos to classify, read-only: the astronaut and chelsea (a cat)."""
+    return [astronaut, pictures.read_only(pictures.shipped("chelsea"))]

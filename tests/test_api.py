@@ -8,7 +8,7 @@ from PIL import Image
 
 import darkroom
 from darkroom import catalog
-from tests.test_pipeline_course import Pipeline
+from tests.harness import Pipeline
 
 #: What analyze and a worker must agree on (``near_duplicates`` needs the store; ``paths`` and
 #: ``tasks`` states are compared separately).

@@ -1,12 +1,13 @@
-"""tasks.augment: lesson 6's flipped and rotated copies, reproducible, and their contact sheet."""
+"""tasks.augment: lesson 6's flipped, rotated, sheared and channel-shifted copies, reproducible, the
+spec string that describes them, and their contact sheet."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,18 +15,7 @@ from skimage import data
 
 from tasks.augment import AugmentSpec, augment, contact_sheet, parse_spec
 from tasks.imaging import fit_within
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def astro() -> np.ndarray:
-    return data.astronaut()
-
-
-@pytest.fixture(scope="module")
-def tall(astro) -> np.ndarray:
-    return np.ascontiguousarray(astro[:, :384])  # 512 high, 384 wide
+from tests.harness import ROOT
 
 
 def digest(images: list[np.ndarray]) -> str:
@@ -43,25 +33,25 @@ def test_shapes_dtype_count(tall):
         assert img.shape == (128, 96, 3) and img.dtype == np.uint8 and img.flags.c_contiguous
 
 
-def test_default_is_the_lesson(astro):
-    images = augment(astro)
+def test_default_is_the_lesson(astronaut):
+    images = augment(astronaut)
     assert len(images) == 9 and all(img.shape == (256, 256, 3) for img in images)
     # Nine random flips and rotations of up to 90 degrees: no two alike, none the original.
-    small = fit_within(astro, 256)
+    small = fit_within(astronaut, 256)
     assert all(not np.array_equal(img, small) for img in images)
     assert len({img.tobytes() for img in images}) == 9
 
 
-def test_same_spec_same_images(astro):
+def test_same_spec_same_images(astronaut):
     spec = AugmentSpec(seed=5, zoom=0.2, width_shift=0.1, height_shift=0.1, brightness=0.2, contrast=0.2)
-    first, second = augment(astro, spec), augment(astro, spec)
+    first, second = augment(astronaut, spec), augment(astronaut, spec)
     assert digest(first) == digest(second)
     # Another spec in between (sharing layers with nothing) changes nothing either.
-    augment(astro, AugmentSpec(seed=6))
-    assert digest(augment(astro, spec)) == digest(first)
+    augment(astronaut, AugmentSpec(seed=6))
+    assert digest(augment(astronaut, spec)) == digest(first)
 
 
-def test_same_images_in_a_fresh_process(astro):
+def test_same_images_in_a_fresh_process(astronaut):
     code = (
         "import hashlib; from skimage import data; from tasks.augment import augment, AugmentSpec; "
         "h = hashlib.sha256(); "
@@ -73,11 +63,11 @@ def test_same_images_in_a_fresh_process(astro):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == digest(augment(astro, AugmentSpec(seed=3)))
+    assert out.stdout.strip().splitlines()[-1] == digest(augment(astronaut, AugmentSpec(seed=3)))
 
 
-def test_different_seeds_differ(astro):
-    a, b = augment(astro, AugmentSpec(seed=1)), augment(astro, AugmentSpec(seed=2))
+def test_different_seeds_differ(astronaut):
+    a, b = augment(astronaut, AugmentSpec(seed=1)), augment(astronaut, AugmentSpec(seed=2))
     assert all(not np.array_equal(x, y) for x, y in zip(a, b))
 
 
@@ -134,7 +124,7 @@ def test_rotation_range_is_degrees_either_way():
     assert max(abs(a) for a in large) <= 90 + 1.5 and max(abs(a) for a in large) > 45
 
 
-def test_grayscale_input(astro):
+def test_grayscale_input(astronaut):
     images = augment(data.camera(), AugmentSpec(count=2))
     assert all(img.shape == (256, 256, 3) for img in images)
 
@@ -161,8 +151,8 @@ def test_contact_sheet_mixed_sizes_centred():
     assert (sheet[2, 64] == (1, 2, 3)).all()  # the cell's unused corner is background
 
 
-def test_contact_sheet_of_augmentations(astro):
-    sheet = contact_sheet(augment(astro))
+def test_contact_sheet_of_augmentations(astronaut):
+    sheet = contact_sheet(augment(astronaut))
     assert sheet.shape == (3 * 256 + 16, 3 * 256 + 16, 3)
 
 
@@ -245,14 +235,14 @@ def test_wrap_and_other_layers_stay_with_keras():
 
 @pytest.mark.parametrize("spec, tolerance", [(AugmentSpec(seed=9), 1), (AugmentSpec(seed=9, fill_mode="wrap"), 0),
                                              (AugmentSpec(seed=2, rotation=20, zoom=0.2, brightness=0.3), 1)])
-def test_augment_is_its_keras_layers_alone_within_one_grey_level(astro, spec, tolerance):
+def test_augment_is_its_keras_layers_alone_within_one_grey_level(astronaut, spec, tolerance):
     """Whole augmentations against the same steps done by the Keras layers alone ("wrap" is theirs)."""
     import keras
 
     from tasks import augment as aug
 
-    ours = np.stack(augment(astro, spec))
-    pixels = np.repeat(fit_within(astro, spec.size)[None].astype(np.float32), spec.count, axis=0)
+    ours = np.stack(augment(astronaut, spec))
+    pixels = np.repeat(fit_within(astronaut, spec.size)[None].astype(np.float32), spec.count, axis=0)
     for position, step in enumerate(aug._pipeline(spec)):
         seed = keras.random.SeedGenerator(aug._layer_seed(spec.seed, position))
         if isinstance(step, aug._OWN_STEPS):
@@ -265,22 +255,90 @@ def test_augment_is_its_keras_layers_alone_within_one_grey_level(astro, spec, to
     assert np.abs(ours.astype(int) - keras_only.astype(int)).max() <= tolerance
 
 
-def test_draws_are_made_once_per_seed_and_shape(astro):
+def test_draws_are_made_once_per_seed_and_shape(astronaut):
     """A flip's and a rotation's draws are cached per (step, seed, batch shape): the same as drawn
     fresh, for every shape in any order, and a new seed or shape draws anew."""
     from tasks import augment as aug
 
     spec = AugmentSpec(seed=5)
-    other = np.ascontiguousarray(astro[:300, :420])
+    other = np.ascontiguousarray(astronaut[:300, :420])
     aug._flip_draws.cache_clear()
     aug._rotation_draws.cache_clear()
-    fresh = {"astro": augment(astro, spec), "other": augment(other, spec)}
+    fresh = {"astro": augment(astronaut, spec), "other": augment(other, spec)}
     assert aug._rotation_draws.cache_info().currsize == 2  # two shapes
     assert aug._flip_draws.cache_info().currsize == 2  # two flips, one batch size
-    for name, image in (("other", other), ("astro", astro), ("other", other)):
+    for name, image in (("other", other), ("astro", astronaut), ("other", other)):
         again = augment(image, spec)
         assert all(np.array_equal(a, b) for a, b in zip(again, fresh[name])), name
     assert aug._rotation_draws.cache_info().hits >= 3
-    reseeded = augment(astro, AugmentSpec(seed=6))
+    reseeded = augment(astronaut, AugmentSpec(seed=6))
     assert not all(np.array_equal(a, b) for a, b in zip(reseeded, fresh["astro"]))
     assert aug._rotation_draws.cache_info().currsize == 3
+
+
+# --- shear and channel shift: the transforms added to lesson 6 -------------------------------------
+
+
+def horizontal_line(width: int = 201, height: int = 101) -> np.ndarray:
+    image = np.zeros((height, width, 3), np.uint8)
+    image[height // 2 - 1:height // 2 + 2] = 255
+    return image
+
+
+def test_shear_is_an_angle_about_the_centre():
+    """ImageDataGenerator's shear_range: a horizontal line through the centre turns by at most the
+    range, about the centre, each way."""
+    angles = []
+    for out in augment(horizontal_line(), AugmentSpec(flip="none", rotation=0, shear=20, count=16, size=256)):
+        ys, xs = np.nonzero(out[..., 0] > 127)
+        slope, intercept = np.polyfit(xs, ys, 1)
+        angles.append(float(np.degrees(np.arcsin(slope))))
+        assert abs(slope * 100 + intercept - 50) < 1.0  # still through the centre pixel
+        assert out[50, 100, 0] > 200
+    assert max(abs(a) for a in angles) <= 20 + 0.5
+    assert max(angles) > 5 and min(angles) < -5
+
+
+def test_shear_fill_modes_differ_where_the_image_is_uncovered():
+    image = data.astronaut()
+    outs = {mode: augment(image, AugmentSpec(flip="none", rotation=0, shear=40, count=1, size=64,
+                                             fill_mode=mode, fill_value=0))[0]
+            for mode in ("nearest", "constant", "reflect", "wrap")}
+    assert len({o.tobytes() for o in outs.values()}) == 4
+    # A constant (black) fill shows up in the corners that the shear uncovers
+    assert (outs["constant"].reshape(-1, 3).sum(axis=1) == 0).sum() > 20
+
+
+def test_channel_shift_moves_each_channel_by_its_own_offset():
+    flat = np.full((32, 32, 3), 128, np.uint8)
+    outs = augment(flat, AugmentSpec(flip="none", rotation=0, channel_shift=50, count=8))
+    shifts = np.array([o.reshape(-1, 3).astype(int).mean(axis=0) - 128 for o in outs])
+    for o in outs:  # one offset per channel, the same over the whole image
+        assert (o == o[0, 0]).all()
+    assert np.abs(shifts).max() <= 50.5 and np.abs(shifts).max() > 10
+    assert any(len(set(row.round())) == 3 for row in shifts)  # channels shift differently
+    # Clipped to 0..255
+    bright = augment(np.full((8, 8, 3), 250, np.uint8), AugmentSpec(flip="none", rotation=0, channel_shift=100,
+                                                                    count=8))
+    assert max(int(o.max()) for o in bright) == 255
+
+
+def test_new_transforms_are_seeded_and_leave_old_specs_alone():
+    image = data.astronaut()
+    spec = AugmentSpec(seed=4, shear=10, channel_shift=20, zoom=0.1, count=3, size=96)
+    first, second = augment(image, spec), augment(image, spec)
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    other = augment(image, dataclasses.replace(spec, seed=5))
+    assert not any(np.array_equal(a, b) for a, b in zip(first, other))
+    # A spec without the new transforms gives what it gave before they existed: the same steps,
+    # seeded by the same positions.
+    plain = AugmentSpec(seed=4, zoom=0.1, count=3, size=96)
+    assert all(np.array_equal(a, b) for a, b in zip(augment(image, plain),
+                                                    augment(image, dataclasses.replace(plain, shear=0.0))))
+
+
+def test_parse_spec_knows_the_new_keys():
+    spec = parse_spec("flip=hv,rotation=90,zoom=0.2,shear=12.5,channel_shift=40,fill_mode=wrap")
+    assert (spec.shear, spec.channel_shift, spec.fill_mode, spec.zoom) == (12.5, 40.0, "wrap", 0.2)
+    with pytest.raises(ValueError, match="channel_shift"):
+        parse_spec("channel_shift=300")

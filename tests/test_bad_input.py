@@ -6,32 +6,18 @@ Bad files end ``rejected`` with a reason that names them, with no retry loop; va
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_e2e import Darkroom
+from tests.harness import Darkroom
+from tests.photos import png_declaring
 
 pytestmark = pytest.mark.e2e
-
-
-def _png_declaring(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width×height (a decompression bomb's signature)."""
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buf, "PNG")
-    data = bytearray(buf.getvalue())
-    ihdr = 8 + 8  # signature, then length + type of the IHDR chunk
-    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
-    crc = zlib.crc32(bytes(data[12:ihdr + 13]))
-    data[ihdr + 13:ihdr + 17] = struct.pack(">I", crc)
-    return bytes(data)
 
 
 @pytest.fixture()
@@ -55,7 +41,7 @@ def inbox_matrix(tmp_path, photos) -> tuple[Path, dict[str, str]]:
     put("truncated.jpg", photos["rocket"].read_bytes()[: photos["rocket"].stat().st_size // 2], "rejected")
     put("random.jpg", os.urandom(4096), "rejected")
     put("notes.txt", b"shopping list\n", "rejected")
-    put("bomb.png", _png_declaring(30000, 30000), "rejected")
+    put("bomb.png", png_declaring(30000, 30000), "rejected")
     put("too-many-pixels.png", None, "rejected", Image.new("RGB", (2100, 1000)), format="PNG")
     put("cmyk.jpg", None, "done", small.convert("CMYK"), format="JPEG")
     put("deep16.png", None, "done", Image.fromarray(np.arange(200 * 300, dtype=np.uint16).reshape(200, 300) * 7))

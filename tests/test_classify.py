@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from darkroom.catalog import CLASSIFIER_SETTINGS
-from tests.models import sharpen
+from tests.keras_helpers import sharpen
 
-skimage_data = pytest.importorskip("skimage.data")
+pytest.importorskip("skimage.data")  # the sample photos (tests/conftest.py) are scikit-image's
 
 from tasks.classify import (  # noqa: E402
     REGISTRY,
@@ -50,11 +50,6 @@ def keras():
     import keras
 
     return keras
-
-
-@pytest.fixture(scope="module")
-def sample_photos() -> list[np.ndarray]:
-    return [skimage_data.astronaut(), skimage_data.chelsea()]
 
 
 def resize_like_load_img(images, size, tmp_path: Path, color_mode="rgb"):

@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -18,18 +17,12 @@ from typer.testing import CliRunner
 from darkroom import __version__
 from darkroom.cli import app
 from darkroom.settings import get_settings
-from tests.test_e2e import ROOT, Darkroom, _stop
+from tests.harness import ROOT, Darkroom, free_port, stop
 
 #: The message the classifier's failure carries when its weights are missing: long, the same on
 #: every photo.
 LONG_REASON = ("ModelUnavailable: the ImageNet weights of vgg16 cannot be had: " + "no download here; " * 40
                + "set DARKROOM_CLASSIFIER_WEIGHTS to a local file")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
@@ -108,7 +101,7 @@ def test_ingest_with_a_rejected_file_exits_3(tmp_path, redis_url, photos):
 
 
 def test_status_with_redis_unreachable_exits_1_with_one_line(tmp_path):
-    url = f"redis://:s3cret@127.0.0.1:{_free_port()}/0"
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
     dr = Darkroom(tmp_path, url, f"sqlite:///{tmp_path / 'darkroom.db'}")
     assert dr.run("migrate").returncode == 0
     done = dr.run("status")
@@ -124,7 +117,7 @@ def test_status_with_redis_unreachable_exits_1_with_one_line(tmp_path):
 
 
 def test_status_with_the_database_unreachable_exits_1_with_one_line(tmp_path, redis_url):
-    db = f"postgresql+psycopg://darkroom:pw@127.0.0.1:{_free_port()}/darkroom"
+    db = f"postgresql+psycopg://darkroom:pw@127.0.0.1:{free_port()}/darkroom"
     dr = Darkroom(tmp_path, redis_url, db)
     done = dr.run("status", timeout=60)
     assert done.returncode == 1
@@ -275,7 +268,7 @@ def test_up_exits_3_when_a_task_fails_and_retry_wait_reports_it_again(tmp_path, 
     try:
         retry = dr.run("retry", "--task", "classify", "--wait", timeout=300)
     finally:
-        _stop(worker, timeout=60)
+        stop(worker, timeout=60)
     assert retry.returncode == 3, retry.stdout + retry.stderr + dr.log_tail()
     assert "sent 1 run(s)" in retry.stdout
     assert any("coffee.jpg" in line and "classify failed" in line for line in retry.stdout.splitlines())

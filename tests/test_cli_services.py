@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,21 +10,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.test_e2e import ROOT, Darkroom
+from tests.harness import ROOT, Darkroom, free_port
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_up_starts_a_local_redis_when_none_answers_and_stops_it(tmp_path, photos):
     if not shutil.which("redis-server"):
         pytest.skip("redis-server is not installed")
-    url = f"redis://127.0.0.1:{_free_port()}/0"
+    url = f"redis://127.0.0.1:{free_port()}/0"
     dr = Darkroom(tmp_path, url, f"sqlite:///{tmp_path / 'darkroom.db'}", tasks="normalize")
     dr.env["DARKROOM_START_LOCAL_REDIS"] = "true"
     dr.inbox.mkdir()
@@ -42,7 +35,7 @@ def test_up_starts_a_local_redis_when_none_answers_and_stops_it(tmp_path, photos
 
 
 def test_up_says_what_to_do_when_redis_is_remote_and_down(tmp_path):
-    dr = Darkroom(tmp_path, f"redis://:hunter2@127.0.0.2:{_free_port()}/0", f"sqlite:///{tmp_path / 'd.db'}")
+    dr = Darkroom(tmp_path, f"redis://:hunter2@127.0.0.2:{free_port()}/0", f"sqlite:///{tmp_path / 'd.db'}")
     dr.env["DARKROOM_START_LOCAL_REDIS"] = "true"
     done = dr.run("up", str(dr.inbox), "--exit-when-idle", timeout=60)
     assert done.returncode == 1

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import ROOT, Darkroom, base_env, stop, write_slowly
+
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[1]
 CONTRACT_KEYS = {"path", "sha256", "width", "height", "status", "normalize", "labels", "faces",
                  "augmentations", "errors"}
 
@@ -34,81 +35,8 @@ def mobilenet_weights(tmp_path_factory) -> Path:
     code = ("import keras; keras.utils.set_random_seed(0); m = keras.applications.MobileNetV2(weights=None); "
             "k = m.layers[-1].kernel; k.assign(k * 200.0); "
             f"m.save_weights({str(path)!r})")
-    subprocess.run([sys.executable, "-c", code], check=True, env=_base_env(), timeout=300)
+    subprocess.run([sys.executable, "-c", code], check=True, env=base_env(), timeout=300)
     return path
-
-
-def _base_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DARKROOM_")}
-    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
-    return env
-
-
-class Darkroom:
-    """Runs `darkroom` commands as a user would, against one data dir, database and Redis db."""
-
-    def __init__(self, tmp: Path, redis_url: str, db_url: str, **settings: str) -> None:
-        self.inbox = tmp / "inbox"
-        self.data = tmp / "data"
-        self.env = _base_env()
-        self.env.update(
-            DARKROOM_DATA_DIR=str(self.data), DARKROOM_BROKER_URL=redis_url, DARKROOM_DATABASE_URL=db_url,
-            DARKROOM_SETTLE_SECONDS="0.5", DARKROOM_CONCURRENCY="2", KERAS_HOME=str(tmp / "keras"),
-            DARKROOM_START_LOCAL_REDIS="false",
-        )
-        self.env.update({f"DARKROOM_{k.upper()}": v for k, v in settings.items()})
-        self.logs = tmp / "logs"
-        self.logs.mkdir()
-
-    def start(self, *args: str, name: str) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "wb")
-        return subprocess.Popen([sys.executable, "-m", "darkroom", *args], env=self.env, cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "darkroom", *args], env=self.env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=timeout)
-
-    def results(self, *selectors: str) -> list[dict]:
-        done = self.run("results", "--json", *selectors)
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
-
-    def wait_until_settled(self, expected_images: int, proc: subprocess.Popen, timeout: float = 300) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        results: list[dict] = []
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, f"darkroom exited early with {proc.returncode}\n{self.log_tail()}"
-            done = self.run("results", "--json")
-            if done.returncode == 0:
-                results = json.loads(done.stdout)
-                if len(results) >= expected_images and all(r["status"] not in ("queued", "running") for r in results):
-                    return results
-            time.sleep(1.0)
-        raise AssertionError(f"not settled after {timeout} s: {[(r['path'], r['status']) for r in results]}\n"
-                             + self.log_tail())
-
-    def log_tail(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.logs.glob("*.log"))
-
-
-def _stop(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 120) -> int:
-    proc.send_signal(sig)
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-
-
-def _write_slowly(src: Path, dst: Path, chunks: int = 6, pause: float = 0.25) -> None:
-    data = src.read_bytes()
-    step = len(data) // chunks + 1
-    with open(dst, "wb") as fh:
-        for i in range(0, len(data), step):
-            fh.write(data[i:i + step])
-            fh.flush()
-            time.sleep(pause)
 
 
 @pytest.mark.parametrize("db", ["sqlite", "postgres"])
@@ -134,15 +62,15 @@ def test_photos_dropped_into_a_running_darkroom_end_done(db, tmp_path, redis_url
         # When photos arrive: copied, written slowly in chunks, renamed in, and one duplicate
         shutil.copy(photos["astronaut"], dr.inbox / "astronaut.jpg")
         (dr.inbox / "sub dir").mkdir()
-        _write_slowly(photos["chelsea"], dr.inbox / "sub dir" / "chelsea slow.jpg")
+        write_slowly(photos["chelsea"], dr.inbox / "sub dir" / "chelsea slow.jpg")
         staging = tmp_path / "staging.jpg"
         shutil.copy(photos["rocket"], staging)
         os.rename(staging, dr.inbox / "rocket.jpg")
         shutil.copy(photos["astronaut"], dr.inbox / "astronaut copy.jpg")
         results = dr.wait_until_settled(expected_images=4, proc=up)
     finally:
-        code = _stop(up)
-        worker_code = _stop(worker, signal.SIGTERM) if worker else 0
+        code = stop(up)
+        worker_code = stop(worker, signal.SIGTERM) if worker else 0
     # Then Ctrl-C stopped watcher and worker cleanly
     assert code == 0, dr.log_tail()
     assert worker_code == 0, dr.log_tail()

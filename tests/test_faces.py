@@ -22,23 +22,6 @@ def detector() -> FaceDetector:
     return FaceDetector().load()
 
 
-@pytest.fixture(scope="module")
-def astronaut() -> np.ndarray:
-    return skimage_data.astronaut()
-
-
-@pytest.fixture(scope="module")
-def collage(astronaut) -> np.ndarray:
-    """2x2 tiles of the astronaut's head, each a little differently sized, on a 320x320 canvas."""
-    from PIL import Image
-
-    head = astronaut[30:230, 140:320]
-    tiles = [np.asarray(Image.fromarray(head).resize((160, 160), Image.BILINEAR)) for _ in range(4)]
-    top = np.concatenate(tiles[:2], axis=1)
-    bottom = np.concatenate(tiles[2:], axis=1)
-    return np.concatenate([top, bottom], axis=0)
-
-
 def test_module_import_is_light():
     """Workers fork after importing tasks: no TensorFlow/mtcnn at import time."""
     import subprocess

@@ -19,72 +19,11 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from storage.db import make_engine, session_factory
-from storage.models import Face, Normalization, SourceFile, TaskRun
-from tests.test_e2e import Darkroom, _stop
+from storage.models import Face, TaskRun
+from tests.harness import Darkroom, LedgerReader, PrivateRedis, stop
+from tests.photos import big_photos
 
 pytestmark = pytest.mark.e2e
-
-
-class Ledger:
-    """Reads the SQL store directly, as an operator's query would."""
-
-    def __init__(self, db_url: str) -> None:
-        self.engine = make_engine(db_url)
-        self.sessions = session_factory(self.engine)
-
-    def runs(self) -> list[TaskRun]:
-        with self.sessions() as s:
-            return list(s.scalars(select(TaskRun).order_by(TaskRun.id)))
-
-    def wait(self, predicate, timeout: float, what: str, dr: Darkroom | None = None) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if predicate(self.runs()):
-                    return
-            except Exception:  # noqa: BLE001 - the schema may not exist yet
-                pass
-            time.sleep(0.2)
-        states = [(r.id, r.task, r.status, r.attempts) for r in self.runs()]
-        raise AssertionError(f"timed out waiting for {what}: {states}\n{dr.log_tail() if dr else ''}")
-
-    def all_terminal(self, n_runs: int):
-        return lambda runs: len(runs) == n_runs and all(r.status in ("done", "failed", "rejected") for r in runs)
-
-    def check_invariants(self, inbox: Path, tasks: int) -> None:
-        """Every inbox file has a row; every run is terminal; one result per (image, task, model)."""
-        with self.sessions() as s:
-            paths = set(s.scalars(select(SourceFile.path)))
-            for f in inbox.rglob("*"):
-                if f.is_file():
-                    assert str(f) in paths, f"{f} was lost"
-            runs = list(s.scalars(select(TaskRun)))
-            assert all(r.status in ("done", "failed", "rejected") for r in runs), [(r.task, r.status) for r in runs]
-            per_image = {}
-            for r in runs:
-                per_image.setdefault(r.image_id, []).append(r.task)
-            assert all(len(v) == len(set(v)) == tasks for v in per_image.values())
-            dup_norm = s.execute(select(Normalization.image_id, func.count()).group_by(
-                Normalization.image_id, Normalization.mode, Normalization.per_channel).having(func.count() > 1)).all()
-            assert dup_norm == []
-            dup_faces = s.execute(select(Face.image_id, Face.idx, func.count()).group_by(
-                Face.image_id, Face.model, Face.idx).having(func.count() > 1)).all()
-            assert dup_faces == []
-
-
-def _big_photos(photos, folder: Path, n: int) -> list[Path]:
-    """Large, distinct photos, so a face-detection task takes long enough to be caught mid-flight."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i in range(n):
-        base = Image.open(photos["astronaut"]).resize((1800 + 8 * i, 1800))
-        path = folder / f"big-{i}.jpg"
-        base.save(path, quality=90)
-        out.append(path)
-    return out
 
 
 def _worker(dr: Darkroom, name: str, *extra: str) -> subprocess.Popen:
@@ -98,9 +37,9 @@ def _pid_of(run: TaskRun) -> int:
 def test_kill_9_of_a_worker_child_mid_task_redelivers_its_work(tmp_path, redis_url, photos):
     db_url = f"sqlite:///{tmp_path / 'darkroom.db'}"
     dr = Darkroom(tmp_path, redis_url, db_url, tasks="normalize,faces")
-    ledger = Ledger(db_url)
+    ledger = LedgerReader(db_url)
     dr.inbox.mkdir()
-    for src in _big_photos(photos, tmp_path / "src", 3):
+    for src in big_photos(photos, tmp_path / "src", 3):
         shutil.copy(src, dr.inbox / src.name)
     worker = _worker(dr, "w1")
     watch = dr.start("watch", str(dr.inbox), name="watch")
@@ -113,8 +52,8 @@ def test_kill_9_of_a_worker_child_mid_task_redelivers_its_work(tmp_path, redis_u
         # Then the pool replaces the child and the message comes back: everything ends done
         ledger.wait(ledger.all_terminal(6), 240, "all runs terminal", dr)
     finally:
-        _stop(watch)
-        _stop(worker, signal.SIGTERM)
+        stop(watch)
+        stop(worker, signal.SIGTERM)
     runs = ledger.runs()
     assert {r.status for r in runs} == {"done"}, [(r.task, r.status, r.error) for r in runs]
     again = next(r for r in runs if r.id == victim.id)
@@ -125,16 +64,16 @@ def test_kill_9_of_a_worker_child_mid_task_redelivers_its_work(tmp_path, redis_u
 def test_sigterm_mid_task_is_a_warm_shutdown_and_a_new_worker_finishes(tmp_path, redis_url, photos):
     db_url = f"sqlite:///{tmp_path / 'darkroom.db'}"
     dr = Darkroom(tmp_path, redis_url, db_url, tasks="faces")
-    ledger = Ledger(db_url)
+    ledger = LedgerReader(db_url)
     dr.inbox.mkdir()
-    for src in _big_photos(photos, tmp_path / "src", 4):
+    for src in big_photos(photos, tmp_path / "src", 4):
         shutil.copy(src, dr.inbox / src.name)
     watch = dr.start("watch", str(dr.inbox), name="watch")
     first = _worker(dr, "first")
     try:
         ledger.wait(lambda runs: any(r.status == "running" for r in runs), 120, "a running task", dr)
         # SIGTERM: Celery's warm shutdown finishes the task in hand and gives back what it prefetched
-        assert _stop(first, signal.SIGTERM) == 0
+        assert stop(first, signal.SIGTERM) == 0
         mid = ledger.runs()
         assert not any(r.status == "running" for r in mid), "warm shutdown left a task half-done"
         assert any(r.status == "done" for r in mid)
@@ -142,9 +81,9 @@ def test_sigterm_mid_task_is_a_warm_shutdown_and_a_new_worker_finishes(tmp_path,
         try:
             ledger.wait(ledger.all_terminal(4), 240, "all runs terminal", dr)
         finally:
-            _stop(second, signal.SIGTERM)
+            stop(second, signal.SIGTERM)
     finally:
-        _stop(watch)
+        stop(watch)
     assert {r.status for r in ledger.runs()} == {"done"}
     ledger.check_invariants(dr.inbox, tasks=1)
 
@@ -152,9 +91,9 @@ def test_sigterm_mid_task_is_a_warm_shutdown_and_a_new_worker_finishes(tmp_path,
 def test_redis_restarted_without_persistence_mid_run(tmp_path, private_redis, photos):
     db_url = f"sqlite:///{tmp_path / 'darkroom.db'}"
     dr = Darkroom(tmp_path, private_redis.url(), db_url, tasks="normalize,faces", reconcile_seconds="1")
-    ledger = Ledger(db_url)
+    ledger = LedgerReader(db_url)
     dr.inbox.mkdir()
-    for src in _big_photos(photos, tmp_path / "src", 6):
+    for src in big_photos(photos, tmp_path / "src", 6):
         shutil.copy(src, dr.inbox / src.name)
     up = dr.start("up", str(dr.inbox), name="up")
     try:
@@ -167,7 +106,7 @@ def test_redis_restarted_without_persistence_mid_run(tmp_path, private_redis, ph
         shutil.copy(photos["coffee"], dr.inbox / "after-restart.jpg")
         ledger.wait(ledger.all_terminal(14), 180, "the photo dropped after the restart", dr)
     finally:
-        code = _stop(up)
+        code = stop(up)
     assert code == 0, dr.log_tail()
     assert {r.status for r in ledger.runs()} == {"done"}, [(r.task, r.status, r.error) for r in ledger.runs()]
     assert "lost its queue" in (dr.data / "logs" / "darkroom.log").read_text()  # up's log file
@@ -177,7 +116,7 @@ def test_redis_restarted_without_persistence_mid_run(tmp_path, private_redis, ph
 def test_watcher_killed_while_files_arrive_catches_up_on_start(tmp_path, redis_url, photos):
     db_url = f"sqlite:///{tmp_path / 'darkroom.db'}"
     dr = Darkroom(tmp_path, redis_url, db_url, tasks="normalize")
-    ledger = Ledger(db_url)
+    ledger = LedgerReader(db_url)
     dr.inbox.mkdir()
     watch = dr.start("watch", str(dr.inbox), name="watch1")
     shutil.copy(photos["coffee"], dr.inbox / "one.jpg")
@@ -191,8 +130,8 @@ def test_watcher_killed_while_files_arrive_catches_up_on_start(tmp_path, redis_u
     try:
         ledger.wait(ledger.all_terminal(4), 180, "all four processed", dr)
     finally:
-        _stop(watch)
-        _stop(worker, signal.SIGTERM)
+        stop(watch)
+        stop(worker, signal.SIGTERM)
     ledger.check_invariants(dr.inbox, tasks=1)
 
 
@@ -215,7 +154,7 @@ def test_poison_messages_are_refused_and_the_worker_goes_on(tmp_path, redis_url,
 
     db_url = f"sqlite:///{tmp_path / 'darkroom.db'}"
     dr = Darkroom(tmp_path, redis_url, db_url, tasks="normalize")
-    ledger = Ledger(db_url)
+    ledger = LedgerReader(db_url)
     client = redis.Redis.from_url(redis_url)
     pickled = pickle.dumps(((1,), {}, {}))
     client.lpush("cpu", _raw_message("darkroom.normalize", pickled, "application/x-python-serialize", "cpu"))
@@ -231,8 +170,8 @@ def test_poison_messages_are_refused_and_the_worker_goes_on(tmp_path, redis_url,
         ledger.wait(ledger.all_terminal(1), 120, "the real photo processed", dr)
         assert worker.poll() is None, "the worker died on a poison message"
     finally:
-        _stop(watch)
-        _stop(worker, signal.SIGTERM)
+        stop(watch)
+        stop(worker, signal.SIGTERM)
     assert [r.status for r in ledger.runs()] == ["done"]
     log = (dr.logs / "w.log").read_text()
     assert "pickle" in log.lower() or "x-python-serialize" in log
@@ -242,8 +181,6 @@ def test_poison_messages_are_refused_and_the_worker_goes_on(tmp_path, redis_url,
 def test_redis_with_a_password_and_a_user_name(tmp_path, photos):
     if not shutil.which("redis-server"):
         pytest.skip("redis-server is not installed")
-    from tests.conftest import PrivateRedis
-
     server = PrivateRedis(tmp_path / "redis", "--requirepass", "s3cret-pw",
                           "--user", "photos", "on", ">user-pw", "~*", "&*", "+@all")
     try:
@@ -273,9 +210,9 @@ def test_redis_with_a_password_and_a_user_name(tmp_path, photos):
 def test_postgres_restarted_mid_run_tasks_retry_and_nothing_is_lost(tmp_path, redis_url, private_postgres, photos):
     db_url = private_postgres.url()
     dr = Darkroom(tmp_path, redis_url, db_url, tasks="normalize,faces", reconcile_seconds="2")
-    ledger = Ledger(db_url)
+    ledger = LedgerReader(db_url)
     dr.inbox.mkdir()
-    for src in _big_photos(photos, tmp_path / "src", 5):
+    for src in big_photos(photos, tmp_path / "src", 5):
         shutil.copy(src, dr.inbox / src.name)
     up = dr.start("up", str(dr.inbox), name="up")
     try:
@@ -289,7 +226,7 @@ def test_postgres_restarted_mid_run_tasks_retry_and_nothing_is_lost(tmp_path, re
         ledger.engine.dispose()
         ledger.wait(ledger.all_terminal(12), 300, "all runs terminal after the restart", dr)
     finally:
-        code = _stop(up)
+        code = stop(up)
     assert code == 0, dr.log_tail()
     runs = ledger.runs()
     assert {r.status for r in runs} == {"done"}, [(r.task, r.status, r.error) for r in runs]
@@ -321,9 +258,9 @@ def test_a_run_delivered_twice_at_once_leaves_one_result(tmp_path, redis_url, ph
 
     db_url = f"sqlite:///{tmp_path / 'darkroom.db'}"
     dr = Darkroom(tmp_path, redis_url, db_url, tasks="faces")
-    ledger = Ledger(db_url)
+    ledger = LedgerReader(db_url)
     dr.inbox.mkdir()
-    (src,) = _big_photos(photos, tmp_path / "src", 1)
+    (src,) = big_photos(photos, tmp_path / "src", 1)
     shutil.copy(src, dr.inbox / src.name)
     assert dr.run("ingest", str(dr.inbox)).returncode == 0
     (run,) = ledger.runs()
@@ -338,7 +275,7 @@ def test_a_run_delivered_twice_at_once_leaves_one_result(tmp_path, redis_url, ph
         time.sleep(3)  # let the second delivery finish or skip
     finally:
         for w in workers:
-            _stop(w, signal.SIGTERM)
+            stop(w, signal.SIGTERM)
     (run,) = ledger.runs()
     assert run.status == "done" and run.attempts in (1, 2)
     with ledger.sessions() as s:
@@ -351,9 +288,9 @@ def test_kill_9_of_a_whole_worker_while_another_runs(tmp_path, redis_url, photos
     surviving worker finishes them."""
     db_url = f"sqlite:///{tmp_path / 'darkroom.db'}"
     dr = Darkroom(tmp_path, redis_url, db_url, tasks="faces", visibility_timeout="60", prefetch_multiplier="2")
-    ledger = Ledger(db_url)
+    ledger = LedgerReader(db_url)
     dr.inbox.mkdir()
-    for src in _big_photos(photos, tmp_path / "src", 6):
+    for src in big_photos(photos, tmp_path / "src", 6):
         shutil.copy(src, dr.inbox / src.name)
     assert dr.run("ingest", str(dr.inbox)).returncode == 0
     doomed, survivor = _worker(dr, "doomed"), _worker(dr, "survivor")
@@ -367,7 +304,7 @@ def test_kill_9_of_a_whole_worker_while_another_runs(tmp_path, redis_url, photos
         doomed.wait(10)
         ledger.wait(ledger.all_terminal(6), 420, "all runs terminal", dr)
     finally:
-        _stop(survivor, signal.SIGTERM)
+        stop(survivor, signal.SIGTERM)
     assert {r.status for r in ledger.runs()} == {"done"}
     ledger.check_invariants(dr.inbox, tasks=1)
 
@@ -402,7 +339,7 @@ def test_disk_full_for_outputs_retries_and_leaves_no_partial_files(tmp_path, red
     data = small_disk / "data"
     dr = Darkroom(tmp_path, redis_url, f"sqlite:///{data / 'darkroom.db'}", tasks="normalize,augment")
     dr.env["DARKROOM_DATA_DIR"] = str(data)
-    ledger = Ledger(f"sqlite:///{data / 'darkroom.db'}")
+    ledger = LedgerReader(f"sqlite:///{data / 'darkroom.db'}")
     dr.inbox.mkdir()
     assert dr.run("migrate").returncode == 0
     up = dr.start("up", str(dr.inbox), name="up")
@@ -417,7 +354,7 @@ def test_disk_full_for_outputs_retries_and_leaves_no_partial_files(tmp_path, red
         ledger.wait(lambda runs: len(runs) == 6 and all(r.status == "done" for r in runs), 240,
                     "everything done once there is room", dr)
     finally:
-        code = _stop(up)
+        code = stop(up)
     assert code == 0, dr.log_tail()
     assert not list((data / "blobs").glob(".incoming-*")), "a partial blob was left behind"
     ledger.check_invariants(dr.inbox, tasks=2)
@@ -439,7 +376,7 @@ def test_kill_9_of_a_worker_child_mid_batch_loses_none_of_the_batch(tmp_path, re
     # Random-weights VGG16: slow enough on a CPU that a batch is caught in flight.
     dr = Darkroom(tmp_path, redis_url, db_url, tasks="classify", classifier_model="vgg16",
                   classifier_weights="none", classify_batch_size="8")
-    ledger = Ledger(db_url)
+    ledger = LedgerReader(db_url)
     dr.inbox.mkdir()
     for i in range(12):
         src = photos[("astronaut", "coffee", "chelsea", "rocket")[i % 4]]
@@ -454,7 +391,7 @@ def test_kill_9_of_a_worker_child_mid_batch_loses_none_of_the_batch(tmp_path, re
         os.kill(_pid_of(holder), signal.SIGKILL)
         ledger.wait(ledger.all_terminal(12), 300, "all runs terminal", dr)
     finally:
-        _stop(worker, signal.SIGTERM)
+        stop(worker, signal.SIGTERM)
     runs = ledger.runs()
     assert {r.status for r in runs} == {"done"}, [(r.id, r.status, r.error) for r in runs]
     assert len(held) >= 2 and all(r.attempts >= 2 for r in runs if r.id in held)

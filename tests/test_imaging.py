@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import resource
-import struct
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +22,9 @@ from tasks.imaging import (
     probe,
     resize,
 )
+from tests.photos import png_declaring
 
 LIMITS = {"max_pixels": 100_000_000, "max_bytes": 50 * 1024 * 1024}
-
-
-@pytest.fixture(scope="module")
-def astro() -> np.ndarray:
-    return data.astronaut()  # 512x512x3
-
-
-@pytest.fixture(scope="module")
-def tall(astro) -> np.ndarray:
-    """A non-square picture (512 high, 384 wide), so that rotations show in the shape."""
-    return np.ascontiguousarray(astro[:, :384])
 
 
 @pytest.fixture(params=["path", "bytes"])
@@ -72,10 +60,10 @@ def check_rgb(pixels: np.ndarray, shape: tuple[int, int]) -> None:
 # --- decoding the formats ----------------------------------------------------------------------
 
 
-def test_jpeg(astro, as_source):
-    pixels = decode(as_source(save(Image.fromarray(astro), "JPEG", quality=95), "a.jpg"))
+def test_jpeg(astronaut, as_source):
+    pixels = decode(as_source(save(Image.fromarray(astronaut), "JPEG", quality=95), "a.jpg"))
     check_rgb(pixels, (512, 512))
-    assert mean_abs(pixels, astro) < 3
+    assert mean_abs(pixels, astronaut) < 3
 
 
 def test_png_is_exact(tall, as_source):
@@ -84,25 +72,25 @@ def test_png_is_exact(tall, as_source):
     assert np.array_equal(pixels, tall)
 
 
-def test_rgba_png_composited_on_white(astro, as_source):
-    alpha = np.full(astro.shape[:2], 255, np.uint8)
+def test_rgba_png_composited_on_white(astronaut, as_source):
+    alpha = np.full(astronaut.shape[:2], 255, np.uint8)
     alpha[:100, :100] = 0  # fully transparent
     alpha[200:300, 200:300] = 128  # half
-    raw = save(Image.fromarray(np.dstack([astro, alpha])), "PNG")
+    raw = save(Image.fromarray(np.dstack([astronaut, alpha])), "PNG")
     pixels = decode(as_source(raw, "a.png"))
     check_rgb(pixels, (512, 512))
     assert (pixels[:100, :100] == 255).all()
-    assert np.array_equal(pixels[300:, 300:], astro[300:, 300:])
-    half = astro[200:300, 200:300].astype(np.float64) * 128 / 255 + 255 * 127 / 255
+    assert np.array_equal(pixels[300:, 300:], astronaut[300:, 300:])
+    half = astronaut[200:300, 200:300].astype(np.float64) * 128 / 255 + 255 * 127 / 255
     assert np.abs(pixels[200:300, 200:300] - half).max() <= 1.0
 
 
-def test_palette_png(astro, as_source):
-    pal = Image.fromarray(astro).convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+def test_palette_png(astronaut, as_source):
+    pal = Image.fromarray(astronaut).convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
     pixels = decode(as_source(save(pal, "PNG"), "a.png"))
     check_rgb(pixels, (512, 512))
     assert np.array_equal(pixels, np.asarray(pal.convert("RGB")))
-    assert mean_abs(pixels, astro) < 12
+    assert mean_abs(pixels, astronaut) < 12
 
 
 def test_palette_png_with_transparent_index_goes_white(as_source):
@@ -136,12 +124,12 @@ def test_16bit_png_scaled_by_full_range(as_source):
     assert pixels[128, 0, 0] == values[128, 0] >> 8 and 120 < pixels[128, 0, 0] < 136
 
 
-def test_cmyk_jpeg(astro, as_source):
-    raw = save(Image.fromarray(astro).convert("CMYK"), "JPEG", quality=95)
+def test_cmyk_jpeg(astronaut, as_source):
+    raw = save(Image.fromarray(astronaut).convert("CMYK"), "JPEG", quality=95)
     assert Image.open(io.BytesIO(raw)).mode == "CMYK"
     pixels = decode(as_source(raw, "a.jpg"))
     check_rgb(pixels, (512, 512))
-    assert mean_abs(pixels, astro) < 6
+    assert mean_abs(pixels, astronaut) < 6
 
 
 def test_animated_gif_gives_first_frame(as_source):
@@ -199,8 +187,8 @@ def test_exif_orientation_6_is_applied(tall, as_source):
 # --- decoding smaller (DARKROOM_FAST_DECODE) ---------------------------------------------------
 
 
-def test_jpeg_decoded_at_the_smallest_scale_still_big_enough(astro, as_source):
-    source = as_source(save(Image.fromarray(astro), "JPEG", quality=95), "a.jpg")
+def test_jpeg_decoded_at_the_smallest_scale_still_big_enough(astronaut, as_source):
+    source = as_source(save(Image.fromarray(astronaut), "JPEG", quality=95), "a.jpg")
     whole = decode(source)
     # 512 px: 1/2 gives 256 >= 224; 1/4 (128) would be too small.
     half = decode(source, at_least=(224, 224))
@@ -213,9 +201,9 @@ def test_jpeg_decoded_at_the_smallest_scale_still_big_enough(astro, as_source):
     np.testing.assert_array_equal(decode(source, at_least=(300, 300)), whole)
 
 
-def test_fast_decode_leaves_other_formats_whole(astro, as_source):
-    source = as_source(save(Image.fromarray(astro), "PNG"), "a.png")
-    np.testing.assert_array_equal(decode(source, at_least=(32, 32)), astro)
+def test_fast_decode_leaves_other_formats_whole(astronaut, as_source):
+    source = as_source(save(Image.fromarray(astronaut), "PNG"), "a.png")
+    np.testing.assert_array_equal(decode(source, at_least=(32, 32)), astronaut)
 
 
 def test_fast_decode_sizes_count_upright(tall, as_source):
@@ -238,16 +226,16 @@ def test_empty_file(as_source):
             call()
 
 
-def test_truncated_jpeg(astro, as_source):
-    raw = save(Image.fromarray(astro), "JPEG")
+def test_truncated_jpeg(astronaut, as_source):
+    raw = save(Image.fromarray(astronaut), "JPEG")
     source = as_source(raw[: len(raw) // 2], "cut.jpg")
     with pytest.raises(BadImage, match="truncated or corrupt JPEG") as err:
         decode(source)
     assert "re-copy" in str(err.value)
 
 
-def test_truncated_png(astro, as_source):
-    raw = save(Image.fromarray(astro), "PNG")
+def test_truncated_png(astronaut, as_source):
+    raw = save(Image.fromarray(astronaut), "PNG")
     with pytest.raises(BadImage, match="truncated or corrupt PNG"):
         decode(as_source(raw[: len(raw) // 2], "cut.png"))
 
@@ -269,38 +257,29 @@ def test_text_file(as_source):
     assert all(fmt in message for fmt in SUPPORTED_FORMATS)  # says what would work
 
 
-def test_formats_outside_the_list_are_not_opened(astro, as_source):
-    raw = save(Image.fromarray(astro), "PPM")  # Pillow reads PPM, but we do not
+def test_formats_outside_the_list_are_not_opened(astronaut, as_source):
+    raw = save(Image.fromarray(astronaut), "PPM")  # Pillow reads PPM, but we do not
     with pytest.raises(BadImage, match="supported formats are"):
         probe(as_source(raw, "a.ppm"), **LIMITS)
 
 
-def test_other_decoders_are_never_tried(astro, as_source, monkeypatch):
+def test_other_decoders_are_never_tried(astronaut, as_source, monkeypatch):
     from PIL import PpmImagePlugin
 
     def refuse(self):
         raise AssertionError("the PPM decoder saw the bytes")
 
     monkeypatch.setattr(PpmImagePlugin.PpmImageFile, "_open", refuse)
-    source = as_source(save(Image.fromarray(astro), "PPM"), "a.ppm")
+    source = as_source(save(Image.fromarray(astronaut), "PPM"), "a.ppm")
     with pytest.raises(BadImage, match="supported formats are"):
         decode(source)
 
 
-def test_over_max_bytes(astro, as_source):
-    raw = save(Image.fromarray(astro), "PNG")
+def test_over_max_bytes(astronaut, as_source):
+    raw = save(Image.fromarray(astronaut), "PNG")
     with pytest.raises(BadImage, match=f"over the limit of {len(raw) - 1:,} bytes"):
         probe(as_source(raw, "a.png"), max_pixels=10**8, max_bytes=len(raw) - 1)
     assert probe(as_source(raw, "a.png"), max_pixels=10**8, max_bytes=len(raw)).width == 512
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A real 8x8 PNG whose header claims ``width`` x ``height`` (CRC fixed, so it parses)."""
-    raw = bytearray(save(Image.new("RGB", (8, 8), (1, 2, 3)), "PNG"))
-    assert raw[12:16] == b"IHDR"
-    raw[16:24] = struct.pack(">II", width, height)
-    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
-    return bytes(raw)
 
 
 def test_decompression_bomb_rejected_without_allocating(as_source):

@@ -1,4 +1,4 @@
-"""tasks.normalize: lesson 2's figures, checked against plain float64 numpy."""
+"""tasks.normalize: lesson 2's figures, checked against plain float64 numpy, and the modes' names."""
 
 from __future__ import annotations
 
@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 from skimage import data
 
-from tasks.normalize import MODES, NormalizationReport, Stats, apply, normalize_stats, report_lines
+from tasks.normalize import (
+    MODES,
+    NormalizationReport,
+    Stats,
+    apply,
+    normalize_many,
+    normalize_stats,
+    parse_mode,
+    report_lines,
+)
 
 
 def rgb_sample() -> np.ndarray:
@@ -190,3 +199,18 @@ def test_std_is_population():
     image = np.array([[0, 2]], np.uint8)
     assert normalize_stats(image, "center").before.std_all == 1.0  # ddof=0; ddof=1 gives sqrt(2)
     assert math.isclose(normalize_stats(image, "scale").after.std_all, 1 / 255)
+
+
+def test_normalize_many_counts_once_and_matches_each_mode():
+    pixels = data.astronaut()
+    modes = [("scale", False), ("center", True), ("standardize", False)]
+    assert [r.to_dict() for r in normalize_many(pixels, modes)] == \
+        [normalize_stats(pixels, m, pc).to_dict() for m, pc in modes]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("scale", ("scale", False)), ("center", ("center", False)), ("Standardize:per_channel", ("standardize", True)),
+    ("center:per-channel", ("center", True)),
+])
+def test_parse_mode(text, expected):
+    assert parse_mode(text) == expected

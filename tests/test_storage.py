@@ -1,4 +1,5 @@
-"""The SQL store on SQLite and PostgreSQL: schema, the run ledger, idempotent results."""
+"""The SQL store on SQLite and PostgreSQL: schema, the run ledger (registering, claiming, creating and
+requeueing runs), idempotent results."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from darkroom import catalog
 from storage import files, ledger, results
 from storage.db import make_engine, migrate, read_only, schema_is_current, session_factory, transaction
 from storage.models import DONE, FAILED, QUEUED, REJECTED, RUNNING, Face, Image, Label, TaskRun
+from tests.harness import Pipeline
 
 WORK = [("normalize", ""), ("classify", "vgg16"), ("augment", ""), ("faces", "mtcnn")]
 SHA_A = "a" * 64
@@ -365,3 +367,37 @@ def test_a_run_awaiting_its_retry_belongs_to_its_retry_message(sessions):
         ledger.note_retry(s, faces, "a late note")
     with sessions() as s:
         assert s.get(TaskRun, faces).status == DONE
+
+
+def test_ensure_runs_and_rerun(tmp_path):
+    pipe = Pipeline(tmp_path)
+    work = [("classify", "mobilenet_v2@none")]
+    with transaction(pipe.sessions) as s:
+        a = files.register_file(s, path="/in/a.jpg", size_bytes=1, mtime_ns=1, sha256="a" * 64, fmt="JPEG",
+                               width=4, height=4, rejected_reason=None, work=work)
+        b = files.register_file(s, path="/in/b.jpg", size_bytes=1, mtime_ns=1, sha256="b" * 64, fmt="JPEG",
+                               width=4, height=4, rejected_reason=None, work=work)
+        files.register_file(s, path="/in/c.txt", size_bytes=1, mtime_ns=1, sha256="c" * 64, fmt=None,
+                           width=None, height=None, rejected_reason="not an image", work=work)
+        ledger.mark_enqueued(s, a.run_ids + b.run_ids)
+        ledger.finish_run(s, a.run_ids[0], status=DONE)
+        ledger.finish_run(s, b.run_ids[0], status=FAILED, error="boom")
+    with transaction(pipe.sessions) as s:
+        # A new model: one new run per usable image, none for the rejected one; a second call adds nothing
+        created = ledger.ensure_runs(s, "classify", "resnet50@none")
+        assert len(created) == 2
+        assert ledger.ensure_runs(s, "classify", "resnet50@none") == []
+        # --failed-only: the failed run only
+        only_failed = ledger.rerun(s, "classify", "mobilenet_v2@none", failed_only=True)
+        assert only_failed.created == [] and only_failed.requeued == b.run_ids
+    with transaction(pipe.sessions) as s:
+        ledger.finish_run(s, b.run_ids[0], status=FAILED, error="boom again")
+        everything = ledger.rerun(s, "classify", "mobilenet_v2@none")
+        assert everything.created == [] and sorted(everything.requeued) == sorted(a.run_ids + b.run_ids)
+    with pipe.sessions() as s:
+        runs = {r.id: r for r in s.query(TaskRun)}
+        for run_id in a.run_ids + b.run_ids + created:
+            assert runs[run_id].status == QUEUED and runs[run_id].enqueued_at is None and runs[run_id].error is None
+        assert {r.status for r in runs.values() if r.image.sha256 == "c" * 64} <= {REJECTED}
+        unsent = {r.id for r in ledger.unsent_runs(s)}
+    assert unsent == set(a.run_ids + b.run_ids + created)

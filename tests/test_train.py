@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_e2e import ROOT, Darkroom, _base_env
+from tests.harness import ROOT, Darkroom, base_env
 
 #: Class names. The labelled folder's sub-folders carry them, so its classes come out in
 #: alphabetical order ("eight", "five", ...), unlike the digits: the names must map right anyway.
@@ -97,7 +97,7 @@ def idx_model(idx_folder, tmp_path_factory) -> dict:
 def cli_model(labelled_folder, tmp_path_factory) -> dict:
     """`darkroom train --data <labelled folder>` in a subprocess, model saved to its default place."""
     data_dir = tmp_path_factory.mktemp("cli") / "data"
-    env = _base_env()
+    env = base_env()
     env["DARKROOM_DATA_DIR"] = str(data_dir)
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "darkroom", "train", "--data", str(labelled_folder)],

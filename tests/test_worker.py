@@ -1,16 +1,15 @@
-"""The course's lessons through the worker pipeline: the real ``worker.pipeline.execute`` (claim, blob
-read, decode, handler, write, finish) on a real SQLite store, with the settings that shape each task;
-and the transforms added to lesson 6 (shear, channel shift).
+"""The worker: each task's run through the real ``worker.pipeline.execute`` (claim, blob read,
+decode, step, write, finish) on a real SQLite store, with the settings that shape each task; batches,
+groups, retries, companion runs, preload, device choice and malformed messages.
 
-Lesson 4's check: for registry models built with ``weights=None`` (mobilenet_v2, efficientnet_b0,
-resnet50 and inception_v3; vgg16, vgg19 and xception are left out as too big to build twice in a
-test), the label and score the pipeline stores equal calling the Keras model directly on the same file.
+For registry models built with ``weights=None`` (every model in the registry, VGG16 and VGG19
+included), the label and score the pipeline stores equal calling the Keras model directly on the
+same file (the course's lesson 4).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 from pathlib import Path
 
 import numpy as np
@@ -19,97 +18,39 @@ from PIL import Image
 from skimage import data
 
 from darkroom.catalog import classifier_key
-from darkroom.settings import Settings
-from storage import files as registry
-from storage import ledger, results
-from storage.blobs import BlobStore
-from storage.db import make_engine, migrate, session_factory, transaction
-from storage.models import DONE, FAILED, QUEUED, REJECTED, TaskRun
-from tasks.augment import AugmentSpec, augment, contact_sheet, parse_spec
-from tasks.imaging import decode, encode, probe
-from tasks.normalize import normalize_many, normalize_stats, parse_mode
-from tests.models import sharpen
+from storage import ledger
+from storage.db import transaction
+from storage.models import DONE, QUEUED, TaskRun
+from tasks.augment import AugmentSpec, augment, contact_sheet
+from tasks.imaging import decode, encode
+from tasks.normalize import normalize_stats
+from tests.harness import FakeTask, Pipeline, Retry
+from tests.keras_helpers import sharpen
 
 # Every registry model, VGG16 and VGG19 (528 and 549 MB of weights) included.
 CLASSIFIERS = ["mobilenet_v2", "efficientnet_b0", "resnet50", "inception_v3", "xception", "vgg16", "vgg19"]
 
 
-class Pipeline:
-    """One store (SQLite + blobs) and one worker Runtime; ``execute`` runs a task run as a worker does."""
-
-    def __init__(self, root: Path) -> None:
-        from worker.runtime import Runtime
-
-        self.Runtime = Runtime
-        self.root = root
-        self.db_url = f"sqlite:///{root / 'darkroom.db'}"
-        engine = make_engine(self.db_url)
-        migrate(engine)
-        self.sessions = session_factory(engine)
-        self.blobs = BlobStore(root / "blobs")
-        self.rt = Runtime(settings=self.settings(), sessions=self.sessions, blobs=self.blobs, identity="test:1")
-        self.app = None  # a Celery app for messages the pipeline sends (given back runs); set by tests
-
-    def settings(self, **values) -> Settings:
-        return Settings(data_dir=self.root, database_url=self.db_url, **values)
-
-    def configure(self, **values) -> None:
-        self.rt.configure(self.settings(**values))
-
-    def add(self, path: Path, work: list[tuple[str, str]]) -> tuple[str, list[int]]:
-        sha, size = self.blobs.put_file(path)
-        info = probe(self.blobs.path_for(sha), max_pixels=10**8, max_bytes=10**9)
-        with transaction(self.sessions) as s:
-            reg = registry.register_file(s, path=str(path), size_bytes=size, mtime_ns=1, sha256=sha, fmt=info.format,
-                                     width=info.width, height=info.height, rejected_reason=None, work=work)
-        return sha, reg.run_ids
-
-    def execute(self, run_id: int, run_ids: list[int] | None = None, task=None) -> str:
-        from worker.pipeline import execute
-
-        task = task or _Task()
-        task.runtime, task.app = self.rt, self.app  # what a PipelineTask has inside a worker process
-        return execute(task, run_id, run_ids=run_ids)
-
-    def results(self, sha: str) -> dict:
-        from darkroom import catalog
-
-        with self.sessions() as s:
-            (image,) = results.find_images(s, [sha])
-            return results.results_json(s, [image], catalog.result_stores())[0]
-
-    def artifacts(self, sha: str) -> dict[tuple[str, int], object]:
-        with self.sessions() as s:
-            (image,) = results.find_images(s, [sha])
-            return {(a.kind, a.idx): a for a in results.artifacts_for(s, image.id)}
-
-
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory) -> Pipeline:
+    """One store and one worker runtime for the whole module, so that each model loads once; tests
+    add new content (a mirrored or rotated copy) where they need runs of their own."""
     return Pipeline(tmp_path_factory.mktemp("store"))
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
-    """Photos that scikit-image ships, as files, and a 2x3 collage of six copies of the astronaut's face."""
-    folder = tmp_path_factory.mktemp("photos")
-    out = {}
-    for name in ("astronaut", "chelsea", "coffee", "rocket"):
-        out[name] = folder / f"{name}.jpg"
-        Image.fromarray(getattr(data, name)()).save(out[name], quality=92)
-    out["collage"] = folder / "collage.png"
-    Image.fromarray(face_collage()).save(out["collage"])
-    return out
+def keras_direct(model, spec, path: Path) -> np.ndarray:
+    """The course's lesson 4, verbatim but for the model: load_img, img_to_array, preprocess_input,
+    predict (with the bilinear resize Darkroom uses; Keras's load_img defaults to nearest)."""
+    import keras
+
+    image = keras.utils.load_img(str(path), target_size=spec.input_size, interpolation="bilinear")
+    image = keras.utils.img_to_array(image)
+    image = image.reshape((1, *image.shape))
+    image = spec.preprocess_function()(image)
+    return np.asarray(model.predict(image, verbose=0))[0]
 
 
-def face_collage(rows: int = 2, cols: int = 3) -> np.ndarray:
-    head = data.astronaut()[30:230, 140:320]
-    tile = np.asarray(Image.fromarray(head).resize((160, 160), Image.BILINEAR))
-    return np.concatenate([np.concatenate([tile] * cols, axis=1)] * rows, axis=0)
-
-
-# --- lesson 2: a report per configured mode --------------------------------------------------------
-
+# --- normalize: a report per configured mode (lesson 2) -------------------------------------------
 
 def test_normalize_stores_one_report_per_configured_mode(pipe, files):
     pipe.configure(normalize_modes="center,standardize:per_channel,standardize")
@@ -132,30 +73,7 @@ def test_normalize_stores_one_report_per_configured_mode(pipe, files):
     assert abs(centered["mean_all"]) < 1e-6 and centered["min"] < 0 < centered["max"]
 
 
-def test_normalize_many_counts_once_and_matches_each_mode():
-    pixels = data.astronaut()
-    modes = [("scale", False), ("center", True), ("standardize", False)]
-    assert [r.to_dict() for r in normalize_many(pixels, modes)] == \
-        [normalize_stats(pixels, m, pc).to_dict() for m, pc in modes]
-
-
-@pytest.mark.parametrize("text, expected", [
-    ("scale", ("scale", False)), ("center", ("center", False)), ("Standardize:per_channel", ("standardize", True)),
-    ("center:per-channel", ("center", True)),
-])
-def test_parse_mode(text, expected):
-    assert parse_mode(text) == expected
-
-
-@pytest.mark.parametrize("bad", ["whiten", "scale:per_channel", "center:sideways"])
-def test_bad_normalize_modes_are_refused_by_settings(bad):
-    from pydantic import ValidationError
-
-    with pytest.raises(ValidationError, match="normalize_modes"):
-        Settings(normalize_modes=bad)
-
-
-# --- lesson 7: crops of every face, keypoints on the boxed image -----------------------------------
+# --- faces: crops of every face, keypoints on the boxed image (lesson 7) ---------------------------
 
 
 def test_faces_of_a_collage_each_with_its_crop(pipe, files):
@@ -232,7 +150,7 @@ def test_boxed_photo_stored_when_a_face_is_found_by_default(pipe, files, tmp_pat
     pipe.configure()
 
 
-# --- lesson 6: the settings' spec string, shear and channel shift ----------------------------------
+# --- augment: the settings' spec string (lesson 6) -------------------------------------------------
 
 
 def test_augment_uses_the_settings_spec(pipe, files):
@@ -253,130 +171,7 @@ def test_augment_uses_the_settings_spec(pipe, files):
     assert (sheet.width, sheet.height) == (3 * 68 + 4, 2 * 47 + 4) == contact_sheet(expected).shape[1::-1]
 
 
-def test_settings_reject_a_bad_augment_spec():
-    from pydantic import ValidationError
-
-    with pytest.raises(ValidationError, match="spin"):
-        Settings(augment="spin=90")
-    with pytest.raises(ValidationError, match="shear"):
-        Settings(augment="shear=95")
-
-
-def horizontal_line(width: int = 201, height: int = 101) -> np.ndarray:
-    image = np.zeros((height, width, 3), np.uint8)
-    image[height // 2 - 1:height // 2 + 2] = 255
-    return image
-
-
-def test_shear_is_an_angle_about_the_centre():
-    """ImageDataGenerator's shear_range: a horizontal line through the centre turns by at most the
-    range, about the centre, each way."""
-    angles = []
-    for out in augment(horizontal_line(), AugmentSpec(flip="none", rotation=0, shear=20, count=16, size=256)):
-        ys, xs = np.nonzero(out[..., 0] > 127)
-        slope, intercept = np.polyfit(xs, ys, 1)
-        angles.append(float(np.degrees(np.arcsin(slope))))
-        assert abs(slope * 100 + intercept - 50) < 1.0  # still through the centre pixel
-        assert out[50, 100, 0] > 200
-    assert max(abs(a) for a in angles) <= 20 + 0.5
-    assert max(angles) > 5 and min(angles) < -5
-
-
-def test_shear_fill_modes_differ_where_the_image_is_uncovered():
-    image = data.astronaut()
-    outs = {mode: augment(image, AugmentSpec(flip="none", rotation=0, shear=40, count=1, size=64,
-                                             fill_mode=mode, fill_value=0))[0]
-            for mode in ("nearest", "constant", "reflect", "wrap")}
-    assert len({o.tobytes() for o in outs.values()}) == 4
-    # A constant (black) fill shows up in the corners that the shear uncovers
-    assert (outs["constant"].reshape(-1, 3).sum(axis=1) == 0).sum() > 20
-
-
-def test_channel_shift_moves_each_channel_by_its_own_offset():
-    flat = np.full((32, 32, 3), 128, np.uint8)
-    outs = augment(flat, AugmentSpec(flip="none", rotation=0, channel_shift=50, count=8))
-    shifts = np.array([o.reshape(-1, 3).astype(int).mean(axis=0) - 128 for o in outs])
-    for o in outs:  # one offset per channel, the same over the whole image
-        assert (o == o[0, 0]).all()
-    assert np.abs(shifts).max() <= 50.5 and np.abs(shifts).max() > 10
-    assert any(len(set(row.round())) == 3 for row in shifts)  # channels shift differently
-    # Clipped to 0..255
-    bright = augment(np.full((8, 8, 3), 250, np.uint8), AugmentSpec(flip="none", rotation=0, channel_shift=100,
-                                                                    count=8))
-    assert max(int(o.max()) for o in bright) == 255
-
-
-def test_new_transforms_are_seeded_and_leave_old_specs_alone():
-    image = data.astronaut()
-    spec = AugmentSpec(seed=4, shear=10, channel_shift=20, zoom=0.1, count=3, size=96)
-    first, second = augment(image, spec), augment(image, spec)
-    assert all(np.array_equal(a, b) for a, b in zip(first, second))
-    other = augment(image, dataclasses.replace(spec, seed=5))
-    assert not any(np.array_equal(a, b) for a, b in zip(first, other))
-    # A spec without the new transforms gives what it gave before they existed: the same steps,
-    # seeded by the same positions.
-    plain = AugmentSpec(seed=4, zoom=0.1, count=3, size=96)
-    assert all(np.array_equal(a, b) for a, b in zip(augment(image, plain),
-                                                    augment(image, dataclasses.replace(plain, shear=0.0))))
-
-
-def test_parse_spec_knows_the_new_keys():
-    spec = parse_spec("flip=hv,rotation=90,zoom=0.2,shear=12.5,channel_shift=40,fill_mode=wrap")
-    assert (spec.shear, spec.channel_shift, spec.fill_mode, spec.zoom) == (12.5, 40.0, "wrap", 0.2)
-    with pytest.raises(ValueError, match="channel_shift"):
-        parse_spec("channel_shift=300")
-
-
-# --- the store: creating and requeueing runs for a task and model ----------------------------------
-
-
-def test_ensure_runs_and_rerun(tmp_path):
-    pipe = Pipeline(tmp_path)
-    work = [("classify", "mobilenet_v2@none")]
-    with transaction(pipe.sessions) as s:
-        a = registry.register_file(s, path="/in/a.jpg", size_bytes=1, mtime_ns=1, sha256="a" * 64, fmt="JPEG",
-                               width=4, height=4, rejected_reason=None, work=work)
-        b = registry.register_file(s, path="/in/b.jpg", size_bytes=1, mtime_ns=1, sha256="b" * 64, fmt="JPEG",
-                               width=4, height=4, rejected_reason=None, work=work)
-        registry.register_file(s, path="/in/c.txt", size_bytes=1, mtime_ns=1, sha256="c" * 64, fmt=None,
-                           width=None, height=None, rejected_reason="not an image", work=work)
-        ledger.mark_enqueued(s, a.run_ids + b.run_ids)
-        ledger.finish_run(s, a.run_ids[0], status=DONE)
-        ledger.finish_run(s, b.run_ids[0], status=FAILED, error="boom")
-    with transaction(pipe.sessions) as s:
-        # A new model: one new run per usable image, none for the rejected one; a second call adds nothing
-        created = ledger.ensure_runs(s, "classify", "resnet50@none")
-        assert len(created) == 2
-        assert ledger.ensure_runs(s, "classify", "resnet50@none") == []
-        # --failed-only: the failed run only
-        only_failed = ledger.rerun(s, "classify", "mobilenet_v2@none", failed_only=True)
-        assert only_failed.created == [] and only_failed.requeued == b.run_ids
-    with transaction(pipe.sessions) as s:
-        ledger.finish_run(s, b.run_ids[0], status=FAILED, error="boom again")
-        everything = ledger.rerun(s, "classify", "mobilenet_v2@none")
-        assert everything.created == [] and sorted(everything.requeued) == sorted(a.run_ids + b.run_ids)
-    with pipe.sessions() as s:
-        runs = {r.id: r for r in s.query(TaskRun)}
-        for run_id in a.run_ids + b.run_ids + created:
-            assert runs[run_id].status == QUEUED and runs[run_id].enqueued_at is None and runs[run_id].error is None
-        assert {r.status for r in runs.values() if r.image.sha256 == "c" * 64} <= {REJECTED}
-        unsent = {r.id for r in ledger.unsent_runs(s)}
-    assert unsent == set(a.run_ids + b.run_ids + created)
-
-
-# --- lesson 4: the pipeline's labels are the model's own -------------------------------------------
-
-
-def keras_direct(model, spec, path: Path) -> np.ndarray:
-    """The course's lesson 4, verbatim but for the model: load_img, img_to_array, preprocess_input,
-    predict (with the bilinear resize Darkroom uses; Keras's load_img defaults to nearest)."""
-    import keras
-
-    image = keras.utils.load_img(str(path), target_size=spec.input_size, interpolation="bilinear")
-    image = keras.utils.img_to_array(image)
-    image = image.reshape((1, *image.shape))
-    image = spec.preprocess_function()(image)
-    return np.asarray(model.predict(image, verbose=0))[0]
+# --- classify: fast decode, batches and groups, the model's own labels (lesson 4) ------------------
 
 
 def test_fast_decode_classifies_the_photo_decoded_smaller_and_can_be_turned_off(pipe, files, tmp_path):
@@ -416,23 +211,6 @@ def test_fast_decode_classifies_the_photo_decoded_smaller_and_can_be_turned_off(
     pipe.rt.models.clear()
 
 
-class _Retry(Exception):
-    pass
-
-
-class _Task:
-    """What ``execute`` sees of a Celery task: its retry count, and ``retry``, which records the
-    message that would be sent."""
-
-    def __init__(self) -> None:
-        self.request = types.SimpleNamespace(retries=0)
-        self.retried: list[dict] = []
-
-    def retry(self, exc, countdown, kwargs):
-        self.retried.append(kwargs)
-        return _Retry(str(exc))
-
-
 def test_a_group_message_classifies_its_runs_in_one_batch_and_retries_as_a_group(pipe, files, tmp_path):
     import keras
 
@@ -464,8 +242,8 @@ def test_a_group_message_classifies_its_runs_in_one_batch_and_retries_as_a_group
         with transaction(pipe.sessions) as s:
             assert set(ledger.rerun(s, "classify", key).requeued) >= {r1, r2, r3}
         pipe.configure(classify_batch_size=2)  # the group alone: no other run in its batch
-        task = _Task()
-        with pytest.raises(_Retry):
+        task = FakeTask()
+        with pytest.raises(Retry):
             pipe.execute(r4, run_ids=[r4, r1], task=task)
         assert task.retried == [{"run_id": r4, "takeover": True, "run_ids": [r4, r1]}]
         with pipe.sessions() as s:
@@ -517,6 +295,9 @@ def test_pipeline_labels_equal_the_model_called_directly(name, pipe, files, tmp_
     assert [lab["label"] for lab in labels] == [classes[i] for i in order]
     np.testing.assert_allclose([lab["score"] for lab in labels], reference[order], rtol=0, atol=1e-5)
     pipe.rt.models.clear()  # free the model
+
+
+# --- the process: device choice, preload, companion runs -------------------------------------------
 
 
 def test_faces_run_on_the_gpu_when_tensorflow_sees_one(pipe, monkeypatch):
@@ -631,8 +412,8 @@ def test_a_companion_run_is_given_back_when_its_group_meets_a_transient_error(pi
         raise ConnectionError("the blob store's disk is away")
 
     monkeypatch.setitem(catalog.BY_NAME, "faces", dataclasses.replace(catalog.get("faces"), step=away))
-    task = _Task()
-    with pytest.raises(_Retry):
+    task = FakeTask()
+    with pytest.raises(Retry):
         pipe.execute(norm, task=task)
     assert task.retried == [{"run_id": norm, "takeover": True}]  # the message's own run is retried
     with pipe.sessions() as s:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,26 +36,6 @@ def run(monkeypatch, tmp_path):
 
     yield invoke
     get_settings.cache_clear()
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("photos")
-    out = {}
-    for name in ("astronaut", "coffee", "chelsea"):
-        out[name] = folder / f"{name}.jpg"
-        Image.fromarray(getattr(data, name)()).save(out[name], quality=92)
-    # Both extremes, as in the lesson's photo: a gradient from 0 to 255 (lossless).
-    gradient = np.tile(np.arange(256, dtype=np.uint8), (64, 1))
-    out["gradient"] = folder / "gradient.png"
-    Image.fromarray(np.stack([gradient, gradient[:, ::-1], np.full_like(gradient, 77)], axis=-1)).save(out["gradient"])
-    head = data.astronaut()[30:230, 140:320]
-    tile = np.asarray(Image.fromarray(head).resize((160, 160), Image.BILINEAR))
-    out["collage"] = folder / "collage.png"
-    Image.fromarray(np.concatenate([np.concatenate([tile] * 3, axis=1)] * 2, axis=0)).save(out["collage"])
-    out["text"] = folder / "notes.jpg"
-    out["text"].write_text("not a photo at all")
-    return out
 
 
 def one_line_error(result, *needles: str) -> None:

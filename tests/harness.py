@@ -1,0 +1,358 @@
+"""The suite's harness: how tests run Darkroom, in other processes and in this one.
+
+- ``Darkroom``: the `darkroom` command in subprocesses, as a user runs it, against one data folder,
+  database and Redis (with ``stop``, ``write_slowly`` and ``base_env``);
+- ``LedgerReader``: the SQL store read from outside, as an operator's query would, waiting for states;
+- ``Pipeline``: the real worker pipeline (``worker.pipeline.execute``) in this process, on a store
+  of its own, with ``FakeTask`` standing in for the Celery task that carries a run;
+- ``PrivateRedis`` and ``PrivatePostgres``: servers of a test's own, safe to kill and restart.
+
+Project modules are imported where they are used, so that the conftest can import this module
+before anything of Darkroom is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+#: The repository's root: where `python -m darkroom` and Celery run from.
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Set under CI: a service that is not there fails its tests instead of skipping them.
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing(what: str) -> None:
+    """A service a test needs is not there: skip the test locally, fail it under CI."""
+    if IN_CI:
+        pytest.fail(f"{what} is not reachable, and CI needs it")
+    pytest.skip(f"{what} is not reachable")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- Darkroom in subprocesses ----------------------------------------------------------------------
+
+
+def base_env() -> dict[str, str]:
+    """This process's environment without any DARKROOM_ setting, quiet TensorFlow, no GPU."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DARKROOM_")}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
+    return env
+
+
+class Darkroom:
+    """Runs `darkroom` commands as a user would, against one data dir, database and Redis db."""
+
+    def __init__(self, tmp: Path, redis_url: str, db_url: str, **settings: str) -> None:
+        self.inbox = tmp / "inbox"
+        self.data = tmp / "data"
+        self.env = base_env()
+        self.env.update(
+            DARKROOM_DATA_DIR=str(self.data), DARKROOM_BROKER_URL=redis_url, DARKROOM_DATABASE_URL=db_url,
+            DARKROOM_SETTLE_SECONDS="0.5", DARKROOM_CONCURRENCY="2", KERAS_HOME=str(tmp / "keras"),
+            DARKROOM_START_LOCAL_REDIS="false",
+        )
+        self.env.update({f"DARKROOM_{k.upper()}": v for k, v in settings.items()})
+        self.logs = tmp / "logs"
+        self.logs.mkdir()
+
+    def start(self, *args: str, name: str) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "wb")
+        return subprocess.Popen([sys.executable, "-m", "darkroom", *args], env=self.env, cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "darkroom", *args], env=self.env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def results(self, *selectors: str) -> list[dict]:
+        done = self.run("results", "--json", *selectors)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def wait_until_settled(self, expected_images: int, proc: subprocess.Popen, timeout: float = 300) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        results: list[dict] = []
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"darkroom exited early with {proc.returncode}\n{self.log_tail()}"
+            done = self.run("results", "--json")
+            if done.returncode == 0:
+                results = json.loads(done.stdout)
+                if len(results) >= expected_images and all(r["status"] not in ("queued", "running") for r in results):
+                    return results
+            time.sleep(1.0)
+        raise AssertionError(f"not settled after {timeout} s: {[(r['path'], r['status']) for r in results]}\n"
+                             + self.log_tail())
+
+    def log_tail(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.logs.glob("*.log"))
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 120) -> int:
+    """Stops a process started by ``Darkroom.start`` (Ctrl-C by default) and returns its exit code;
+    one that does not stop in time is killed with its process group, and the test fails."""
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+
+
+def write_slowly(src: Path, dst: Path, chunks: int = 6, pause: float = 0.25) -> None:
+    """Copies ``src`` to ``dst`` in chunks with pauses, as a slow download or network copy writes."""
+    data = src.read_bytes()
+    step = len(data) // chunks + 1
+    with open(dst, "wb") as fh:
+        for i in range(0, len(data), step):
+            fh.write(data[i:i + step])
+            fh.flush()
+            time.sleep(pause)
+
+
+class LedgerReader:
+    """Reads the SQL store directly, as an operator's query would: the task runs, waiting for their
+    states, and the invariants every fault must leave intact."""
+
+    def __init__(self, db_url: str) -> None:
+        from storage.db import make_engine, session_factory
+
+        self.engine = make_engine(db_url)
+        self.sessions = session_factory(self.engine)
+
+    def runs(self) -> list:
+        from sqlalchemy import select
+
+        from storage.models import TaskRun
+
+        with self.sessions() as s:
+            return list(s.scalars(select(TaskRun).order_by(TaskRun.id)))
+
+    def wait(self, predicate, timeout: float, what: str, dr: Darkroom | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if predicate(self.runs()):
+                    return
+            except Exception:  # noqa: BLE001 - the schema may not exist yet
+                pass
+            time.sleep(0.2)
+        states = [(r.id, r.task, r.status, r.attempts) for r in self.runs()]
+        raise AssertionError(f"timed out waiting for {what}: {states}\n{dr.log_tail() if dr else ''}")
+
+    def all_terminal(self, n_runs: int):
+        return lambda runs: len(runs) == n_runs and all(r.status in ("done", "failed", "rejected") for r in runs)
+
+    def check_invariants(self, inbox: Path, tasks: int) -> None:
+        """Every inbox file has a row; every run is terminal; one result per (image, task, model)."""
+        from sqlalchemy import func, select
+
+        from storage.models import Face, Normalization, SourceFile, TaskRun
+
+        with self.sessions() as s:
+            paths = set(s.scalars(select(SourceFile.path)))
+            for f in inbox.rglob("*"):
+                if f.is_file():
+                    assert str(f) in paths, f"{f} was lost"
+            runs = list(s.scalars(select(TaskRun)))
+            assert all(r.status in ("done", "failed", "rejected") for r in runs), [(r.task, r.status) for r in runs]
+            per_image = {}
+            for r in runs:
+                per_image.setdefault(r.image_id, []).append(r.task)
+            assert all(len(v) == len(set(v)) == tasks for v in per_image.values())
+            dup_norm = s.execute(select(Normalization.image_id, func.count()).group_by(
+                Normalization.image_id, Normalization.mode, Normalization.per_channel).having(func.count() > 1)).all()
+            assert dup_norm == []
+            dup_faces = s.execute(select(Face.image_id, Face.idx, func.count()).group_by(
+                Face.image_id, Face.model, Face.idx).having(func.count() > 1)).all()
+            assert dup_faces == []
+
+
+# --- the worker pipeline in this process -----------------------------------------------------------
+
+
+class Retry(Exception):
+    """What ``FakeTask.retry`` gives back for ``execute`` to raise (Celery raises its own Retry)."""
+
+
+class FakeTask:
+    """What ``execute`` sees of a Celery task: its retry count, and ``retry``, which records the
+    message that would be sent."""
+
+    def __init__(self) -> None:
+        self.request = types.SimpleNamespace(retries=0)
+        self.retried: list[dict] = []
+
+    def retry(self, exc, countdown, kwargs):
+        self.retried.append(kwargs)
+        return Retry(str(exc))
+
+
+class Pipeline:
+    """One store (SQLite + blobs) and one worker Runtime; ``execute`` runs a task run as a worker does.
+
+    ``add`` registers a file as the producer would (its blob stored, its runs created), ``execute``
+    runs one of those runs through ``worker.pipeline.execute`` with a ``FakeTask``, and ``results``
+    and ``artifacts`` read back what the worker stored."""
+
+    def __init__(self, root: Path) -> None:
+        from storage.blobs import BlobStore
+        from storage.db import make_engine, migrate, session_factory
+        from worker.runtime import Runtime
+
+        self.Runtime = Runtime
+        self.root = root
+        self.db_url = f"sqlite:///{root / 'darkroom.db'}"
+        engine = make_engine(self.db_url)
+        migrate(engine)
+        self.sessions = session_factory(engine)
+        self.blobs = BlobStore(root / "blobs")
+        self.rt = Runtime(settings=self.settings(), sessions=self.sessions, blobs=self.blobs, identity="test:1")
+        self.app = None  # a Celery app for messages the pipeline sends (given back runs); set by tests
+
+    def settings(self, **values):
+        from darkroom.settings import Settings
+
+        return Settings(data_dir=self.root, database_url=self.db_url, **values)
+
+    def configure(self, **values) -> None:
+        self.rt.configure(self.settings(**values))
+
+    def add(self, path: Path, work: list[tuple[str, str]]) -> tuple[str, list[int]]:
+        from storage import files as registry
+        from storage.db import transaction
+        from tasks.imaging import probe
+
+        sha, size = self.blobs.put_file(path)
+        info = probe(self.blobs.path_for(sha), max_pixels=10**8, max_bytes=10**9)
+        with transaction(self.sessions) as s:
+            reg = registry.register_file(s, path=str(path), size_bytes=size, mtime_ns=1, sha256=sha, fmt=info.format,
+                                         width=info.width, height=info.height, rejected_reason=None, work=work)
+        return sha, reg.run_ids
+
+    def execute(self, run_id: int, run_ids: list[int] | None = None, task=None) -> str:
+        from worker.pipeline import execute
+
+        task = task or FakeTask()
+        task.runtime, task.app = self.rt, self.app  # what a PipelineTask has inside a worker process
+        return execute(task, run_id, run_ids=run_ids)
+
+    def results(self, sha: str) -> dict:
+        from darkroom import catalog
+        from storage import results
+
+        with self.sessions() as s:
+            (image,) = results.find_images(s, [sha])
+            return results.results_json(s, [image], catalog.result_stores())[0]
+
+    def artifacts(self, sha: str) -> dict[tuple[str, int], object]:
+        from storage import results
+
+        with self.sessions() as s:
+            (image,) = results.find_images(s, [sha])
+            return {(a.kind, a.idx): a for a in results.artifacts_for(s, image.id)}
+
+
+# --- servers of a test's own -----------------------------------------------------------------------
+
+
+class PrivateRedis:
+    """A redis-server of the test's own, on a free port, without persistence: safe to kill and restart."""
+
+    def __init__(self, folder: Path, *extra: str) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.folder = folder
+        self.extra = extra
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        import redis
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.folder), *self.extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+                return
+            except redis.AuthenticationError:
+                return
+            except redis.ResponseError:  # NOAUTH: up, and wants a password
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("private redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def restart(self) -> None:
+        """Killed and started again on the same port: everything it held is gone."""
+        self.kill()
+        self.start()
+
+    def url(self, db: int = 0, auth: str = "") -> str:
+        return f"redis://{auth + '@' if auth else ''}127.0.0.1:{self.port}/{db}"
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of the test's own (initdb in a temp folder, a free port): safe to stop."""
+
+    def __init__(self, folder: Path) -> None:
+        import glob
+        import shutil
+
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not bins:
+            missing("PostgreSQL's server binaries (initdb)")
+        self.bin = Path(bins[-1]).parent
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.data = folder / "pgdata"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            self.prefix = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(folder, "postgres")
+        subprocess.run([*self.prefix, str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres"],
+                       check=True, capture_output=True)
+        self.start()
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run([*self.prefix, str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60", *args],
+                       check=True, capture_output=True)
+
+    def start(self) -> None:
+        self._ctl("-o", f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1", "-l",
+                  str(self.data / "server.log"), "start")
+
+    def stop(self) -> None:
+        self._ctl("-m", "fast", "stop")
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
