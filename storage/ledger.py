@@ -12,9 +12,10 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
+from storage.db import chunks
 from storage.models import (
     DONE,
     FAILED,
@@ -49,47 +50,74 @@ def unsent_runs(session: Session, limit: int = 1000) -> list[RunRef]:
     return [RunRef(*row) for row in rows]
 
 
+#: Rows one statement of a bulk change touches: well inside every database's limit on bound
+#: parameters (PostgreSQL: 65,535; older SQLite: 999 per statement, hence chunks of 500 in IN lists).
+BATCH = 5000
+
+
 def mark_enqueued(session: Session, run_ids: Iterable[int]) -> None:
-    ids = list(run_ids)
-    if ids:
-        session.execute(update(TaskRun).where(TaskRun.id.in_(ids)).values(enqueued_at=utcnow()))
+    now = utcnow()
+    for chunk in chunks(list(run_ids)):
+        session.execute(update(TaskRun).where(TaskRun.id.in_(chunk)).values(enqueued_at=now))
 
 
 def requeue_runs(session: Session, *, statuses: Sequence[str], task: str | None = None,
                  model: str | None = None, older_than: dt.datetime | None = None) -> list[int]:
-    """Put runs in ``statuses`` back to ``queued`` (unsent) so they are sent again; returns their ids."""
-    query = select(TaskRun.id).where(TaskRun.status.in_(statuses)).order_by(TaskRun.id)
+    """Put runs in ``statuses`` back to ``queued`` (unsent) so they are sent again; returns their ids.
+
+    Any number of runs: they are found a :data:`BATCH` at a time in id order (keyset, not OFFSET) and
+    each batch is changed with id lists of a bounded size."""
+    query = select(TaskRun.id).where(TaskRun.status.in_(statuses)).order_by(TaskRun.id).limit(BATCH)
     if task:
         query = query.where(TaskRun.task == task)
     if model is not None:
         query = query.where(TaskRun.model == model)
     if older_than is not None:
         query = query.where(func.coalesce(TaskRun.started_at, TaskRun.enqueued_at, TaskRun.queued_at) < older_than)
-    ids = list(session.scalars(query))
-    if ids:
-        session.execute(
-            update(TaskRun).where(TaskRun.id.in_(ids))
-            .values(status=QUEUED, enqueued_at=None, queued_at=utcnow(), error=None, retry_pending=False)
-        )
-        # A rejected image is re-examined from scratch.
-        image_ids = select(TaskRun.image_id).where(TaskRun.id.in_(ids))
-        session.execute(update(Image).where(Image.id.in_(image_ids)).values(rejected_reason=None))
-    return ids
+    out: list[int] = []
+    last = 0
+    now = utcnow()
+    while True:
+        ids = list(session.scalars(query.where(TaskRun.id > last)))
+        if not ids:
+            return out
+        for chunk in chunks(ids):
+            session.execute(
+                update(TaskRun).where(TaskRun.id.in_(chunk))
+                .values(status=QUEUED, enqueued_at=None, queued_at=now, error=None, retry_pending=False)
+            )
+            # A rejected image is re-examined from scratch.
+            image_ids = select(TaskRun.image_id).where(TaskRun.id.in_(chunk))
+            session.execute(update(Image).where(Image.id.in_(image_ids), Image.rejected_reason.is_not(None))
+                            .values(rejected_reason=None))
+        out.extend(ids)
+        last = ids[-1]
 
 
 def ensure_runs(session: Session, task: str, model: str) -> list[int]:
     """Create the (``task``, ``model``) run, queued and unsent, for every image that is not rejected
     and has none (a newly configured classifier, a task added to DARKROOM_TASKS); returns the new
-    runs' ids. Images that already have the run keep it, whatever its state."""
-    have = select(TaskRun.image_id).where(TaskRun.task == task, TaskRun.model == model)
-    image_ids = list(session.scalars(
-        select(Image.id).where(Image.rejected_reason.is_(None), Image.id.not_in(have)).order_by(Image.id)
-    ))
+    runs' ids. Images that already have the run keep it, whatever its state.
+
+    One ``INSERT ... SELECT`` of the images without the run per :data:`BATCH` images (by id range):
+    the database does the work, and no statement grows with the store."""
+    top = session.scalar(select(func.max(Image.id))) or 0
     now = utcnow()
-    runs = [TaskRun(image_id=i, task=task, model=model, status=QUEUED, queued_at=now) for i in image_ids]
-    session.add_all(runs)
-    session.flush()
-    return [run.id for run in runs]
+    created: list[int] = []
+    for start in range(0, top, BATCH):
+        in_range = (Image.id > start, Image.id <= start + BATCH)
+        # The batch's images that have the run, as a set the database hashes once (an anti-join it
+        # plans well even before the tables' statistics exist, e.g. right after a bulk load).
+        have = select(TaskRun.image_id).where(TaskRun.task == task, TaskRun.model == model,
+                                              TaskRun.image_id > start, TaskRun.image_id <= start + BATCH)
+        rows = (select(Image.id, literal(task), literal(model), literal(QUEUED), literal(now), literal(0),
+                       literal(False))
+                .where(*in_range, Image.rejected_reason.is_(None), Image.id.not_in(have)))
+        statement = insert(TaskRun).from_select(
+            ["image_id", "task", "model", "status", "queued_at", "attempts", "retry_pending"], rows
+        ).returning(TaskRun.id)
+        created.extend(session.scalars(statement))
+    return sorted(created)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,16 +218,20 @@ def _claim_others(session: Session, where: tuple, *, worker: str, exclude: int |
     holds) and not awaiting their retry message: up to ``limit``, orphans ('running' in a dead
     process) first, then the oldest. On PostgreSQL rows another process has locked are skipped."""
     excluded = [exclude] if isinstance(exclude, int) else list(exclude)
-    query = (
-        select(TaskRun)
-        .where(*where, TaskRun.id.not_in(excluded), TaskRun.status.in_(PENDING_STATES), TaskRun.retry_pending.is_(False))
-        .order_by(TaskRun.status.desc(), TaskRun.id)  # 'running' (orphans) before 'queued'
-    )
-    if limit is not None:
-        query = query.limit(limit * 4)  # room for runs whose holder is alive
-    if session.bind.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    runs = [run for run in session.scalars(query) if _claimable(run, holder_alive)]
+    base = select(TaskRun).where(*where, TaskRun.id.not_in(excluded), TaskRun.retry_pending.is_(False))
+    runs: list[TaskRun] = []
+    # Orphans ('running' in a dead process) first, then the oldest queued: each an index range
+    # (task, model, status, id) read in id order up to the limit, never a sort of every pending run.
+    for status in (RUNNING, QUEUED):
+        query = base.where(TaskRun.status == status).order_by(TaskRun.id)
+        if limit is not None:
+            room = limit - len(runs)
+            if room <= 0:
+                break
+            query = query.limit(room * 4 if status == RUNNING else room)  # running: room for live holders
+        if session.bind.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        runs += [run for run in session.scalars(query) if _claimable(run, holder_alive)]
     return _take(session, runs if limit is None else runs[:limit], worker)
 
 
@@ -338,27 +370,31 @@ class Problem:
 
 
 def problems(session: Session, limit: int | None = None) -> list[Problem]:
-    """Every failed or rejected run and every refused file, with its reason: newest first."""
+    """Failed and rejected runs (newest first), then refused files, then images rejected before any
+    run: at most ``limit`` of them (None: every one). Each part is read with a ``LIMIT`` through its
+    index, so a few newest problems cost the same in a store of any size."""
     out: list[Problem] = []
     first_path = (
         select(func.min(SourceFile.path)).where(SourceFile.image_id == Image.id).correlate(Image).scalar_subquery()
     )
-    rows = session.execute(
+    parts = (
         select(first_path, Image.sha256, TaskRun.task, TaskRun.status, TaskRun.attempts, TaskRun.error)
         .join(Image, Image.id == TaskRun.image_id)
         .where(TaskRun.status.in_((FAILED, REJECTED)))
-        .order_by(TaskRun.finished_at.desc())
+        .order_by(TaskRun.finished_at.desc(), TaskRun.id.desc()),
+        select(SourceFile.path, literal(None), literal(None), literal(REJECTED), literal(0), SourceFile.refused_reason)
+        .where(SourceFile.refused_reason.is_not(None)).order_by(SourceFile.id.desc()),
+        # Images rejected before any run existed (found bad by the producer).
+        select(first_path, Image.sha256, literal(None), literal(REJECTED), literal(0), Image.rejected_reason)
+        .where(Image.rejected_reason.is_not(None), ~Image.runs.any()).order_by(Image.id.desc()),
     )
-    out.extend(Problem(p, s, t, st, a, e or "") for p, s, t, st, a, e in rows)
-    refused = session.execute(select(SourceFile.path, SourceFile.refused_reason).where(SourceFile.refused_reason.is_not(None)))
-    out.extend(Problem(p, None, None, REJECTED, 0, r) for p, r in refused)
-    # Images rejected before any run existed (found bad by the producer).
-    rejected = session.execute(
-        select(first_path, Image.sha256, Image.rejected_reason)
-        .where(Image.rejected_reason.is_not(None), ~Image.runs.any())
-    )
-    out.extend(Problem(p, s, None, REJECTED, 0, r) for p, s, r in rejected)
-    return out[:limit] if limit else out
+    for query in parts:
+        room = None if limit is None else limit - len(out)
+        if room is not None and room <= 0:
+            break
+        rows = session.execute(query if room is None else query.limit(room))
+        out.extend(Problem(p, s, t, st, a or 0, e or "") for p, s, t, st, a, e in rows)
+    return out
 
 
 

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -64,6 +65,11 @@ class Image(Base):
     height: Mapped[int | None] = mapped_column(Integer)
     #: Set when the content can never be processed (not an image, corrupt, too large).
     rejected_reason: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_images_rejected", "id", postgresql_where=text("rejected_reason IS NOT NULL"),
+              sqlite_where=text("rejected_reason IS NOT NULL")),
+    )
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     files: Mapped[list[SourceFile]] = relationship(back_populates="image", order_by="SourceFile.id")
@@ -82,6 +88,11 @@ class SourceFile(Base):
     mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
     #: Why the file itself was refused before it became an image (e.g. a symlink out of the inbox).
     refused_reason: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_files_refused", "id", postgresql_where=text("refused_reason IS NOT NULL"),
+              sqlite_where=text("refused_reason IS NOT NULL")),
+    )
     seen_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     image: Mapped[Image | None] = relationship(back_populates="files")
@@ -92,6 +103,13 @@ class TaskRun(Base):
     __table_args__ = (
         UniqueConstraint("image_id", "task", "model"),
         Index("ix_task_runs_status_task", "status", "task"),
+        # The runs still to be sent, in id order (the producer's every turn).
+        Index("ix_task_runs_unsent", "id", postgresql_where=text("status = 'queued' AND enqueued_at IS NULL"),
+              sqlite_where=text("status = 'queued' AND enqueued_at IS NULL")),
+        # Pending runs of a model, oldest first (a worker filling its batch).
+        Index("ix_task_runs_task_model_status", "task", "model", "status", "id"),
+        # Failed and rejected runs, newest first (`status`' problems).
+        Index("ix_task_runs_status_finished", "status", "finished_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

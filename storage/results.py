@@ -333,7 +333,9 @@ def find_images(session: Session, selectors: Sequence[str] = ()) -> list[Image]:
     for sel in selectors:
         conds = [SourceFile.path == sel]
         if len(sel) >= 8 and all(c in "0123456789abcdef" for c in sel.lower()):
-            conds.append(Image.sha256.startswith(sel.lower()))
+            # A range rather than LIKE 'abc%': an index range in any collation.
+            prefix = sel.lower()
+            conds.append(Image.sha256.between(prefix, prefix + "g"))
         matches = session.scalars(
             query.outerjoin(SourceFile, SourceFile.image_id == Image.id)
             .where(conds[0] if len(conds) == 1 else conds[0] | conds[1])

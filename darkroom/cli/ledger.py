@@ -42,6 +42,8 @@ from darkroom.settings import Settings
 
 #: Problem groups `status` shows without --all.
 STATUS_GROUPS = 20
+#: Problems (one per run or file) `status --json` lists without --all.
+STATUS_PROBLEMS = 1000
 #: Seconds between `retry --wait`'s looks at the ledger.
 WAIT_POLL_SECONDS = 1.0
 
@@ -226,8 +228,8 @@ def status(
         with read_only(factory) as s:
             runs = ledger.run_counts(s)
             images = dict(ledger.image_counts(s))
-            if as_json:
-                problems = ledger.problems(s)
+            if as_json:  # the newest (--all: every one)
+                problems = ledger.problems(s, limit=None if show_all else STATUS_PROBLEMS)
             summary = progress.problem_groups(s, limit=None if show_all else STATUS_GROUPS)
     except typer.Exit:
         # The schema is missing (run `darkroom migrate`) or the database did not answer: said already.
