@@ -308,3 +308,33 @@ def test_progress_poll_finds_photos_as_their_last_run_ends(ledger):
         assert (done.path, done.status, done.errors, done.seconds) == \
             ("/in/new.jpg", "failed", (("classify", "weights missing"),), 1.0)
         assert progress.poll(s, watch) == [] and watch.waiting == {}
+
+
+# --- near-duplicates -------------------------------------------------------------------------------
+
+
+def test_duplicates_groups_resized_copies_and_says_when_nothing_is_hashed(cli, tmp_path, photos):
+    from PIL import Image
+
+    from tests.harness import Pipeline
+
+    store = tmp_path / "store"
+    pipe = Pipeline(store)
+    env = {"data_dir": str(store), "database_url": pipe.db_url}
+    assert cli("duplicates", **env).exit_code == 1  # nothing hashed yet: says how to hash
+    added = {}
+    for name in ("astronaut", "coffee"):
+        original = Image.open(photos[name])
+        half = tmp_path / f"{name}-half.jpg"
+        original.resize((original.width // 2, original.height // 2), Image.LANCZOS).save(half, quality=75)
+        for path in (photos[name], half):
+            sha, (run_id,) = pipe.add(path, [("phash", "")])
+            assert pipe.execute(run_id) == "done"
+            added[str(path)] = sha
+    done = cli("duplicates", "--json", **env)
+    assert done.exit_code == 0, done.output
+    groups = json.loads(done.stdout)
+    assert sorted(sorted(i["path"] for i in g["images"]) for g in groups) == sorted(
+        sorted([str(photos[name]), str(tmp_path / f"{name}-half.jpg")]) for name in ("astronaut", "coffee"))
+    text = cli("duplicates", "--distance", "0", **env)
+    assert text.exit_code == 0 and "2 group(s), 4 of 4 photo(s) (distance 0)" in text.stdout
