@@ -69,6 +69,8 @@ class Image(Base):
     __table_args__ = (
         Index("ix_images_rejected", "id", postgresql_where=text("rejected_reason IS NOT NULL"),
               sqlite_where=text("rejected_reason IS NOT NULL")),
+        # `results --since`.
+        Index("ix_images_created_at", "created_at"),
     )
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -110,6 +112,8 @@ class TaskRun(Base):
         Index("ix_task_runs_task_model_status", "task", "model", "status", "id"),
         # Failed and rejected runs, newest first (`status`' problems).
         Index("ix_task_runs_status_finished", "status", "finished_at"),
+        # The images with a run in a state, in image order (`results --status`, `--faces 0`).
+        Index("ix_task_runs_status_image", "status", "image_id", "task"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -153,7 +157,11 @@ class Label(Base):
     """Lesson 4: one of the top-k labels a classifier gave an image."""
 
     __tablename__ = "labels"
-    __table_args__ = (UniqueConstraint("image_id", "model", "rank"),)
+    __table_args__ = (
+        UniqueConstraint("image_id", "model", "rank"),
+        # The images a model gave a label (any case), in image order (`results --label`).
+        Index("ix_labels_model_label", "model", text("lower(label)"), "image_id", "score"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
@@ -168,7 +176,11 @@ class Face(Base):
     """Lesson 7: one detected face."""
 
     __tablename__ = "faces"
-    __table_args__ = (UniqueConstraint("image_id", "model", "idx"),)
+    __table_args__ = (
+        UniqueConstraint("image_id", "model", "idx"),
+        # The images with a face numbered idx (at least idx + 1 faces), in image order (`results --faces`).
+        Index("ix_faces_idx_image", "idx", "image_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
