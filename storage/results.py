@@ -11,9 +11,11 @@ object serves which task; :func:`results_json` puts one image's object together.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import itertools
+import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select
@@ -21,7 +23,22 @@ from sqlalchemy.orm import Session, selectinload
 
 from storage.db import chunks
 from storage.ledger import image_status
-from storage.models import FAILED, REJECTED, Artifact, Face, Image, Label, Normalization, PHash, SourceFile
+from storage.models import (
+    DONE,
+    FAILED,
+    PENDING_STATES,
+    QUEUED,
+    REJECTED,
+    RUNNING,
+    Artifact,
+    Face,
+    Image,
+    Label,
+    Normalization,
+    PHash,
+    SourceFile,
+    TaskRun,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,25 +341,307 @@ PHASHES = PHashResults()
 # --- finding images and putting their results together ------------------------------------------
 
 
+#: The states of an image (:func:`storage.ledger.image_status`), as ``ResultFilter.status`` takes them.
+IMAGE_STATES = (QUEUED, RUNNING, DONE, FAILED, REJECTED)
+#: The task whose runs say an image's faces were looked for (``ResultFilter.faces``).
+FACES_TASK = "faces"
+#: Candidates one statement of a page's search reads at most.
+SEARCH_BATCH = 5000
+#: Images a sha256 prefix may select at most (a prefix of 8 hex digits is one in four billion).
+PREFIX_MATCHES = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultFilter:
+    """Which images `results` lists; every field given must hold (None: any).
+
+    - ``status``: the image's state, as :func:`storage.ledger.image_status` derives it (one of
+      :data:`IMAGE_STATES`). An image without any run (none in normal operation: every registered
+      image gets its runs in the same transaction) is not found by ``queued``.
+    - ``label``: one of the image's top-k labels is this text, ignoring case, the whole label (not a
+      part of it: "retriever" does not find "golden_retriever"); a space matches an underscore, so
+      "golden retriever" finds ImageNet's "golden_retriever". Only with ``label``: ``min_score``
+      (that label's score is at least this, 0..1) and ``model`` (the classifier key whose labels
+      are matched, as stored in ``labels.model``, e.g. ``vgg16``, ``mobilenet_v2@none``; None:
+      any classifier's labels).
+    - ``faces``: the image's faces run is done and found exactly this many faces (``faces_or_more``:
+      at least this many); ``faces=0``: done and found none.
+    - ``since``: registered at or after this time (a naive datetime is taken as UTC).
+
+    Every filter is read through an index (migration 0004): a page costs the same in a store of any size.
+    """
+
+    status: str | None = None
+    label: str | None = None
+    min_score: float | None = None
+    model: str | None = None
+    faces: int | None = None
+    faces_or_more: bool = False
+    since: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.status is not None and self.status not in IMAGE_STATES:
+            raise ValueError(f"unknown status {self.status!r}: one of {', '.join(IMAGE_STATES)}")
+        if self.label is not None and not self.label.strip():
+            raise ValueError("an empty label matches nothing: give the label's text")
+        if self.label is None and (self.min_score is not None or self.model is not None):
+            raise ValueError("min_score and model qualify a label: give label too")
+        if self.faces is not None and self.faces < 0:
+            raise ValueError(f"a number of faces is 0 or more, not {self.faces}")
+
+
+def _since_utc(since: dt.datetime) -> dt.datetime:
+    return since.replace(tzinfo=dt.timezone.utc) if since.tzinfo is None else since.astimezone(dt.timezone.utc)
+
+
+def _label_texts(label: str) -> list[str]:
+    """The lower-case forms a label filter matches: as typed, and with spaces as underscores."""
+    text = " ".join(label.split()).lower()
+    return sorted({text, text.replace(" ", "_")})
+
+
+def label_models(session: Session) -> list[str]:
+    """The classifier keys that stored labels, read by skipping through the labels' index (one
+    look-up per model, not a scan of the labels)."""
+    models: list[str] = []
+    while True:
+        query = select(func.min(Label.model))
+        if models:
+            query = query.where(Label.model > models[-1])
+        model = session.scalar(query)
+        if model is None:
+            return models
+        models.append(model)
+
+
+def _has_run(*conds) -> Any:
+    return select(TaskRun.id).where(TaskRun.image_id == Image.id, *conds).exists()
+
+
+def _status_conditions(status: str) -> list[Any]:
+    """``image_status(image) == status`` as SQL on ``images`` (each part an index look-up by image id)."""
+    not_rejected = Image.rejected_reason.is_(None)
+    if status == REJECTED:
+        return [Image.rejected_reason.is_not(None)]
+    if status == RUNNING:
+        return [not_rejected, _has_run(TaskRun.status == RUNNING)]
+    if status == QUEUED:
+        return [not_rejected, ~_has_run(TaskRun.status == RUNNING), _has_run(TaskRun.status == QUEUED)]
+    if status == FAILED:
+        return [not_rejected, ~_has_run(TaskRun.status.in_(PENDING_STATES)),
+                _has_run(TaskRun.status.in_((FAILED, REJECTED)))]
+    return [not_rejected, _has_run(TaskRun.status == DONE), ~_has_run(TaskRun.status != DONE)]
+
+
+def _conditions(flt: ResultFilter, label_models: Sequence[str] | None) -> list[Any]:
+    """Every condition of ``flt`` on ``images``, each checked by index look-ups by image id."""
+    conds: list[Any] = []
+    if flt.status is not None:
+        conds += _status_conditions(flt.status)
+    if flt.label is not None:
+        lab = [Label.image_id == Image.id, func.lower(Label.label).in_(_label_texts(flt.label))]
+        if label_models is not None:
+            lab.append(Label.model.in_(list(label_models)))
+        if flt.min_score is not None:
+            lab.append(Label.score >= flt.min_score)
+        conds.append(select(Label.id).where(*lab).exists())
+    if flt.faces is not None:
+        conds.append(_has_run(TaskRun.task == FACES_TASK, TaskRun.status == DONE))
+        if flt.faces > 0:
+            conds.append(select(Face.id).where(Face.image_id == Image.id, Face.idx == flt.faces - 1).exists())
+        if not flt.faces_or_more:
+            conds.append(~select(Face.id).where(Face.image_id == Image.id, Face.idx == flt.faces).exists())
+    if flt.since is not None:
+        conds.append(Image.created_at >= _since_utc(flt.since))
+    return conds
+
+
+@dataclasses.dataclass(frozen=True)
+class _Search:
+    """How a filter's images are found: ``drivers``, queries of candidate image ids that one index
+    gives in id order (a page reads them from a cursor up, merged), and ``conditions``, checked on
+    each chunk of candidates (empty when the drivers give exactly the images wanted)."""
+
+    drivers: list[tuple[Any, Any]]  # (query selecting the id column, that column)
+    conditions: list[Any]
+
+
+def _search(session: Session, flt: ResultFilter) -> _Search:
+    models = None
+    if flt.label is not None:
+        models = [flt.model] if flt.model is not None else label_models(session)
+    conds = _conditions(flt, models)
+    drivers: list[tuple[Any, Any]]
+
+    def runs_in(status: str, *more: Any) -> tuple[Any, Any]:
+        # ix_task_runs_status_image: (status, image_id, task)
+        return select(TaskRun.image_id).where(TaskRun.status == status, *more).distinct(), TaskRun.image_id
+
+    if flt.label is not None:
+        # ix_labels_model_label: (model, lower(label), image_id, score), one range per model and text
+        drivers = [(select(Label.image_id).where(Label.model == model, func.lower(Label.label) == text).distinct(),
+                    Label.image_id)
+                   for model in models or () for text in _label_texts(flt.label)]
+    elif flt.faces:
+        # ix_faces_idx_image: the images with a face numbered faces - 1
+        drivers = [(select(Face.image_id).where(Face.idx == flt.faces - 1).distinct(), Face.image_id)]
+    elif flt.status == REJECTED:
+        drivers = [(select(Image.id).where(Image.rejected_reason.is_not(None)), Image.id)]  # ix_images_rejected
+    elif flt.status == RUNNING:
+        drivers = [runs_in(RUNNING)]
+    elif flt.status == QUEUED:
+        drivers = [runs_in(QUEUED)]
+    elif flt.status == FAILED:
+        drivers = [runs_in(FAILED), runs_in(REJECTED)]
+    elif flt.faces == 0:
+        drivers = [runs_in(DONE, TaskRun.task == FACES_TASK)]
+    else:
+        # Every image (or those since a time), in id order: the primary key (or the planner's
+        # choice of ix_images_created_at when few are that recent).
+        query = select(Image.id)
+        if flt.since is not None:
+            query = query.where(Image.created_at >= _since_utc(flt.since))
+        exact = flt.status is None
+        return _Search([(query, Image.id)], [] if exact else conds)
+    return _Search(drivers, conds)
+
+
+def _candidates(session: Session, drivers: Sequence[tuple[Any, Any]], after: int, n: int) -> list[int]:
+    """The first ``n`` ids above ``after`` that any driver gives, in order (each driver reads at
+    most ``n`` from its index)."""
+    found: set[int] = set()
+    for query, column in drivers:
+        found.update(session.scalars(query.where(column > after).order_by(column).limit(n)))
+    return sorted(found)[:n]
+
+
+def _page_ids(session: Session, search: _Search, after: int, limit: int) -> list[int]:
+    ids: list[int] = []
+    cursor = after
+    n = limit if not search.conditions else min(max(2 * limit, 100), SEARCH_BATCH)
+    while len(ids) < limit:
+        if not search.conditions:
+            n = limit - len(ids)
+        candidates = _candidates(session, search.drivers, cursor, n)
+        if not candidates:
+            break
+        if search.conditions:
+            for chunk in chunks(candidates):
+                ids += session.scalars(select(Image.id).where(Image.id.in_(chunk), *search.conditions)
+                                       .order_by(Image.id))
+        else:
+            ids += candidates
+        if len(candidates) < n:
+            break  # every driver is exhausted
+        cursor = candidates[-1]
+        n = min(4 * n, SEARCH_BATCH)
+    return ids[:limit]
+
+
+def _load(session: Session, ids: Sequence[int]) -> list[Image]:
+    """The images of ``ids`` in that order, with their runs and files."""
+    query = select(Image).options(selectinload(Image.runs), selectinload(Image.files))
+    images = {}
+    for chunk in chunks(list(ids)):
+        images.update((image.id, image) for image in session.scalars(query.where(Image.id.in_(chunk))))
+    return [images[i] for i in ids if i in images]
+
+
+def select_page(session: Session, flt: ResultFilter = ResultFilter(), *, after: int | None = None,
+                limit: int = 100) -> list[Image]:
+    """Up to ``limit`` images with an id above ``after`` that match ``flt``, in id order, with their
+    runs and files loaded: one page (keyset paging, never OFFSET; the next page is ``after`` the
+    last image's id). Fewer than ``limit`` only when no more match."""
+    if limit <= 0:
+        return []
+    return _load(session, _page_ids(session, _search(session, flt), after or 0, limit))
+
+
+def iter_pages(session: Session, flt: ResultFilter = ResultFilter(), *, after: int | None = None,
+               limit: int | None = None, batch: int = 500) -> Iterator[list[Image]]:
+    """Every image matching ``flt`` (at most ``limit``; above ``after``), a page of ``batch`` at a
+    time, in id order, in constant memory.
+
+    The session is for reading: between pages the previous page's images are let go and its
+    transaction ended (so a stream of a million images holds no snapshot and no lock for its whole
+    length); the next page starts a new one with the same execution options (e.g. read-only)."""
+    options = dict(session.connection().get_execution_options())
+    search = _search(session, flt)
+    cursor = after or 0
+    left = limit
+    while left is None or left > 0:
+        n = batch if left is None else min(batch, left)
+        page = _load(session, _page_ids(session, search, cursor, n))
+        if not page:
+            return
+        yield page
+        if len(page) < n:
+            return
+        cursor = page[-1].id
+        if left is not None:
+            left -= len(page)
+        session.expunge_all()
+        session.rollback()
+        session.connection(execution_options=options)
+
+
+def _hex(text: str) -> bool:
+    return bool(text) and all(c in "0123456789abcdef" for c in text)
+
+
+def _paths(selector: str) -> list[str]:
+    """A path as given, absolute, and with its links resolved (the store records absolute paths)."""
+    return list(dict.fromkeys([selector, os.path.abspath(selector), os.path.realpath(selector)]))
+
+
+def _ids_by_selector(session: Session, selector: str, most: int) -> list[int]:
+    """The ids of the images ``selector`` names (path first, then sha256 or a prefix of 8+ hex
+    digits), each an index look-up; at most ``most``."""
+    for path in _paths(selector):
+        image_id = session.scalar(select(SourceFile.image_id).where(SourceFile.path == path))  # uq_files_path
+        if image_id is not None:
+            return [image_id]
+    sha = selector.lower()
+    if len(sha) == 64 and _hex(sha):
+        return list(session.scalars(select(Image.id).where(Image.sha256 == sha)))  # uq_images_sha256
+    if len(sha) >= 8 and _hex(sha):
+        # A range rather than LIKE 'abc%': an index range in any collation.
+        return list(session.scalars(select(Image.id).where(Image.sha256 >= sha, Image.sha256 < sha + "g")
+                                    .order_by(Image.sha256).limit(most)))
+    return []
+
+
+class AmbiguousSelector(LookupError):
+    """A sha256 prefix that names more than one image."""
+
+
+def find_image(session: Session, selector: str) -> Image | None:
+    """The image ``selector`` names: a path as recorded (or made absolute, or with links resolved),
+    a full sha256, or a sha256 prefix of 8+ hex digits; None when none. Index look-ups only.
+    :class:`AmbiguousSelector` when a prefix names several images."""
+    ids = _ids_by_selector(session, selector, 2)
+    if len(ids) > 1:
+        raise AmbiguousSelector(f"{selector} is the start of more than one sha256: give more of it")
+    return _load(session, ids)[0] if ids else None
+
+
 def find_images(session: Session, selectors: Sequence[str] = ()) -> list[Image]:
-    """Images by path (as recorded, or resolved), sha256 or a sha256 prefix of 8+ characters; all when empty."""
-    query = select(Image).options(selectinload(Image.runs), selectinload(Image.files)).order_by(Image.id)
+    """Images by path (as recorded, or resolved), sha256 or a sha256 prefix of 8+ characters (every
+    image it starts, up to :data:`PREFIX_MATCHES`), each an index look-up; in id order, each once.
+    All images when ``selectors`` is empty (for a store of any size use :func:`iter_pages`)."""
     if not selectors:
-        return list(session.scalars(query))
-    found: dict[int, Image] = {}
+        return [image for page in _pages_in_one_session(session) for image in page]
+    ids: set[int] = set()
     for sel in selectors:
-        conds = [SourceFile.path == sel]
-        if len(sel) >= 8 and all(c in "0123456789abcdef" for c in sel.lower()):
-            # A range rather than LIKE 'abc%': an index range in any collation.
-            prefix = sel.lower()
-            conds.append(Image.sha256.between(prefix, prefix + "g"))
-        matches = session.scalars(
-            query.outerjoin(SourceFile, SourceFile.image_id == Image.id)
-            .where(conds[0] if len(conds) == 1 else conds[0] | conds[1])
-        ).unique()
-        for img in matches:
-            found.setdefault(img.id, img)
-    return sorted(found.values(), key=lambda img: img.id)
+        ids.update(_ids_by_selector(session, sel, PREFIX_MATCHES))
+    return _load(session, sorted(ids))
+
+
+def _pages_in_one_session(session: Session) -> Iterator[list[Image]]:
+    cursor = 0
+    while page := _load(session, _page_ids(session, _search(session, ResultFilter()), cursor, SEARCH_BATCH)):
+        yield page
+        cursor = page[-1].id
 
 
 def results_json(session: Session, images: Sequence[Image], stores: Sequence[TaskResults],

@@ -21,6 +21,7 @@ from darkroom.cli.common import (
     CLASSIFIER_FLAGS,
     EXIT_ERROR,
     EXIT_PARTIAL,
+    EXIT_USAGE,
     broker_problem,
     check_broker,
     database_unreachable,
@@ -312,45 +313,198 @@ def _print_status(runs, images, depths, summary, show_all: bool) -> None:
         out.print(f"… {summary.kinds - len(groups)} more (darkroom status --all)", highlight=False)
 
 
+#: Images a page of `results` reads at once (the table prints a page at a time).
+RESULTS_PAGE = 500
+
+
 def results(
-    selectors: Annotated[list[str] | None, typer.Argument(help="Paths or sha256 (prefixes of 8+); all if none.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON array (see README: Results JSON).")] = False,
+    selectors: Annotated[list[str] | None, typer.Argument(
+        help="Paths or sha256 (prefixes of 8+); all images (or those the filters choose) if none.")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="The JSON array (see README: Results JSON), written as it is read: one image per line.")] = False,
+    as_jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per line, no array.")] = False,
+    status: Annotated[str | None, typer.Option(
+        "--status", help="Only images in this state: queued, running, done, failed or rejected.")] = None,
+    label: Annotated[str | None, typer.Option(
+        "--label", help="Only images with this label among their top labels: the whole label, any case, a space "
+                        "for an underscore ('golden retriever' finds golden_retriever).")] = None,
+    min_score: Annotated[float | None, typer.Option(
+        "--min-score", help="With --label: that label scores at least this (0..1).")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="With --label: whose labels, a classifier (mobilenet_v2) or a stored key (vgg16@none); "
+                        "default: DARKROOM_CLASSIFIER_MODEL's.")] = None,
+    faces: Annotated[str | None, typer.Option(
+        "--faces", help="Only images whose faces run is done with exactly N faces (N+: N or more; 0: none).")] = None,
+    since: Annotated[str | None, typer.Option(
+        "--since", help="Only images registered at or after this local date or time (2024-05-01, "
+                        "2024-05-01T14:30).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most this many images.")] = None,
+    after: Annotated[str | None, typer.Option(
+        "--after", help="Start after this image: the sha256 of the last one of the previous page.")] = None,
 ) -> None:
-    """Print the results of some or all images (each cell one short line; --json has the full text)."""
+    """Print the results of some or all images, as they are read (each cell one short line; --json
+    and --jsonl have the full text). Filters combine; --limit and --after page through them."""
     from storage import results as stored
+    from storage.db import read_only
 
     settings = read_settings()
+    if as_json and as_jsonl:
+        raise fail("give --json or --jsonl, not both", EXIT_USAGE)
+    filtering = any(v is not None for v in (status, label, min_score, model, faces, since, limit, after))
+    if selectors and filtering:
+        raise fail("give paths or sha256s, or filters (--status, --label, --faces, --since, --limit, --after), "
+                   "not both", EXIT_USAGE)
+    flt = _result_filter(settings, status, label, min_score, model, faces, since)
     factory = sessions(settings)
-    with factory() as s:
-        images = stored.find_images(s, expand_selectors(selectors or []))
-        data = catalog.results_json(s, images, settings)
-    if selectors and not data:
-        raise fail(f"no image matches {' '.join(selectors)}")
-    if as_json:
-        print_json(data)
-        return
-    # Each cell one line: the fixed columns take what they need, the rest of the width goes to the
-    # path (its end kept), the top label and the errors (the task and the gist of its reason).
-    fixed = {"status": 8, "size": 9, "faces": 5, "aug": 3}
-    room = max(30, out.width - 3 * 7 - 1 - sum(fixed.values()))  # padding and dividers
-    widths = {"path": room * 2 // 5, "top label": room // 5}
-    widths["errors"] = room - widths["path"] - widths["top label"]
-    widths.update(fixed)
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("path", "status", "size", "top label", "faces", "aug", "errors"):
-        table.add_column(col, no_wrap=True, overflow="ellipsis", width=widths[col],
-                         justify="right" if col in ("faces", "aug") else "left")
-    for item in data:
-        top = item["labels"][0] if item["labels"] else None
-        errors = "; ".join(f"{task}: {short_reason(_without_path(why, item['paths']), 40)}"
-                           for task, why in item["errors"].items())
-        table.add_row(
-            short_path(item["path"], widths["path"]) or item["sha256"][:12], item["status"],
-            f"{item['width']}x{item['height']}" if item["width"] else "-",
-            shorten(f"{top['label']} {top['score'] * 100:.0f}%", widths["top label"]) if top else "-",
-            str(len(item["faces"])), str(item["augmentations"]), shorten(errors, widths["errors"]),
-        )
-    out.print(table)
+    writer = _ResultsWriter("json" if as_json else "jsonl" if as_jsonl else "table")
+    try:
+        with read_only(factory) as s:
+            if selectors:
+                images = _selected(s, selectors)
+                if not images:
+                    raise fail(f"no image matches {' '.join(selectors)}")
+                pages = iter([images])
+            else:
+                if flt.model is not None and flt.model not in stored.label_models(s):
+                    known = ", ".join(stored.label_models(s)) or "none yet"
+                    raise fail(f"--model: no labels from {flt.model} are stored (models with labels: {known})",
+                               EXIT_USAGE)
+                start = None
+                if after is not None:
+                    try:
+                        image = stored.find_image(s, after) if len(after) >= 8 else None
+                    except stored.AmbiguousSelector as exc:
+                        raise fail(f"--after: {exc}", EXIT_USAGE) from None
+                    if image is None:
+                        raise fail(f"--after: no image has the sha256 {after}; give the sha256 of the last image "
+                                   "of the previous page", EXIT_USAGE)
+                    start = image.id
+                pages = stored.iter_pages(s, flt, after=start, limit=limit, batch=RESULTS_PAGE)
+            for page in pages:
+                writer.write(catalog.results_json(s, page, settings))
+        writer.close()
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly.
+        import os
+        import sys
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0) from None
+    if writer.count == 0 and writer.kind == "table" and filtering:
+        err.print("no image matches the filters", highlight=False)
+
+
+def _selected(s, selectors: list[str]) -> list:
+    """The images the selectors name, each an index look-up (paths as given and made absolute)."""
+    from storage import results as stored
+
+    return stored.find_images(s, expand_selectors(selectors))
+
+
+def _result_filter(settings: Settings, status, label, min_score, model, faces, since):
+    """The options as a ``ResultFilter``, or a one-line usage error naming the option."""
+    import datetime as dt
+    import re
+
+    from storage import results as stored
+
+    if status is not None and status not in stored.IMAGE_STATES:
+        raise fail(f"--status: {status!r} is not a state; one of {', '.join(stored.IMAGE_STATES)}", EXIT_USAGE)
+    if label is None and (min_score is not None or model is not None):
+        raise fail("--min-score and --model qualify --label: give --label too (e.g. --label tabby --min-score 0.5)",
+                   EXIT_USAGE)
+    if label is not None and not label.strip():
+        raise fail("--label: give the label's text (e.g. --label tabby)", EXIT_USAGE)
+    if min_score is not None and not 0.0 <= min_score <= 1.0:
+        raise fail(f"--min-score: {min_score} is not a score; give one from 0 to 1 (e.g. 0.5)", EXIT_USAGE)
+    key = None
+    if label is not None:
+        if model is None:
+            key = catalog.get("classify").model_key(settings)
+        else:
+            name, weights = model_and_weights(settings, model, None)
+            key = catalog.classifier_key(name, weights)
+    n_faces, or_more = None, False
+    if faces is not None:
+        match = re.fullmatch(r"\s*(\d+)\s*(\+?)\s*", faces)
+        if not match:
+            raise fail(f"--faces: {faces!r} is not a number of faces; give N (exactly N) or N+ (N or more), "
+                       "e.g. --faces 2+", EXIT_USAGE)
+        n_faces, or_more = int(match.group(1)), bool(match.group(2))
+    when = None
+    if since is not None:
+        try:
+            when = dt.datetime.fromisoformat(since.strip())
+        except ValueError:
+            raise fail(f"--since: {since!r} is not a date or time; give an ISO date (2024-05-01) or date and time "
+                       "(2024-05-01T14:30, local time unless it says its zone)", EXIT_USAGE) from None
+        if when.tzinfo is None:
+            when = when.astimezone()  # the local time a person means
+    return stored.ResultFilter(status=status, label=label, min_score=min_score, model=key, faces=n_faces,
+                               faces_or_more=or_more, since=when)
+
+
+class _ResultsWriter:
+    """Writes results as they come, a page at a time: the JSON array (``[``, one image a line,
+    separated by ``,``, ``]``; ``[]`` when none), JSON lines, or the table of one-line cells."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.count = 0
+        self.widths = self._widths() if kind == "table" else {}
+
+    def write(self, items: list[dict]) -> None:
+        import json
+        import sys
+
+        if self.kind == "table":
+            if items:
+                out.print(self._table(items, header=self.count == 0))
+        else:
+            lines = [json.dumps(item, ensure_ascii=False) for item in items]
+            if self.kind == "json" and lines:
+                sys.stdout.write(("[\n" if self.count == 0 else ",\n") + ",\n".join(lines))
+            elif lines:
+                sys.stdout.write("\n".join(lines) + "\n")
+            sys.stdout.flush()
+        self.count += len(items)
+
+    def close(self) -> None:
+        import sys
+
+        if self.kind == "json":
+            sys.stdout.write("\n]\n" if self.count else "[]\n")
+            sys.stdout.flush()
+
+    @staticmethod
+    def _widths() -> dict[str, int]:
+        # Each cell one line: the fixed columns take what they need, the rest of the width goes to the
+        # path (its end kept), the top label and the errors (the task and the gist of its reason).
+        fixed = {"status": 8, "size": 9, "faces": 5, "aug": 3}
+        room = max(30, out.width - 3 * 7 - 1 - sum(fixed.values()))  # padding and dividers
+        widths = {"path": room * 2 // 5, "top label": room // 5}
+        widths["errors"] = room - widths["path"] - widths["top label"]
+        widths.update(fixed)
+        return widths
+
+    def _table(self, items: list[dict], *, header: bool) -> Table:
+        widths = self.widths
+        # A page at a time, each with the same widths, so that the pages line up as one table.
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_header=header, show_edge=False)
+        for col in ("path", "status", "size", "top label", "faces", "aug", "errors"):
+            table.add_column(col, no_wrap=True, overflow="ellipsis", width=widths[col],
+                             justify="right" if col in ("faces", "aug") else "left")
+        for item in items:
+            top = item["labels"][0] if item["labels"] else None
+            errors = "; ".join(f"{task}: {short_reason(_without_path(why, item['paths']), 40)}"
+                               for task, why in item["errors"].items())
+            table.add_row(
+                short_path(item["path"], widths["path"]) or item["sha256"][:12], item["status"],
+                f"{item['width']}x{item['height']}" if item["width"] else "-",
+                shorten(f"{top['label']} {top['score'] * 100:.0f}%", widths["top label"]) if top else "-",
+                str(len(item["faces"])), str(item["augmentations"]), shorten(errors, widths["errors"]),
+            )
+        return table
 
 
 def _without_path(reason: str, paths: list[str]) -> str:
