@@ -1,7 +1,19 @@
 """Reading, writing and resizing photographs as numpy arrays.
 
-Everything here works on ``HxWx3`` (RGB) or ``HxW`` (grayscale) ``uint8`` arrays. Files are opened
-with Pillow, restricted to :data:`SUPPORTED_FORMATS`, so no other decoder ever sees untrusted bytes.
+Everything here works on ``HxWx3`` (RGB) or ``HxW`` (grayscale) ``uint8`` arrays. The content
+decides the format, never the name, and each decoder sees only the bytes of its own format:
+
+- camera RAW (CR2, CR3, NEF, ARW, DNG, RAF, ORF, RW2, PEF, SRW, KDC, ...): a file whose first bytes
+  are a TIFF header or another camera RAW signature (:data:`_RAW_SIGNATURES`) is offered to LibRaw
+  (``rawpy``) first; what LibRaw identifies as a camera's raw data is a RAW, a TIFF it refuses goes on
+  to Pillow. Decoded from its embedded preview when that is large enough, else demosaiced (see
+  :func:`decode`'s ``raw``);
+- everything else through Pillow, restricted to :data:`SUPPORTED_FORMATS`: JPEG, PNG, GIF, WebP,
+  TIFF, BMP, MPO, AVIF (Pillow's own libavif), HEIC/HEIF (``pillow-heif``'s opener).
+
+The pixel and byte limits are checked from the header of every format before any pixel is decoded.
+An embedded ICC profile (Display P3, Adobe RGB, a CMYK press profile...) is converted to sRGB with
+Pillow's ImageCms, so every task sees sRGB pixels; :func:`probe` says which profile the photo had.
 
 Errors that no retry can fix (the bytes are not a usable image) raise :class:`BadImage`, whose
 message says what is wrong and what to do; callers prefix the file name. Problems of the file
@@ -17,10 +29,27 @@ import warnings
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError, features
+
+try:  # HEIC/HEIF: pillow-heif's Pillow opener (thumbnails, depth and auxiliary images are not needed)
+    import pillow_heif
+
+    pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+    HEIF_AVAILABLE = True
+except ImportError:  # a dependency; without it a HEIC is rejected saying what to install
+    HEIF_AVAILABLE = False
+
+try:  # camera RAW: LibRaw
+    import rawpy
+except ImportError:  # a dependency; without it a RAW is rejected saying what to install
+    rawpy = None
+
+#: Pillow decodes AVIF itself when built with libavif (its wheels are, from 11.3 on).
+AVIF_AVAILABLE = bool(features.check("avif"))
 
 __all__ = [
     "SUPPORTED_FORMATS",
@@ -33,13 +62,23 @@ __all__ = [
     "resize",
 ]
 
-SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "MPO"})
+SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "MPO", "HEIF", "AVIF", "RAW"})
 
-# The openers to try, common ones first. Pillow has no separate MPO opener: its JPEG opener
-# returns an MPO image when the file carries several pictures.
-_OPEN_ORDER = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP")
+# The Pillow openers to try, common ones first. Pillow has no separate MPO opener: its JPEG opener
+# returns an MPO image when the file carries several pictures. AVIF comes before HEIF: both are
+# ISO media files, and each opener accepts only its own brands.
+_OPEN_ORDER = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", *(("AVIF",) if AVIF_AVAILABLE else ()),
+               *(("HEIF",) if HEIF_AVAILABLE else ()))
 
-_SUPPORTED_TEXT = ", ".join(sorted(SUPPORTED_FORMATS))
+#: ``decode``'s ``raw`` choices: the embedded preview when large enough, or always a full demosaic.
+RAW_MODES = ("preview", "full")
+
+#: A preview stands in for every pixel of a RAW when each side is at least this share of the RAW's
+#: (cameras' full-size previews leave out a few border pixels that LibRaw keeps).
+FULL_PREVIEW_SHARE = 0.95
+
+_SUPPORTED_TEXT = ", ".join(sorted(SUPPORTED_FORMATS - {"RAW"})) + (
+    ", camera RAW (CR2, CR3, NEF, ARW, DNG, RAF, ORF, RW2, PEF, SRW, KDC, ...)")
 
 # What Pillow's decoders raise on bad data. FileNotFoundError and friends are also OSError, but
 # the file is already open by the time these can occur, so an OSError here is about the bytes.
@@ -64,8 +103,13 @@ class ImageInfo:
         format: Pillow's format name, one of :data:`SUPPORTED_FORMATS`.
         width: Width in pixels as displayed, i.e. after the EXIF orientation is applied.
         height: Height in pixels as displayed.
-        mode: Pillow's mode of the stored data ("RGB", "L", "P", "I;16", ...).
+        mode: Pillow's mode of the stored data ("RGB", "L", "P", "I;16", ...); "RGB" for a RAW.
         frames: Number of frames (1 unless animated or multi-page).
+        decoder: How :func:`decode` reads it: ``pillow``, ``pillow-heif`` (HEIC/HEIF), ``raw:preview``
+            (a camera RAW's embedded preview) or ``raw:full`` (LibRaw's demosaic). The sizes above
+            are those of what it decodes.
+        color_profile: The embedded ICC profile's description ("Display P3", "Adobe RGB (1998)"),
+            converted to sRGB on decoding; None without one (the pixels are taken as sRGB).
     """
 
     format: str
@@ -73,12 +117,15 @@ class ImageInfo:
     height: int
     mode: str
     frames: int
+    decoder: str = field(default="pillow", compare=False)
+    color_profile: str | None = field(default=None, compare=False)
 
 
 Source = str | os.PathLike | bytes
 
 
-def probe(source: Source, *, max_pixels: int, max_bytes: int) -> ImageInfo:
+def probe(source: Source, *, max_pixels: int, max_bytes: int, raw: str = "preview",
+          preview_at_least: tuple[int, int] | None = None) -> ImageInfo:
     """Check an image cheaply, reading its header but not decoding its pixels.
 
     Args:
@@ -86,9 +133,11 @@ def probe(source: Source, *, max_pixels: int, max_bytes: int) -> ImageInfo:
         max_pixels: Largest width x height accepted (a guard against decompression bombs: a
             small file may declare a huge image).
         max_bytes: Largest file size accepted.
+        raw, preview_at_least: How a camera RAW would be decoded (see :func:`decode`): the info
+            says which path and the size of what it gives.
 
     Returns:
-        The format, displayed size, mode and frame count.
+        The format, displayed size, mode, frame count, decoder and colour profile.
 
     Raises:
         BadImage: Empty, too large, not an image in a supported format, or more pixels than
@@ -102,24 +151,36 @@ def probe(source: Source, *, max_pixels: int, max_bytes: int) -> ImageInfo:
             f"file is {size:,} bytes, over the limit of {max_bytes:,} bytes: "
             "downscale or recompress it, or raise the limit"
         )
+    _check_raw_mode(raw)
+    with _open_raw(source, max_pixels) as camera:
+        if camera is not None:
+            return camera.info(raw, preview_at_least, max_pixels)
     with _open(source) as im:
-        _check_pixels(im.size, max_pixels)
-        try:
-            frames = int(getattr(im, "n_frames", 1))
-        except _DECODE_ERRORS as exc:
-            raise _corrupt(im.format, exc) from None
-        width, height = im.size
-        if _orientation(im, allow_load=False) in (5, 6, 7, 8):
-            width, height = height, width
-        return ImageInfo(format=im.format, width=width, height=height, mode=im.mode, frames=frames)
+        return _pillow_info(im, max_pixels)
 
 
-def decode(source: Source, *, max_pixels: int = 100_000_000, at_least: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode an image to an ``HxWx3`` ``uint8`` RGB array, upright as displayed.
+def _pillow_info(im: Image.Image, max_pixels: int) -> ImageInfo:
+    _check_pixels(im.size, max_pixels)
+    try:
+        frames = int(getattr(im, "n_frames", 1))
+    except _DECODE_ERRORS as exc:
+        raise _corrupt(im.format, exc) from None
+    width, height = im.size
+    if _orientation(im, allow_load=False) in (5, 6, 7, 8):
+        width, height = height, width
+    return ImageInfo(format=im.format, width=width, height=height, mode=im.mode, frames=frames,
+                     decoder="pillow-heif" if im.format == "HEIF" else "pillow",
+                     color_profile=_profile_text(im.info.get("icc_profile")))
+
+
+def decode(source: Source, *, max_pixels: int = 100_000_000, at_least: tuple[int, int] | None = None,
+           raw: str = "preview", preview_at_least: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode an image to an ``HxWx3`` ``uint8`` sRGB array, upright as displayed.
 
     The EXIF orientation is applied first; animated GIF/WebP give their first frame; transparency
     is composited on white; palette, grayscale, bilevel and CMYK images are converted to RGB;
-    16-bit data is scaled to 8 bits by its full range (``value >> 8``), not clipped.
+    16-bit data is scaled to 8 bits by its full range (``value >> 8``), not clipped; an embedded
+    ICC profile is converted to sRGB (perceptual intent; an sRGB profile is left as is).
 
     Args:
         source: A path, or the file's bytes.
@@ -129,7 +190,15 @@ def decode(source: Source, *, max_pixels: int = 100_000_000, at_least: tuple[int
             1/2, 1/4 or 1/8 of its size by the codec itself (libjpeg's DCT scaling, Pillow's
             ``draft``), the smallest of those still at least this size in both directions: several
             times faster than decoding every pixel and resizing them. Other formats, and JPEGs
-            not twice that size, are decoded whole. None: always whole.
+            not twice that size, are decoded whole. None: always whole. A RAW's JPEG preview is
+            decoded the same way; a RAW demosaiced at half size when that is still this size.
+        raw: How a camera RAW is decoded: ``preview`` (the default), its embedded preview when it
+            is at least ``preview_at_least``, else LibRaw's demosaic (camera white balance, sRGB,
+            8 bits); ``full``: always the demosaic.
+        preview_at_least: ``(width, height)``, upright, that the embedded preview must have to be
+            used: the largest size the caller's tasks need. None: the preview must be as large as
+            the RAW itself (each side at least :data:`FULL_PREVIEW_SHARE` of it). The same for
+            every decode of a photo, so all its tasks see the same rendering.
 
     Returns:
         A C-contiguous, writable ``(height, width, 3)`` ``uint8`` array.
@@ -138,25 +207,44 @@ def decode(source: Source, *, max_pixels: int = 100_000_000, at_least: tuple[int
         BadImage: The data is empty, truncated, corrupt, unsupported or too large.
         OSError: The path cannot be read (missing, permissions).
     """
+    _check_raw_mode(raw)
+    with _open_raw(source, max_pixels) as camera:
+        if camera is not None:
+            return camera.decode(raw, preview_at_least, at_least, max_pixels)
     with _open(source) as im:
-        _check_pixels(im.size, max_pixels)
-        fmt = im.format
-        try:
-            if at_least is not None and fmt == "JPEG":
-                _draft(im, at_least)
-            im.load()
-        except _DECODE_ERRORS as exc:
-            raise _corrupt(fmt, exc) from None
+        return _decode_pillow(im, max_pixels, at_least)
+
+
+def _decode_pillow(im: Image.Image, max_pixels: int, at_least: tuple[int, int] | None,
+                   orientation: int | None = None) -> np.ndarray:
+    """``decode`` of an opened Pillow image; ``orientation``: applied when its own EXIF has none."""
+    _check_pixels(im.size, max_pixels)
+    fmt = im.format
+    try:
+        if at_least is not None and fmt == "JPEG":
+            _draft(im, at_least, orientation)
+        im.load()
+    except _DECODE_ERRORS as exc:
+        raise _corrupt(fmt, exc) from None
+    profile = im.info.get("icc_profile")
+    if orientation is not None and _orientation(im, allow_load=True) == 1 and orientation != 1:
+        im = _transposed(im, orientation)
+    else:
         im = _upright(im)
-        try:
-            rgb = _to_rgb(im, fmt)
-        except BadImage:
-            raise
-        except _DECODE_ERRORS as exc:
-            raise BadImage(
-                f"cannot convert {fmt} colour mode {im.mode} to RGB ({exc}): "
-                "re-export the image as 8-bit RGB"
-            ) from None
+    try:
+        im = _to_srgb(im, profile)
+        rgb = _to_rgb(im, fmt)
+    except BadImage:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise BadImage(
+            f"cannot convert {fmt} colour mode {im.mode} to RGB ({exc}): "
+            "re-export the image as 8-bit RGB"
+        ) from None
+    return _writable(rgb)
+
+
+def _writable(rgb: np.ndarray) -> np.ndarray:
     if rgb.dtype != np.uint8 or not rgb.flags.c_contiguous or not rgb.flags.writeable:
         # np.asarray over a Pillow image can be a read-only view of its bytes.
         rgb = np.array(rgb, dtype=np.uint8, order="C")
@@ -245,8 +333,9 @@ def resize(image: np.ndarray, size: tuple[int, int], *, interpolation: str = "bi
 
 
 @contextmanager
-def _open(source: Source) -> Iterator[Image.Image]:
-    """Open ``source`` lazily (header only) as one of the supported formats, or raise BadImage."""
+def _open(source: Source, formats: tuple[str, ...] = _OPEN_ORDER) -> Iterator[Image.Image]:
+    """Open ``source`` lazily (header only) as one of the supported formats (``formats``: the
+    openers allowed), or raise BadImage."""
     if isinstance(source, bytes):
         fp: io.BufferedIOBase = io.BytesIO(source)
     else:
@@ -263,7 +352,7 @@ def _open(source: Source) -> Iterator[Image.Image]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             try:
-                im = Image.open(fp, formats=_OPEN_ORDER)
+                im = Image.open(fp, formats=formats)
             except Image.DecompressionBombError as exc:
                 # Reached only past Pillow's own hard limit (2 x Image.MAX_IMAGE_PIXELS, about
                 # 179 megapixels by default), which this module leaves as the application set it.
@@ -275,7 +364,7 @@ def _open(source: Source) -> Iterator[Image.Image]:
                 raise BadImage(_unsupported_message(head)) from None
             except _DECODE_ERRORS as exc:
                 raise BadImage(
-                    f"unreadable image header ({exc}): the file is truncated or corrupt; re-export or re-copy it"
+                    f"unreadable image header ({one_line_error(exc)}): the file is truncated or corrupt; re-export or re-copy it"
                 ) from None
             with im:
                 if im.format not in SUPPORTED_FORMATS:  # defensive: an opener's odd subclass
@@ -302,7 +391,7 @@ def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
 
 
 def _corrupt(fmt: str | None, exc: BaseException) -> BadImage:
-    detail = str(exc) or type(exc).__name__
+    detail = one_line_error(exc)
     return BadImage(f"truncated or corrupt {fmt or 'image'} data ({detail}): re-export or re-copy the file")
 
 
@@ -318,10 +407,12 @@ def _orientation(im: Image.Image, *, allow_load: bool) -> int:
         return 1  # broken EXIF must not make a viewable image unusable
 
 
-def _draft(im: Image.Image, at_least: tuple[int, int]) -> None:
-    """Ask the JPEG decoder for the smallest DCT-scaled size that is at least ``at_least`` (upright)."""
+def _draft(im: Image.Image, at_least: tuple[int, int], orientation: int | None = None) -> None:
+    """Ask the JPEG decoder for the smallest DCT-scaled size that is at least ``at_least`` (upright);
+    ``orientation``: the one to assume when the JPEG's own EXIF has none (a RAW's preview)."""
     width, height = (max(1, int(v)) for v in at_least)
-    if _orientation(im, allow_load=False) in (5, 6, 7, 8):  # stored on its side
+    own = _orientation(im, allow_load=False)
+    if (own if own != 1 or orientation is None else orientation) in (5, 6, 7, 8):  # stored on its side
         width, height = height, width
     if im.size[0] >= 2 * width and im.size[1] >= 2 * height:
         im.draft(im.mode, (width, height))
@@ -334,6 +425,275 @@ def _upright(im: Image.Image) -> Image.Image:
         return ImageOps.exif_transpose(im)
     except (*_DECODE_ERRORS, TypeError, KeyError):
         return im
+
+
+_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _transposed(im: Image.Image, orientation: int) -> Image.Image:
+    """``im`` turned as the EXIF ``orientation`` (1-8) says, to be displayed upright."""
+    method = _TRANSPOSES.get(orientation)
+    return im.transpose(method) if method is not None else im
+
+
+# --- colour: embedded ICC profiles to sRGB -------------------------------------------------------
+
+#: Profiles whose description says sRGB are taken as sRGB as they are (a camera JPEG's usual
+#: profile): converting them would cost time and change nothing.
+_SRGB_NAMES = ("srgb",)
+_SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+#: Modes ImageCms converts, and the mode each becomes (palettes and grey with alpha first go to RGBA).
+_CMS_OUTPUT = {"RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB", "L": "RGB"}
+
+
+def _profile_text(profile: bytes | None) -> str | None:
+    """The description of an embedded ICC profile; None without one."""
+    if not profile:
+        return None
+    try:
+        return _profile(bytes(profile))[0]
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as exc:
+        return f"unreadable ICC profile ({one_line_error(exc)}): pixels taken as sRGB"
+
+
+@lru_cache(maxsize=32)
+def _profile(profile: bytes) -> tuple[str, ImageCms.ImageCmsProfile]:
+    parsed = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+    text = (ImageCms.getProfileDescription(parsed) or "").strip() or "unnamed ICC profile"
+    return text, parsed
+
+
+@lru_cache(maxsize=32)
+def _transform(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform:
+    return ImageCms.buildTransform(_profile(profile)[1], _SRGB_PROFILE, mode, _CMS_OUTPUT[mode],
+                                   renderingIntent=ImageCms.Intent.PERCEPTUAL)
+
+
+def _to_srgb(im: Image.Image, profile: bytes | None) -> Image.Image:
+    """``im`` converted from its embedded ICC ``profile`` to sRGB. An sRGB profile, a 16-bit or float
+    image, or a profile LittleCMS cannot use leave the pixels as they are (taken as sRGB)."""
+    if not profile:
+        return im
+    profile = bytes(profile)
+    try:
+        text = _profile(profile)[0]
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return im  # unreadable: said so by probe's colour_profile
+    if text.lower().startswith(_SRGB_NAMES):
+        return im
+    if im.mode in ("P", "PA", "LA", "La", "1") or (im.mode in ("RGB", "L") and "transparency" in im.info):
+        im = im.convert("RGBA" if im.mode in ("PA", "LA", "La") or "transparency" in im.info else "RGB")
+    if im.mode not in _CMS_OUTPUT:
+        return im
+    try:
+        return ImageCms.applyTransform(im, _transform(profile, im.mode))
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return im  # a profile that does not fit the data (a CMYK profile on RGB): taken as sRGB
+
+
+def one_line_error(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+# --- camera RAW through LibRaw (rawpy) -----------------------------------------------------------
+
+#: First bytes of camera RAW files at the given offsets: these, and only these, are offered to LibRaw
+#: (a TIFF header too: most RAWs are TIFF-based; LibRaw refuses a plain TIFF, which goes to Pillow).
+_RAW_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    # CR2, NEF, NRW, ARW, SR2, DNG, PEF, SRW, KDC, DCR, 3FR, ERF, IIQ, MOS, ...
+    (0, b"II*\x00", "TIFF-based"),
+    (0, b"MM\x00*", "TIFF-based"),
+    (4, b"ftypcrx ", "Canon CR3"),
+    (0, b"FUJIFILMCCD-RAW", "Fujifilm RAF"),
+    (0, b"IIRO", "Olympus ORF"),
+    (0, b"IIRS", "Olympus ORF"),
+    (0, b"MMOR", "Olympus ORF"),
+    (0, b"IIU\x00", "Panasonic RW2/RWL"),
+    (6, b"HEAPCCDR", "Canon CRW"),
+    (0, b"\x00MRM", "Minolta MRW"),
+    (0, b"FOVb", "Sigma X3F"),
+)
+
+#: LibRaw's orientation (``sizes.flip``) as the EXIF orientation it stands for.
+_LIBRAW_FLIP_TO_EXIF = {0: 1, 1: 2, 2: 4, 3: 3, 4: 5, 5: 8, 6: 6, 7: 7}
+
+
+def _raw_kind(head: bytes) -> str | None:
+    for offset, magic, what in _RAW_SIGNATURES:
+        if head[offset : offset + len(magic)] == magic:
+            return what
+    return None
+
+
+def _check_raw_mode(raw: str) -> None:
+    if raw not in RAW_MODES:
+        raise ValueError(f"raw must be one of {', '.join(RAW_MODES)}, got {raw!r}")
+
+
+def _read_head(source: Source) -> bytes:
+    if isinstance(source, bytes):
+        return source[:64]
+    with open(source, "rb") as fp:
+        return fp.read(64)
+
+
+@contextmanager
+def _open_raw(source: Source, max_pixels: int) -> Iterator[_Camera | None]:
+    """The camera RAW in ``source`` opened by LibRaw (its header identified, no pixel unpacked), its
+    pixel count checked; None when the content is no camera RAW (Pillow's turn)."""
+    head = _read_head(source)
+    kind = _raw_kind(head)
+    if kind is None:
+        yield None
+        return
+    tiff = head[:4] in (b"II*\x00", b"MM\x00*")
+    if rawpy is None:
+        if tiff:  # a plain TIFF is still read by Pillow
+            yield None
+            return
+        raise BadImage(f"a camera RAW ({kind}) needs rawpy (LibRaw), which is not installed: "
+                       "pip install rawpy, or convert the file to DNG/TIFF/JPEG")
+    handle = rawpy.RawPy()
+    try:
+        camera = None
+        try:
+            if isinstance(source, bytes):
+                handle.open_buffer(io.BytesIO(source))
+            else:
+                handle.open_file(os.fsdecode(source))
+            camera = _Camera(handle, kind, rawpy)
+        except rawpy.LibRawFileUnsupportedError as exc:
+            if not tiff:
+                raise BadImage(f"camera RAW ({kind}) that LibRaw {'.'.join(map(str, rawpy.libraw_version))} cannot read "
+                               f"({_libraw_text(exc)}): the camera may be newer than this LibRaw "
+                               "(pip install -U rawpy), or convert the file to DNG with the camera maker's "
+                               "or Adobe's DNG converter") from None
+        except (rawpy.LibRawError, *_DECODE_ERRORS) as exc:
+            if not tiff or isinstance(exc, rawpy.LibRawTooBigError):
+                raise _raw_error(kind, exc) from None
+        # camera is None: a TIFF that is no camera RAW, for Pillow
+        if camera is not None:
+            camera.check_pixels(max_pixels)
+        yield camera
+    finally:
+        handle.close()
+
+
+def _libraw_text(exc: BaseException) -> str:
+    text = exc.args[0] if exc.args else exc
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return " ".join(str(text).split()) or type(exc).__name__
+
+
+def _raw_error(kind: str, exc: BaseException) -> BadImage:
+    if type(exc).__name__ in ("LibRawTooBigError", "LibRawUnsufficientMemoryError", "LibRawMemPoolOverflowError"):
+        return BadImage(f"camera RAW ({kind}) over LibRaw's memory limit ({_libraw_text(exc)}): possible "
+                        "decompression bomb; convert it to a smaller DNG or JPEG")
+    return BadImage(f"truncated or corrupt camera RAW ({kind}) data, LibRaw says: {_libraw_text(exc)}: "
+                    "re-copy the file from the card, or convert it to DNG/JPEG with the camera's software")
+
+
+class _Camera:
+    """A camera RAW opened by LibRaw: its sizes known, nothing unpacked yet."""
+
+    def __init__(self, handle, kind: str, rawpy) -> None:
+        self.handle, self.kind, self.rawpy = handle, kind, rawpy
+        sizes = handle.sizes
+        self.sizes = sizes
+        self.orientation = _LIBRAW_FLIP_TO_EXIF.get(int(sizes.flip), 1)
+        width, height = int(sizes.width), int(sizes.height)
+        if self.orientation in (5, 6, 7, 8):
+            width, height = height, width
+        self.upright = (width, height)  # the demosaiced image, as displayed
+        self._thumb = None
+        self._thumb_read = False
+
+    def check_pixels(self, max_pixels: int) -> None:
+        """The raw data's size and the output's, against the limit, before anything is unpacked."""
+        sizes = self.sizes
+        _check_pixels((int(sizes.width), int(sizes.height)), max_pixels)
+        raw_w, raw_h = int(sizes.raw_width), int(sizes.raw_height)
+        if raw_w * raw_h > max_pixels:
+            _check_pixels((raw_w, raw_h), max_pixels)
+
+    def thumb(self):
+        """The embedded preview (rawpy's Thumbnail), or None when there is none LibRaw can give."""
+        if not self._thumb_read:
+            self._thumb_read = True
+            try:
+                self._thumb = self.handle.extract_thumb()
+            except (self.rawpy.LibRawError, *_DECODE_ERRORS):
+                self._thumb = None
+        return self._thumb
+
+    def preview_size(self, max_pixels: int) -> tuple[int, int] | None:
+        """The preview's size as displayed, read from its header; None without a usable one."""
+        thumb = self.thumb()
+        if thumb is None:
+            return None
+        if thumb.format == self.rawpy.ThumbFormat.BITMAP:
+            height, width = thumb.data.shape[:2]
+            orientation = self.orientation
+        else:
+            try:
+                with _open(bytes(thumb.data), formats=("JPEG",)) as im:
+                    _check_pixels(im.size, max_pixels)
+                    width, height = im.size
+                    own = _orientation(im, allow_load=False)
+            except BadImage:
+                return None  # a broken preview: the RAW itself is demosaiced
+            orientation = own if own != 1 else self.orientation
+        if orientation in (5, 6, 7, 8):
+            width, height = height, width
+        return int(width), int(height)
+
+    def choose(self, raw: str, preview_at_least: tuple[int, int] | None, max_pixels: int) -> tuple[str, tuple[int, int]]:
+        """(``preview`` or ``full``, the size that gives, upright)."""
+        if raw == "preview":
+            size = self.preview_size(max_pixels)
+            if size is not None:
+                if preview_at_least is None:
+                    need = tuple(FULL_PREVIEW_SHARE * v for v in self.upright)
+                else:
+                    need = tuple(max(1, int(v)) for v in preview_at_least)
+                if size[0] >= need[0] and size[1] >= need[1]:
+                    return "preview", size
+        return "full", self.upright
+
+    def info(self, raw: str, preview_at_least: tuple[int, int] | None, max_pixels: int) -> ImageInfo:
+        path, (width, height) = self.choose(raw, preview_at_least, max_pixels)
+        profile = None
+        if path == "preview":
+            thumb = self.thumb()
+            if thumb.format == self.rawpy.ThumbFormat.JPEG:
+                with _open(bytes(thumb.data), formats=("JPEG",)) as im:
+                    profile = _profile_text(im.info.get("icc_profile"))
+        return ImageInfo(format="RAW", width=width, height=height, mode="RGB", frames=1, decoder=f"raw:{path}",
+                         color_profile=profile)
+
+    def decode(self, raw: str, preview_at_least: tuple[int, int] | None, at_least: tuple[int, int] | None,
+               max_pixels: int) -> np.ndarray:
+        path, _size = self.choose(raw, preview_at_least, max_pixels)
+        if path == "preview":
+            thumb = self.thumb()
+            if thumb.format == self.rawpy.ThumbFormat.BITMAP:
+                pil = Image.fromarray(np.ascontiguousarray(thumb.data, dtype=np.uint8))
+                return _writable(np.asarray(_transposed(pil, self.orientation).convert("RGB")))
+            with _open(bytes(thumb.data), formats=("JPEG",)) as im:
+                return _decode_pillow(im, max_pixels, at_least, orientation=self.orientation)
+        half = at_least is not None and all(
+            v // 2 >= max(1, int(n)) for v, n in zip(sorted(self.upright), sorted(at_least)))
+        try:
+            rgb = self.handle.postprocess(use_camera_wb=True, output_bps=8, half_size=half)
+        except (self.rawpy.LibRawError, *_DECODE_ERRORS, MemoryError) as exc:
+            raise _raw_error(self.kind, exc) from None
+        return _writable(rgb)
 
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
@@ -432,6 +792,8 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
     (0, b"\x89PNG", "a damaged PNG"),
     (0, b"\xff\xd8\xff", "a damaged JPEG"),
     (0, b"GIF8", "a damaged GIF"),
+    (0, b"II*\x00", "a damaged TIFF or camera RAW"),
+    (0, b"MM\x00*", "a damaged TIFF or camera RAW"),
 )
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
 
@@ -440,10 +802,18 @@ def _sniff(head: bytes) -> str | None:
     if head[4:8] == b"ftyp":
         brand = head[8:12]
         if brand in _HEIF_BRANDS:
-            return "a HEIC/HEIF image (the iPhone default)"
+            if HEIF_AVAILABLE:
+                return "a damaged HEIC/HEIF image"
+            return "a HEIC/HEIF image (the iPhone default), which needs pillow-heif: pip install pillow-heif"
         if brand in (b"avif", b"avis"):
-            return "an AVIF image"
+            if AVIF_AVAILABLE:
+                return "a damaged AVIF image"
+            return "an AVIF image, which needs Pillow built with libavif: pip install -U 'pillow>=11.3'"
+        if brand == b"crx ":
+            return "a Canon CR3 raw that LibRaw did not read"
         return "an MP4/QuickTime-family file"
+    if head[:12] == b"\x00\x00\x00\x0cJXL \r\n\x87\n" or head[:2] == b"\xff\x0a":
+        return "a JPEG XL image, which Darkroom does not read: convert it to JPEG or PNG (djxl photo.jxl photo.png)"
     for offset, magic, what in _SIGNATURES:
         if head[offset : offset + len(magic)] == magic:
             return what

@@ -74,3 +74,82 @@ def big_photos(photos: dict[str, Path], folder: Path, n: int) -> list[Path]:
         base.save(path, quality=90)
         out.append(path)
     return out
+
+
+#: Adobe RGB (1998) as its published profile has it: the primaries adapted to the D50 of the profile
+#: connection space, and one gamma of 563/256 for every channel.
+ADOBE_RGB = {
+    "red": (0.60974, 0.31111, 0.01947),
+    "green": (0.20528, 0.62567, 0.06087),
+    "blue": (0.14919, 0.06322, 0.74457),
+    "gamma": 563 / 256,
+}
+
+
+def icc_profile(description: str, red, green, blue, gamma: float) -> bytes:
+    """An ICC v2 RGB display profile (a matrix and a gamma curve per channel), byte by byte: what an
+    editor embeds when it saves a photo in Adobe RGB or Display P3. ``red``, ``green``, ``blue``: each
+    primary's XYZ, adapted to D50; ``gamma``: the transfer curve's exponent."""
+
+    def s15(v: float) -> bytes:
+        return struct.pack(">i", round(v * 65536))
+
+    def xyz(v) -> bytes:
+        return b"XYZ " + b"\0" * 4 + b"".join(s15(c) for c in v)
+
+    text = description.encode("ascii") + b"\0"
+    desc = (b"desc" + b"\0" * 4 + struct.pack(">I", len(text)) + text + struct.pack(">II", 0, 0)
+            + struct.pack(">HB", 0, 0) + b"\0" * 67)
+    curve = b"curv" + b"\0" * 4 + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+    tags = [(b"desc", desc), (b"wtpt", xyz((0.9642, 1.0, 0.8249))), (b"rXYZ", xyz(red)), (b"gXYZ", xyz(green)),
+            (b"bXYZ", xyz(blue)), (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve),
+            (b"cprt", b"text" + b"\0" * 4 + b"no copyright, test data\0")]
+    offset = 128 + 4 + 12 * len(tags)
+    table, body = b"", b""
+    for sig, data in tags:
+        data += b"\0" * (-len(data) % 4)
+        table += sig + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    size = offset + len(body)
+    header = (struct.pack(">I", size) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ "
+              + struct.pack(">6H", 2026, 1, 1, 0, 0, 0) + b"acsp" + b"\0" * 24 + struct.pack(">I", 0)
+              + s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 48)
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+def bayer_dng(pixels: np.ndarray, folder: Path, name: str = "bayer") -> Path:
+    """A DNG written by ``pidng`` from raw Bayer data (RGGB, 12 bits, linear) sampled from an sRGB
+    photo, as a camera's sensor would have recorded it; its colour matrix maps XYZ to linear sRGB,
+    so LibRaw's demosaic gives back the photo, within a demosaic's error."""
+    from pidng.core import RAW2DNG, DNGTags, Tag
+    from pidng.defs import CalibrationIlluminant, CFAPattern, DNGVersion, Orientation, PhotometricInterpretation
+
+    rgb = pixels.astype(np.float64) / 255
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    height, width = linear.shape[:2]
+    bayer = np.empty((height, width))
+    bayer[0::2, 0::2] = linear[0::2, 0::2, 0]
+    bayer[0::2, 1::2] = linear[0::2, 1::2, 1]
+    bayer[1::2, 0::2] = linear[1::2, 0::2, 1]
+    bayer[1::2, 1::2] = linear[1::2, 1::2, 2]
+    bits = 12
+    xyz_to_srgb = ((3.2404542, -1.5371385, -0.4985314), (-0.9692660, 1.8760108, 0.0415560),
+                   (0.0556434, -0.2040259, 1.0572252))
+    tags = DNGTags()
+    for tag, value in (
+        (Tag.ImageWidth, width), (Tag.ImageLength, height), (Tag.TileWidth, width), (Tag.TileLength, height),
+        (Tag.Orientation, Orientation.Horizontal),
+        (Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array),
+        (Tag.SamplesPerPixel, 1), (Tag.BitsPerSample, bits), (Tag.CFARepeatPatternDim, [2, 2]),
+        (Tag.CFAPattern, CFAPattern.RGGB), (Tag.BlackLevel, 0), (Tag.WhiteLevel, (1 << bits) - 1),
+        (Tag.ColorMatrix1, [[round(v * 10000), 10000] for row in xyz_to_srgb for v in row]),
+        (Tag.CalibrationIlluminant1, CalibrationIlluminant.D65), (Tag.AsShotNeutral, [[1, 1], [1, 1], [1, 1]]),
+        (Tag.Make, "Darkroom"), (Tag.Model, "Bayer test"),
+        (Tag.DNGVersion, DNGVersion.V1_4), (Tag.DNGBackwardVersion, DNGVersion.V1_2),
+    ):
+        tags.set(tag, value)
+    writer = RAW2DNG()
+    writer.options(tags, path=str(folder), compress=False)
+    writer.convert(np.round(bayer * ((1 << bits) - 1)).astype(np.uint16), filename=name)
+    return folder / f"{name}.dng"

@@ -1,0 +1,311 @@
+"""The photos people have: HEIC, AVIF, camera RAW, colour profiles — read by content, within the limits.
+
+HEIC and AVIF are written by the libraries themselves (pillow-heif, Pillow's libavif) from the photos
+scikit-image ships; the camera RAW is a real Kodak DC50 capture read from the shared data folder, and a
+DNG is written by ``pidng`` from raw Bayer data; the colour profile is an Adobe RGB (1998) ICC profile
+built byte by byte and read by ImageCms.
+"""
+
+from __future__ import annotations
+
+import io
+import resource
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from tasks import imaging
+from tasks.imaging import BadImage, decode, probe
+from tests.photos import ADOBE_RGB, bayer_dng, icc_profile
+
+LIMITS = {"max_pixels": 100_000_000, "max_bytes": 200 * 1024 * 1024}
+
+#: A real camera RAW: a Kodak DC50 capture (768x512 after demosaicing, a 96x64 bitmap preview), kept
+#: outside the repository (see its README there).
+KDC = Path(__file__).resolve().parents[2] / "shared" / "data" / "raw" / "kodak_dc50.kdc"
+
+
+def encoded(pixels: np.ndarray, fmt: str, **kwargs) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format=fmt, **kwargs)
+    return out.getvalue()
+
+
+def mean_abs(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+@pytest.fixture(scope="module")
+def heic(astronaut) -> bytes:
+    """The astronaut as pillow-heif writes a HEIC (HEVC in an ISO media file, as an iPhone does)."""
+    return encoded(astronaut, "HEIF", quality=90)
+
+
+@pytest.fixture(scope="module")
+def avif(astronaut) -> bytes:
+    return encoded(astronaut, "AVIF", quality=90)
+
+
+@pytest.fixture(scope="module")
+def kdc() -> Path:
+    if not KDC.is_file():
+        pytest.skip(f"the real camera RAW {KDC} is absent (the shared test data is not mounted here)")
+    return KDC
+
+
+@pytest.fixture(scope="module")
+def dng(astronaut, tmp_path_factory) -> bytes:
+    return bayer_dng(astronaut, tmp_path_factory.mktemp("dng")).read_bytes()
+
+
+# --- HEIC and AVIF ---------------------------------------------------------------------------------
+
+
+def test_heic_written_by_pillow_heif_is_read(heic, astronaut, tmp_path):
+    assert heic[4:12] == b"ftypheic"
+    info = probe(heic, **LIMITS)
+    assert (info.format, info.width, info.height, info.decoder) == ("HEIF", 512, 512, "pillow-heif")
+    pixels = decode(heic)
+    assert pixels.shape == (512, 512, 3) and pixels.dtype == np.uint8
+    assert mean_abs(pixels, astronaut) < 3  # the same photo, through a lossy codec
+
+
+def test_avif_is_read_by_pillow_itself(avif, astronaut):
+    assert avif[4:12] == b"ftypavif"
+    info = probe(avif, **LIMITS)
+    assert (info.format, info.width, info.height, info.decoder) == ("AVIF", 512, 512, "pillow")
+    assert mean_abs(decode(avif), astronaut) < 3
+
+
+def test_the_content_decides_the_format_never_the_name(heic, avif, astronaut, tmp_path):
+    jpeg = encoded(astronaut, "JPEG", quality=92)
+    for name, data, fmt in (("photo.jpg", heic, "HEIF"), ("photo.heic", jpeg, "JPEG"), ("photo.png", avif, "AVIF"),
+                            ("photo.nef", jpeg, "JPEG"), ("photo", heic, "HEIF")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        assert probe(path, **LIMITS).format == fmt, name
+        assert mean_abs(decode(path), astronaut) < 4, name
+
+
+def test_each_decoder_sees_only_its_own_format(heic, avif, astronaut, monkeypatch):
+    import pillow_heif.as_plugin
+    import rawpy
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a decoder saw bytes of another format")
+
+    monkeypatch.setattr(pillow_heif.as_plugin.HeifImageFile, "_open", refuse)
+    monkeypatch.setattr(rawpy, "RawPy", refuse)
+    for fmt in ("JPEG", "PNG", "WEBP", "GIF", "BMP"):
+        assert decode(encoded(astronaut, fmt)).shape == (512, 512, 3), fmt
+    assert probe(avif, **LIMITS).format == "AVIF"  # an ISO media file too, but not HEIF's
+    with pytest.raises(AssertionError, match="another format"):
+        probe(heic, **LIMITS)  # the check itself: HEIF's opener is what reads a HEIC
+
+
+# --- camera RAW ------------------------------------------------------------------------------------
+
+
+def test_a_real_camera_raw_is_demosaiced_when_its_preview_is_too_small(kdc):
+    import rawpy
+
+    # Its first bytes are a TIFF header, and Pillow alone would read the 96x64 preview as the photo.
+    assert kdc.read_bytes()[:4] == b"MM\x00*" and Image.open(kdc).size == (96, 64)
+    info = probe(kdc, **LIMITS)  # every pixel needed: the 96x64 preview is far too small
+    assert (info.format, info.width, info.height, info.decoder) == ("RAW", 768, 512, "raw:full")
+    pixels = decode(kdc)
+    with rawpy.imread(str(kdc)) as raw:
+        expected = raw.postprocess(use_camera_wb=True, output_bps=8)
+    assert pixels.shape == (512, 768, 3)
+    np.testing.assert_array_equal(pixels, expected)  # LibRaw's own demosaic, camera white balance, sRGB
+    np.testing.assert_array_equal(decode(kdc.read_bytes()), expected)  # bytes as a path
+
+
+def test_a_raw_preview_serves_when_it_is_as_large_as_the_tasks_need(kdc):
+    import rawpy
+
+    info = probe(kdc, **LIMITS, preview_at_least=(64, 64))
+    assert (info.decoder, info.width, info.height) == ("raw:preview", 96, 64)
+    pixels = decode(kdc, preview_at_least=(64, 64))
+    with rawpy.imread(str(kdc)) as raw:
+        thumb = raw.extract_thumb()
+    assert thumb.format == rawpy.ThumbFormat.BITMAP
+    np.testing.assert_array_equal(pixels, thumb.data)
+    # Larger than the preview, or DARKROOM_RAW=full: the demosaic
+    assert probe(kdc, **LIMITS, preview_at_least=(224, 224)).decoder == "raw:full"
+    full = probe(kdc, **LIMITS, raw="full", preview_at_least=(64, 64))
+    assert (full.decoder, full.width) == ("raw:full", 768)
+    assert decode(kdc, raw="full", preview_at_least=(64, 64)).shape == (512, 768, 3)
+    # Half-size demosaic when the caller needs at most half
+    assert decode(kdc, raw="full", at_least=(300, 200)).shape == (256, 384, 3)
+    with pytest.raises(ValueError, match="preview, full"):
+        decode(kdc, raw="fast")
+
+
+def test_a_dng_written_from_bayer_data(dng, astronaut):
+    assert dng[:4] == b"II*\x00"
+    info = probe(dng, **LIMITS)
+    assert (info.format, info.width, info.height, info.decoder) == ("RAW", 512, 512, "raw:full")
+    pixels = decode(dng)
+    assert pixels.shape == (512, 512, 3)
+    for channel in range(3):  # the photo back, within a demosaic's error
+        assert np.corrcoef(pixels[..., channel].ravel(), astronaut[..., channel].ravel())[0, 1] > 0.99
+    assert mean_abs(pixels, astronaut) < 12
+
+
+def test_a_tiff_that_is_no_camera_raw_stays_a_tiff(astronaut):
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Canon", "EOS 5D"  # a camera's make and model do not make it a RAW
+    tiff = encoded(astronaut, "TIFF", exif=exif)
+    info = probe(tiff, **LIMITS)
+    assert (info.format, info.decoder) == ("TIFF", "pillow")
+    np.testing.assert_array_equal(decode(tiff), astronaut)
+
+
+# --- colour profiles -------------------------------------------------------------------------------
+
+
+def adobe_profile() -> bytes:
+    colours = {k: v for k, v in ADOBE_RGB.items() if k != "gamma"}
+    return icc_profile("Adobe RGB (1998)", gamma=ADOBE_RGB["gamma"], **colours)
+
+
+def adobe_to_srgb(values: np.ndarray) -> np.ndarray:
+    """Adobe RGB (1998) to sRGB by the published formulas (D65 throughout), not through LittleCMS."""
+    linear = (values / 255.0) ** ADOBE_RGB["gamma"]
+    adobe_to_xyz = np.array([[0.5767309, 0.1855540, 0.1881852], [0.2973769, 0.6273491, 0.0752741],
+                             [0.0270343, 0.0706872, 0.9911085]])
+    xyz_to_srgb = np.array([[3.2404542, -1.5371385, -0.4985314], [-0.9692660, 1.8760108, 0.0415560],
+                            [0.0556434, -0.2040259, 1.0572252]])
+    srgb = np.clip(linear @ adobe_to_xyz.T @ xyz_to_srgb.T, 0, 1)
+    encoded_ = np.where(srgb <= 0.0031308, 12.92 * srgb, 1.055 * srgb ** (1 / 2.4) - 0.055)
+    return np.rint(encoded_ * 255)
+
+
+def patches() -> tuple[np.ndarray, np.ndarray]:
+    """16x16 patches of colours inside both gamuts (skin, sky, foliage, greys), and the colours."""
+    colours = np.array([[200, 150, 120], [90, 140, 200], [70, 130, 60], [128, 128, 128], [230, 220, 80],
+                        [150, 60, 60], [40, 40, 40], [240, 240, 240]], dtype=np.uint8)
+    image = np.repeat(np.repeat(colours[None], 16, axis=0), 16, axis=1)
+    return image, colours
+
+
+def test_an_adobe_rgb_jpeg_comes_out_in_srgb():
+    image, colours = patches()
+    jpeg = encoded(image, "JPEG", quality=100, subsampling=0, icc_profile=adobe_profile())
+    assert probe(jpeg, **LIMITS).color_profile == "Adobe RGB (1998)"
+    pixels = decode(jpeg)
+    got = pixels[8, 8::16].astype(float)  # each patch's centre
+    expected = adobe_to_srgb(colours.astype(float))
+    assert np.abs(got - expected).max() <= 2, (got, expected)
+    # Without the conversion the foliage green would be far off: the check can tell
+    assert np.abs(colours[2].astype(float) - expected[2]).max() > 15
+
+
+def test_an_srgb_profile_changes_nothing(astronaut):
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    with_profile = encoded(astronaut, "JPEG", quality=92, icc_profile=srgb)
+    assert probe(with_profile, **LIMITS).color_profile == "sRGB built-in"
+    np.testing.assert_array_equal(decode(with_profile), decode(encoded(astronaut, "JPEG", quality=92)))
+    assert probe(encoded(astronaut, "JPEG"), **LIMITS).color_profile is None
+
+
+def test_a_heic_with_a_wide_gamut_profile_comes_out_in_srgb():
+    image, colours = patches()
+    heic = encoded(image, "HEIF", quality=-1, chroma=444, icc_profile=adobe_profile())
+    assert probe(heic, **LIMITS).color_profile == "Adobe RGB (1998)"
+    got = decode(heic)[8, 8::16].astype(float)
+    assert np.abs(got - adobe_to_srgb(colours.astype(float))).max() <= 3
+
+
+def test_an_unreadable_profile_leaves_the_pixels_and_says_so(astronaut):
+    jpeg = encoded(astronaut, "JPEG", quality=92, icc_profile=b"not an ICC profile at all" * 8)
+    assert probe(jpeg, **LIMITS).color_profile.startswith("unreadable ICC profile")
+    np.testing.assert_array_equal(decode(jpeg), decode(encoded(astronaut, "JPEG", quality=92)))
+
+
+# --- limits and honest rejections ----------------------------------------------------------------
+
+
+def heic_declaring(width: int, height: int) -> bytes:
+    """A real 64x64 HEIC whose image spatial extents ("ispe") claim ``width`` x ``height``."""
+    raw = bytearray(encoded(np.full((64, 64, 3), 90, np.uint8), "HEIF"))
+    at = raw.find(b"ispe")
+    assert at > 0 and raw[at + 8 : at + 16] == struct.pack(">II", 64, 64)
+    raw[at + 8 : at + 16] = struct.pack(">II", width, height)
+    return bytes(raw)
+
+
+def dng_declaring(dng: bytes, width: int, height: int) -> bytes:
+    """The DNG with its raw image's width and length tags claiming ``width`` x ``height``."""
+    raw = bytearray(dng)
+    ifd = struct.unpack("<I", raw[4:8])[0]
+    for k in range(struct.unpack("<H", raw[ifd : ifd + 2])[0]):
+        entry = ifd + 2 + 12 * k
+        tag, kind = struct.unpack("<HH", raw[entry : entry + 4])
+        if tag in (256, 257, 322, 323):  # ImageWidth, ImageLength, TileWidth, TileLength
+            value = width if tag in (256, 322) else height
+            raw[entry + 8 : entry + 12] = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("kind", ["heic", "dng"])
+def test_bombs_are_refused_from_the_header(kind, dng):
+    bomb = heic_declaring(12000, 10000) if kind == "heic" else dng_declaring(dng, 12000, 10000)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    message = r"12000x10000 = 120,000,000 pixels, over the pixel limit of 100,000,000"
+    with pytest.raises(BadImage, match=message):
+        probe(bomb, **LIMITS)
+    with pytest.raises(BadImage, match=message):
+        decode(bomb, max_pixels=LIMITS["max_pixels"])
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024  # 360 MB if decoded
+
+
+def test_a_raw_over_the_limit_is_refused_before_anything_is_unpacked(kdc, monkeypatch):
+    def unpacked(*_args, **_kwargs):
+        raise AssertionError("the RAW's preview or data was read")
+
+    monkeypatch.setattr(imaging._Camera, "thumb", unpacked)
+    monkeypatch.setattr(imaging._Camera, "decode", unpacked)
+    with pytest.raises(BadImage, match=r"768x512 = 393,216 pixels, over the pixel limit of 300,000"):
+        probe(kdc, max_pixels=300_000, max_bytes=10**8)
+    with pytest.raises(BadImage, match="pixel limit of 300,000"):
+        decode(kdc, max_pixels=300_000)
+
+
+def test_a_corrupt_heic_is_rejected_with_the_decoders_reason(heic):
+    with pytest.raises(BadImage, match=r"truncated or corrupt HEIF data \(.*end of file.*\): re-export or re-copy"):
+        decode(heic[: len(heic) // 2])  # its header is whole; the pixel data is cut
+    with pytest.raises(BadImage, match=r"a damaged HEIC/HEIF image .*re-copy"):
+        probe(heic[:300], **LIMITS)
+
+
+def test_a_corrupt_camera_raw_is_rejected_with_libraws_reason(kdc):
+    data = kdc.read_bytes()
+    with pytest.raises(BadImage, match=r"truncated or corrupt camera RAW \(TIFF-based\) data, LibRaw says: .*re-copy"):
+        decode(data[: len(data) // 2])
+    with pytest.raises(BadImage, match=r"a damaged TIFF or camera RAW"):
+        probe(data[:200], **LIMITS)
+    with pytest.raises(BadImage, match=r"camera RAW \(Olympus ORF\) that LibRaw [\d.]+ cannot read .*DNG"):
+        probe(b"IIRO" + bytes(range(256)) * 8, **LIMITS)
+
+
+def test_what_to_install_when_a_decoder_is_missing(monkeypatch, astronaut):
+    heic_head = b"\x00\x00\x00\x1cftypheic\x00\x00\x00\x00mif1heic"
+    avif_head = b"\x00\x00\x00\x20ftypavif\x00\x00\x00\x00avifmif1"
+    monkeypatch.setattr(imaging, "HEIF_AVAILABLE", False)
+    monkeypatch.setattr(imaging, "AVIF_AVAILABLE", False)
+    assert "pip install pillow-heif" in imaging._unsupported_message(heic_head)
+    assert "pip install -U 'pillow>=11.3'" in imaging._unsupported_message(avif_head)
+    monkeypatch.setattr(imaging, "rawpy", None)  # rawpy not installed
+    with pytest.raises(BadImage, match=r"camera RAW \(Olympus ORF\) needs rawpy .*pip install rawpy"):
+        probe(b"IIRO" + bytes(64), **LIMITS)
+    assert probe(encoded(astronaut, "TIFF"), **LIMITS).format == "TIFF"  # TIFFs still read without it
+
+
+def test_jpeg_xl_is_named_in_its_rejection():
+    with pytest.raises(BadImage, match=r"JPEG XL image, which Darkroom does not read: convert it"):
+        probe(b"\xff\x0a" + bytes(100), **LIMITS)
