@@ -116,6 +116,7 @@ class Analyzer:
         item: dict[str, Any] = {
             "path": photo.path, "paths": [photo.path] if photo.path else [], "sha256": photo.sha256,
             "format": photo.format, "width": photo.width, "height": photo.height, "size_bytes": photo.size_bytes,
+            "decoder": photo.decoder, "color_profile": photo.color_profile,
             "status": REJECTED if photo.rejected else (FAILED if reasons else DONE), "tasks": states,
         }
         for task in catalog.TASKS:
@@ -143,6 +144,8 @@ class _Photo:
         self._decoded: dict[tuple[int, int] | None, np.ndarray] = {}
         self.rejected: str | None = None
         self.format: str | None = None
+        self.decoder: str | None = None
+        self.color_profile: str | None = None
         self.width = self.height = None
         if array is not None:
             self.sha256 = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
@@ -169,8 +172,10 @@ class _Photo:
                               "(raise DARKROOM_MAX_IMAGE_BYTES to accept it)")
             return photo
         try:
-            info = probe(photo._data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes)
+            info = probe(photo._data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes,
+                         **raw_options(settings))
             photo.format, photo.width, photo.height = info.format, info.width, info.height
+            photo.decoder, photo.color_profile = info.decoder, info.color_profile
         except BadImage as exc:
             photo.rejected = f"{photo.name}: {exc}"
         return photo
@@ -180,8 +185,15 @@ class _Photo:
         if self._array is not None:
             return self._array
         if at_least not in self._decoded:
-            self._decoded[at_least] = decode(self._data, max_pixels=settings.max_image_pixels, at_least=at_least)
+            self._decoded[at_least] = decode(self._data, max_pixels=settings.max_image_pixels, at_least=at_least,
+                                             **raw_options(settings))
         return self._decoded[at_least]
+
+
+def raw_options(settings: Settings) -> dict[str, Any]:
+    """``tasks.imaging``'s camera RAW arguments under these settings (DARKROOM_RAW, and how large an
+    embedded preview must be for the configured tasks)."""
+    return {"raw": settings.raw, "preview_at_least": catalog.raw_preview_size(settings)}
 
 
 _analyzers: dict[tuple[int, tuple[str, ...] | None], Analyzer] = {}

@@ -214,6 +214,30 @@ def planned_work(settings: Settings) -> list[tuple[str, str]]:
     return [(task.name, task.model_key(settings)) for task in configured(settings)]
 
 
+def raw_preview_size(settings: Settings) -> tuple[int, int] | None:
+    """How large a camera RAW's embedded preview must be to stand in for the RAW (``tasks.imaging``'s
+    ``preview_at_least``): the largest decode size the configured tasks ask for, so every task of a photo
+    sees the same rendering. None (every pixel of the RAW) when one of them needs every pixel, when
+    DARKROOM_FAST_DECODE is off, or when a size cannot be known without loading a model (a saved one)."""
+    if not settings.fast_decode:
+        return None
+    sizes = []
+    for task in configured(settings):
+        if task.decode_size is None:
+            return None
+        model = None
+        if task.model is not None:
+            key = task.model_key(settings)
+            if task.name == "classify" and is_model_path(parse_classifier_key(key)[0]):
+                return None  # its input size is known only once the saved model is loaded
+            try:
+                model = task.model.make(key, task.model.options(settings), "CPU")
+            except Exception:  # noqa: BLE001 - a model that cannot be had fails its own runs, not this
+                return None
+        sizes.append(task.decode_size(model, task.options(settings)))
+    return (max(w for w, _ in sizes), max(h for _, h in sizes)) if sizes else None
+
+
 def routes() -> dict[str, dict[str, str]]:
     """Celery's ``task_routes``: each task to its queue."""
     return {task.celery_name: {"queue": task.queue} for task in TASKS}
@@ -245,5 +269,5 @@ def read_context(settings: Settings) -> results.ReadContext:
 __all__ = [
     "CLASSIFIER_SETTINGS", "DEFAULT_TASKS", "FACE_MODEL", "NAMES", "QUEUES", "TASKS", "Model", "Task",
     "classifier_key", "configured", "get", "is_model_path", "parse_classifier_key",
-    "planned_work", "read_context", "result_stores", "results_json", "routes", "served_by", "task_name",
+    "planned_work", "raw_preview_size", "read_context", "result_stores", "results_json", "routes", "served_by", "task_name",
 ]

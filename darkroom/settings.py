@@ -113,6 +113,11 @@ class Settings(BaseSettings):
         "image (classification's input size, augmentation's size): several times faster. false: always decode "
         "every pixel, then resize (as keras.utils.load_img does).",
     )
+    raw: Literal["preview", "full"] = Field(
+        "preview", description="How camera RAW files are decoded: 'preview', from the photo the camera embedded "
+        "when it is at least as large as the tasks need (every pixel of the RAW when a task needs every pixel), "
+        "else LibRaw's full demosaic; 'full': always the demosaic (slower; the RAW's own rendering).",
+    )
     classify_batch_size: int = Field(
         16, ge=1, le=1024, description="Pending classify runs one worker process takes and classifies together."
     )

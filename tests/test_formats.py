@@ -309,3 +309,36 @@ def test_what_to_install_when_a_decoder_is_missing(monkeypatch, astronaut):
 def test_jpeg_xl_is_named_in_its_rejection():
     with pytest.raises(BadImage, match=r"JPEG XL image, which Darkroom does not read: convert it"):
         probe(b"\xff\x0a" + bytes(100), **LIMITS)
+
+
+# --- the setting, and the size the tasks need --------------------------------------------------------
+
+
+def test_darkroom_raw_and_the_preview_size_the_tasks_need(monkeypatch):
+    from pydantic import ValidationError
+
+    from darkroom import catalog
+    from darkroom.settings import Settings
+
+    assert Settings().raw == "preview"
+    monkeypatch.setenv("DARKROOM_RAW", "full")
+    assert Settings().raw == "full"
+    monkeypatch.setenv("DARKROOM_RAW", "fast")
+    with pytest.raises(ValidationError, match="preview"):
+        Settings()
+    monkeypatch.delenv("DARKROOM_RAW")
+    assert catalog.raw_preview_size(Settings()) is None  # faces and normalize need every pixel
+    assert catalog.raw_preview_size(Settings(tasks=["classify", "augment"])) == (256, 256)  # augment's 256 > 224
+    assert catalog.raw_preview_size(Settings(tasks=["classify"], classifier_model="inception_v3")) == (299, 299)
+    assert catalog.raw_preview_size(Settings(tasks=["classify"], fast_decode=False)) is None
+
+
+def test_analyze_says_how_a_raw_was_read(kdc, astronaut):
+    from darkroom import analyze
+    from darkroom.settings import Settings
+
+    result = analyze(kdc, tasks=["phash"], settings=Settings(tasks=["phash"]))
+    assert (result["status"], result["format"], result["decoder"], result["width"]) == ("done", "RAW", "raw:full", 768)
+    adobe = analyze(encoded(astronaut, "JPEG", icc_profile=adobe_profile()), tasks=["phash"],
+                    settings=Settings(tasks=["phash"]))
+    assert (adobe["decoder"], adobe["color_profile"]) == ("pillow", "Adobe RGB (1998)")
