@@ -205,8 +205,11 @@ class Message:
 
     def _decode(self, claims: Sequence[ledger.Claim], steps: dict) -> dict[int, Any]:
         """Each photo read and decoded once, at the largest size its runs need (every pixel when
-        one of them needs every pixel, or DARKROOM_FAST_DECODE is off)."""
+        one of them needs every pixel, or DARKROOM_FAST_DECODE is off). A camera RAW is read from its
+        embedded preview or demosaiced as DARKROOM_RAW and the configured tasks say: the same way for
+        every run of the photo."""
         rt = self.rt
+        raw = {"raw": rt.settings.raw, "preview_at_least": catalog.raw_preview_size(rt.settings)}
         by_image: dict[int, list[ledger.Claim]] = {}
         for c in claims:
             by_image.setdefault(c.image_id, []).append(c)
@@ -216,7 +219,7 @@ class Message:
             at_least = None if None in sizes else (max(w for w, _ in sizes), max(h for _, h in sizes))
             try:
                 images[image_id] = decode(rt.blobs.read(group[0].sha256), max_pixels=rt.settings.max_image_pixels,
-                                          at_least=at_least)
+                                          at_least=at_least, **raw)
             except BadImage as exc:
                 for c in group:
                     self._fail(c, exc)
