@@ -138,15 +138,18 @@ class Registrar:
         except PermissionError as exc:
             return self._refuse(path, f"cannot be read ({exc.strerror}): fix its permissions and touch it", st)
 
-        fmt = width = height = reason = None
+        fmt = width = height = reason = decoder = profile = None
         try:
             info = probe(self.blobs.path_for(sha), max_pixels=self.settings.max_image_pixels,
-                         max_bytes=self.settings.max_image_bytes)
+                         max_bytes=self.settings.max_image_bytes, raw=self.settings.raw,
+                         preview_at_least=catalog.raw_preview_size(self.settings))
             fmt, width, height = info.format, info.width, info.height
+            decoder, profile = info.decoder, info.color_profile
         except BadImage as exc:
             reason = f"{path}: {exc}"
         return files.FileRecord(path=str(path), size_bytes=size, mtime_ns=st.st_mtime_ns, sha256=sha, fmt=fmt,
-                               width=width, height=height, rejected_reason=reason)
+                               width=width, height=height, rejected_reason=reason, decoder=decoder,
+                               color_profile=profile)
 
     def _record(self, session, item: files.FileRecord) -> files.Registration:
         return files.register_file(session, **dataclasses.asdict(item), work=self.work)

@@ -35,6 +35,8 @@ def register_file(
     height: int | None,
     rejected_reason: str | None,
     work: Sequence[tuple[str, str]],
+    decoder: str | None = None,
+    color_profile: str | None = None,
 ) -> Registration:
     """Record that ``path`` holds the content ``sha256`` and create the task runs it still needs.
 
@@ -50,6 +52,8 @@ def register_file(
         width=width,
         height=height,
         rejected_reason=rejected_reason,
+        decoder=decoder,
+        color_profile=color_profile,
     )
     source = session.scalars(select(SourceFile).where(SourceFile.path == path)).one_or_none()
     if source is None:
@@ -81,6 +85,9 @@ class FileRecord:
     width: int | None
     height: int | None
     rejected_reason: str | None
+    #: How the image is decoded and its ICC profile's description (``tasks.imaging.ImageInfo``).
+    decoder: str | None = None
+    color_profile: str | None = None
 
 
 def register_files(session: Session, files: Sequence[FileRecord], work: Sequence[tuple[str, str]]) -> list[Registration]:
@@ -99,7 +106,8 @@ def register_files(session: Session, files: Sequence[FileRecord], work: Sequence
     for f in files:
         if f.sha256 not in images:
             images[f.sha256] = Image(sha256=f.sha256, size_bytes=f.size_bytes, format=f.fmt, width=f.width,
-                                     height=f.height, rejected_reason=f.rejected_reason)
+                                     height=f.height, rejected_reason=f.rejected_reason,
+                                     decoder=f.decoder, color_profile=f.color_profile)
             created.add(f.sha256)
     session.add_all([images[sha] for sha in sorted(created)])
     session.flush()
@@ -155,6 +163,8 @@ def _get_or_create_image(session: Session, *, sha256: str, **fields) -> tuple[Im
                 width=fields["width"],
                 height=fields["height"],
                 rejected_reason=fields["rejected_reason"],
+                decoder=fields["decoder"],
+                color_profile=fields["color_profile"],
             )
             session.add(image)
         return image, True

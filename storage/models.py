@@ -63,6 +63,12 @@ class Image(Base):
     format: Mapped[str | None] = mapped_column(String(16))
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
+    #: How it is decoded (``tasks.imaging.ImageInfo.decoder``): ``pillow``, ``pillow-heif``, ``raw:preview`` (a
+    #: camera RAW's embedded preview) or ``raw:full`` (LibRaw's demosaic); NULL when rejected, or registered
+    #: before migration 0005.
+    decoder: Mapped[str | None] = mapped_column(String(16))
+    #: The description of its embedded ICC profile (converted to sRGB before any task saw it); NULL without one.
+    color_profile: Mapped[str | None] = mapped_column(Text)
     #: Set when the content can never be processed (not an image, corrupt, too large).
     rejected_reason: Mapped[str | None] = mapped_column(Text)
 

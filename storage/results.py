@@ -663,6 +663,8 @@ def results_json(session: Session, images: Sequence[Image], stores: Sequence[Tas
             "paths": paths,
             "sha256": image.sha256,
             "format": image.format,
+            "decoder": image.decoder,
+            "color_profile": image.color_profile,
             "width": image.width,
             "height": image.height,
             "size_bytes": image.size_bytes,
