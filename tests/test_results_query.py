@@ -79,14 +79,35 @@ def build(sessions) -> None:
                 results.FACES.save(s, "mtcnn", [(reg.image_id, found)])
 
 
-@pytest.fixture()
-def store(db_url):
-    engine = make_engine(db_url)
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def store(request, tmp_path_factory):
+    """The ledger of :func:`build`, made once per database for the module's tests, which only read
+    it (a test that adds photos does so in a transaction it rolls back)."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = name = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('results') / 'darkroom.db'}"
+    else:
+        server = request.getfixturevalue("postgres_server")
+        name = f"darkroom_results_{uuid.uuid4().hex[:10]}"
+        admin = create_engine(server, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = make_url(server).set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url)
     migrate(engine)
     sessions = session_factory(engine)
     build(sessions)
-    yield db_url, sessions
+    yield url, sessions
     engine.dispose()
+    if admin is not None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def aware(when: dt.datetime) -> dt.datetime:
@@ -246,26 +267,26 @@ def test_one_photo_by_path_sha256_or_prefix(store, tmp_path, monkeypatch):
     photo = tmp_path / "real" / "x.jpg"
     photo.write_bytes(b"x")
     (tmp_path / "link").symlink_to(tmp_path / "real")
-    with transaction(sessions) as s:
-        files.register_file(s, path=str(photo), size_bytes=1, mtime_ns=1, sha256="ab" * 32, fmt="JPEG", width=1,
-                            height=1, rejected_reason=None, work=[])
     monkeypatch.chdir(tmp_path)
     with sessions() as s:
+        files.register_file(s, path=str(photo), size_bytes=1, mtime_ns=1, sha256="ab" * 32, fmt="JPEG", width=1,
+                            height=1, rejected_reason=None, work=[])
         assert results.find_image(s, "real/x.jpg").sha256 == "ab" * 32
         assert results.find_image(s, "link/x.jpg").sha256 == "ab" * 32
+        s.rollback()
 
 
 def test_a_prefix_of_several_photos_is_ambiguous(store):
     _url, sessions = store
-    with transaction(sessions) as s:
+    with sessions() as s:
         for sha in ("deadbeef" + "0" * 56, "deadbeef" + "1" * 56):
             files.register_file(s, path=f"/x/{sha}.jpg", size_bytes=1, mtime_ns=1, sha256=sha, fmt="JPEG", width=1,
                                 height=1, rejected_reason=None, work=[])
-    with sessions() as s:
         with pytest.raises(results.AmbiguousSelector, match="more than one"):
             results.find_image(s, "deadbeef")
         assert results.find_image(s, "deadbeef1").sha256.endswith("1" * 56)
         assert len(results.find_images(s, ["deadbeef"])) == 2
+        s.rollback()
 
 
 # --- the command ---------------------------------------------------------------------------------
