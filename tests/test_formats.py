@@ -342,3 +342,45 @@ def test_analyze_says_how_a_raw_was_read(kdc, astronaut):
     adobe = analyze(encoded(astronaut, "JPEG", icc_profile=adobe_profile()), tasks=["phash"],
                     settings=Settings(tasks=["phash"]))
     assert (adobe["decoder"], adobe["color_profile"]) == ("pillow", "Adobe RGB (1998)")
+
+
+# --- through the whole pipeline ----------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_every_format_through_the_pipeline_and_a_corrupt_heic_stalls_nothing(tmp_path, redis_url, heic, avif, dng,
+                                                                            astronaut):
+    """`up --exit-when-idle` on an inbox of HEIC, AVIF, camera RAWs, an Adobe RGB JPEG and a HEIC whose data
+    is cut short: faces are found on the HEIC of the astronaut, every photo says how it was read, and the
+    corrupt one ends rejected with the decoder's reason while the rest are done."""
+    from tests.harness import Darkroom
+
+    dr = Darkroom(tmp_path, redis_url, f"sqlite:///{tmp_path / 'darkroom.db'}", tasks="faces,phash")
+    dr.inbox.mkdir()
+    (dr.inbox / "astronaut.heic").write_bytes(heic)
+    (dr.inbox / "astronaut.avif").write_bytes(avif)
+    (dr.inbox / "bayer.dng").write_bytes(dng)
+    (dr.inbox / "adobe.jpg").write_bytes(encoded(astronaut, "JPEG", quality=92, icc_profile=adobe_profile()))
+    mirrored = encoded(np.ascontiguousarray(astronaut[:, ::-1]), "HEIF", quality=90)
+    (dr.inbox / "cut.heic").write_bytes(mirrored[: len(mirrored) // 2])
+    expected = {"astronaut.heic": ("HEIF", "pillow-heif", None), "astronaut.avif": ("AVIF", "pillow", None),
+                "bayer.dng": ("RAW", "raw:full", None), "adobe.jpg": ("JPEG", "pillow", "Adobe RGB (1998)")}
+    if KDC.is_file():  # the real camera RAW, copied into this test's inbox only
+        (dr.inbox / "kodak.kdc").write_bytes(KDC.read_bytes())
+        expected["kodak.kdc"] = ("RAW", "raw:full", None)
+    done = dr.run("up", str(dr.inbox), "--exit-when-idle", timeout=300)
+    assert done.returncode == 3, done.stdout + done.stderr  # finished, with the corrupt file rejected
+    results = {Path(r["path"]).name: r for r in dr.results()}
+    assert set(results) == {*expected, "cut.heic"}
+    for name, (fmt, decoder, profile) in expected.items():
+        r = results[name]
+        assert r["status"] == "done", (name, r["errors"])
+        assert (r["format"], r["decoder"], r["color_profile"]) == (fmt, decoder, profile), name
+    assert len(results["astronaut.heic"]["faces"]) == 1
+    assert len(results["astronaut.avif"]["faces"]) == 1
+    assert len(results["bayer.dng"]["faces"]) == 1  # the demosaiced astronaut
+    assert len(results["adobe.jpg"]["faces"]) == 1  # converted to sRGB first
+    cut = results["cut.heic"]
+    assert cut["status"] == "rejected"
+    reason = " ".join(cut["errors"].values())
+    assert "cut.heic" in reason and "truncated or corrupt HEIF data" in reason and "re-copy" in reason, reason
