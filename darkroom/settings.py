@@ -95,7 +95,11 @@ class Settings(BaseSettings):
         30.0, ge=1.0, description="How often the producer compares the SQL ledger with the broker."
     )
     max_queue_depth: int = Field(10_000, ge=1, description="Backpressure: enqueueing waits while a queue is deeper.")
-    blob_mode: Literal["copy", "link"] = Field("copy", description="How originals enter the blob store.")
+    blob_mode: Literal["copy", "link", "reference"] = Field(
+        "copy", description="How originals are kept: 'copy' into the blob store (the file may then go), "
+        "'link' (a hard link where the filesystem allows, else a copy), or 'reference': nothing copied, the "
+        "original is read where it lies and must stay there (`darkroom ingest --in-place` does this for one "
+        "ingest); a worker checks it is unchanged before using it.")
 
     # Worker.
     concurrency: int = Field(0, ge=0, description="Worker processes; 0 means the number of CPU cores.")

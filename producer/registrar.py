@@ -1,4 +1,5 @@
-"""Registering a file: hash it into the blob store, record it in SQL, and only then enqueue its runs.
+"""Registering a file: hash it (into the blob store, or where it lies), record it in SQL, and only
+then enqueue its runs.
 
 The order is what makes crashes harmless: a run exists in SQL before its message exists in Redis,
 and a run whose message was never sent (``enqueued_at`` is NULL) is sent by the next
@@ -9,13 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 import logging
 import os
 import stat
+import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import redis
 from celery import Celery
@@ -24,22 +29,44 @@ from darkroom import catalog
 from darkroom.settings import Settings
 from producer.files import inside
 from storage import files, ledger
-from storage.blobs import BlobStore, OversizeFile
-from storage.db import make_engine, session_factory, transaction
-from tasks.imaging import BadImage, probe
+from storage.blobs import BlobStore, OversizeFile, hash_file
+from storage.db import make_engine, read_only, session_factory, transaction
+from worker.originals import describe
 from worker.queues import messages, queue_depths, send_runs
 
 log = logging.getLogger(__name__)
+
+#: How a path already in the ledger is treated: ``new``: skipped unread (new files only);
+#: ``changed``: read again when its size or modification time differ; ``force``: read again.
+Rescan = Literal["new", "changed", "force"]
+RESCANS: tuple[Rescan, ...] = ("new", "changed", "force")
 
 
 class Outcome(enum.Enum):
     NEW = "new"  # a new image, with runs enqueued
     DUPLICATE = "duplicate"  # content already known: the path is recorded, no new work
+    CHANGED = "changed"  # a known path with new content: recorded as that content's image
     REJECTED = "rejected"  # not a usable image: recorded with the reason
     REFUSED = "refused"  # not taken at all (a symlink out of the inbox, a device file...)
-    KNOWN = "known"  # this path with this size and mtime is already registered
+    KNOWN = "known"  # this path is registered already (with this size and mtime, or this content)
     VANISHED = "vanished"  # gone before it could be read
     SKIPPED = "skipped"  # a directory or other non-file
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    path: Path
+    reason: str
+    st: os.stat_result | None = None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of :meth:`Registrar.register_stream`: its paths, their outcomes, and the bytes read."""
+
+    paths: list[Path]
+    outcomes: list[Outcome]
+    bytes_read: int
 
 
 @dataclass
@@ -47,13 +74,36 @@ class Registrar:
     settings: Settings
     app: Celery
     roots: list[Path]
+    #: How paths already registered are treated (see :data:`Rescan`); the watcher's default.
+    rescan: Rescan = "changed"
+    #: Threads that hash and probe files side by side (hashlib and file reads release the GIL);
+    #: 0: the cores, plus one to cover reads.
+    threads: int = 0
+    #: Once set, sends stop waiting for room in the queues (the runs stay unsent in the ledger).
+    stop: threading.Event | None = None
+    _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+    _pool_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.rescan not in RESCANS:
+            raise ValueError(f"rescan must be one of {', '.join(RESCANS)}, not {self.rescan!r}")
         self.roots = [Path(r).resolve() for r in self.roots]
         self.sessions = session_factory(make_engine(self.settings.db_url))
         self.blobs = BlobStore(self.settings.blob_dir)
         self.redis = redis.Redis.from_url(self.settings.redis_url)
         self.work = catalog.planned_work(self.settings)
+
+    @property
+    def by_reference(self) -> bool:
+        """Originals are read where they lie, nothing copied (DARKROOM_BLOB_MODE=reference)."""
+        return self.settings.blob_mode == "reference"
+
+    def close(self) -> None:
+        """Stop the hashing threads (they are made again when needed)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     # --- registering ---------------------------------------------------------------------------
 
@@ -62,115 +112,171 @@ class Registrar:
         return self.register_many([path], send=send)[0]
 
     def register_many(self, paths: Sequence[Path], *, send: bool = True) -> list[Outcome]:
-        """Take several files (a bulk ingest's chunk): each is hashed into the blob store and probed
-        on its own, then all are recorded in one transaction, and their runs are sent after it.
-        Returns each file's outcome, in order.
+        """Take several files (a bulk ingest's chunk): each is hashed (into the blob store, or where
+        it lies) and probed, side by side in a few threads, then all are recorded in one
+        transaction, and their runs are sent after it. Returns each file's outcome, in order.
 
-        If that transaction fails (say, another producer registered one of the contents a moment
-        ago), each file is recorded in its own transaction, which copes with that; an error that
-        remains is raised, as :meth:`register` does for a single file.
+        Which paths are registered already is one look-up per 500 paths; what is done with them
+        is :attr:`rescan`'s. If the transaction fails (say, another producer registered one of
+        the contents a moment ago), each file is recorded in its own transaction, which copes
+        with that; an error that remains is raised, as :meth:`register` does for a single file.
         """
-        paths = [Path(os.path.abspath(p)) for p in paths]
-        with self.sessions() as s:
-            known = files.file_signatures(s, [str(p) for p in paths])
-        outcomes: list[Outcome | None] = []
-        ready: list[tuple[int, files.FileRecord]] = []
-        for path in paths:
-            item = self._prepare(path, known.get(str(path)))
-            if isinstance(item, Outcome):
-                outcomes.append(item)
+        batch = [Path(os.path.abspath(p)) for p in paths]
+        return self._record(batch, *self._start(batch), send=send)[0]
+
+    def register_stream(self, paths: Iterable[Path], *, chunk: int = 64, send: bool = True,
+                        stop: threading.Event | None = None) -> Iterator[Chunk]:
+        """:meth:`register_many` over any number of paths, ``chunk`` at a time, as they come (a
+        walk of a tree: never a list of them all). The next chunk is hashed while one is
+        recorded. After ``stop`` is set, the chunks in hand are finished and no other is begun."""
+        source = iter(paths)
+
+        def begin():
+            if stop is not None and stop.is_set():
+                return None
+            batch = [Path(os.path.abspath(p)) for p in itertools.islice(source, chunk)]
+            return (batch, *self._start(batch)) if batch else None
+
+        ahead = begin()
+        try:
+            while ahead is not None:
+                current, ahead = ahead, begin()
+                outcomes, read = self._record(*current, send=send)
+                yield Chunk(current[0], outcomes, read)
+        finally:
+            if ahead is not None:  # the consumer stopped early: drop the chunk begun for it
+                for item in ahead[1]:
+                    if isinstance(item, Future):
+                        item.cancel()
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                n = self.threads or (os.cpu_count() or 1) + 1
+                self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="darkroom-hash")
+            return self._pool
+
+    def _start(self, batch: list[Path]) -> tuple[list, dict[str, files.Known]]:
+        """Look the paths up (one query per 500) and begin preparing those to be read, in the
+        threads. Returns each path's outcome or future, and what the ledger knew of them."""
+        with read_only(self.sessions) as s:  # on SQLite: no write lock for a look-up
+            known = files.known_paths(s, [str(p) for p in batch])
+        pending: list = []
+        for path in batch:
+            was = known.get(str(path))
+            if was is not None and self.rescan == "new":
+                pending.append(Outcome.KNOWN)  # new files only: not even looked at
             else:
-                ready.append((len(outcomes), item))
-                outcomes.append(None)
-        if ready:
+                pending.append(self._executor().submit(self._prepare, path, was))
+        return pending, known
+
+    def _record(self, batch: list[Path], pending: list, known: dict[str, files.Known], *,
+                send: bool) -> tuple[list[Outcome], int]:
+        """Wait for the chunk's files to be prepared, record them in one transaction, send their
+        runs. Returns the outcomes and the bytes read."""
+        prepared = [item.result() if isinstance(item, Future) else item for item in pending]
+        outcomes: list[Outcome | None] = [item if isinstance(item, Outcome) else None for item in prepared]
+        ready = [(i, item) for i, item in enumerate(prepared) if isinstance(item, files.FileRecord)]
+        refused = [(i, item) for i, item in enumerate(prepared) if isinstance(item, _Refusal)]
+        regs: list[files.Registration] = []
+        if ready or refused:
             try:
                 with transaction(self.sessions) as s:
+                    for _i, r in refused:
+                        self._refuse(s, r)
                     if len(ready) == 1:
-                        regs = [self._record(s, ready[0][1])]
-                    else:
+                        regs = [self._record_one(s, ready[0][1])]
+                    elif ready:
                         regs = files.register_files(s, [item for _i, item in ready], self.work)
             except Exception:
-                if len(ready) == 1:
+                if len(ready) + len(refused) == 1:
                     raise
-                log.warning("recording %d files at once failed; recording them one by one", len(ready),
-                            exc_info=True)
+                log.warning("recording %d files at once failed; recording them one by one",
+                            len(ready) + len(refused), exc_info=True)
                 regs = []
+                for _i, r in refused:
+                    with transaction(self.sessions) as s:
+                        self._refuse(s, r)
                 for _i, item in ready:
                     with transaction(self.sessions) as s:
-                        regs.append(self._record(s, item))
+                        regs.append(self._record_one(s, item))
+            for i, r in refused:
+                log.warning("refused %s: %s", r.path, r.reason)
+                outcomes[i] = Outcome.REFUSED
             for (i, item), reg in zip(ready, regs):
-                outcomes[i] = self._outcome(item, reg)
+                outcomes[i] = self._outcome(item, reg, known.get(item.path))
             if send and any(reg.run_ids for reg in regs):
                 self.send_pending()
-        return [o for o in outcomes if o is not None]
+        return [o for o in outcomes if o is not None], sum(item.size_bytes for _i, item in ready)
 
-    def _prepare(self, path: Path, signature: tuple[int | None, int | None] | None) -> Outcome | files.FileRecord:
-        """Everything about ``path`` that needs no transaction: its kind, its bytes into the blob
-        store, its header. Returns the outcome when the file goes no further."""
+    def _prepare(self, path: Path, was: files.Known | None) -> Outcome | files.FileRecord | _Refusal:
+        """Everything about ``path`` that needs no transaction: its kind, its bytes hashed (into
+        the blob store, or where it lies), its header. Runs in a hashing thread: it writes nothing
+        to the ledger, returning what to record (or the outcome, when the file goes no further)."""
         try:
             st = os.lstat(path)
-        except FileNotFoundError:
-            return Outcome.VANISHED
-        if stat.S_ISDIR(st.st_mode):
-            return Outcome.SKIPPED
-        if stat.S_ISLNK(st.st_mode):
-            if not any(inside(path, root) for root in self.roots):
-                return self._refuse(path, "symbolic link that leads outside the watched folder: refused "
-                                          "(copy the file in instead of linking to it)")
-            st = os.stat(path)
             if stat.S_ISDIR(st.st_mode):
                 return Outcome.SKIPPED
+            if stat.S_ISLNK(st.st_mode):
+                if not any(inside(path, root) for root in self.roots):
+                    return _Refusal(path, "symbolic link that leads outside the watched folder: refused "
+                                          "(copy the file in instead of linking to it)")
+                st = os.stat(path)
+                if stat.S_ISDIR(st.st_mode):
+                    return Outcome.SKIPPED
+        except FileNotFoundError:
+            return Outcome.VANISHED
         if not stat.S_ISREG(st.st_mode):
-            return self._refuse(path, "not a regular file (device, socket or pipe): refused")
-        if signature == (st.st_size, st.st_mtime_ns):
+            return _Refusal(path, "not a regular file (device, socket or pipe): refused")
+        if was is not None and self.rescan != "force" and (was.size_bytes, was.mtime_ns) == (st.st_size, st.st_mtime_ns):
             return Outcome.KNOWN
-        if st.st_size > self.settings.max_image_bytes:
-            return self._refuse(path, f"{st.st_size} bytes is over the limit of {self.settings.max_image_bytes} "
-                                      "(raise DARKROOM_MAX_IMAGE_BYTES to accept it)", st)
+        limit = self.settings.max_image_bytes
+        if st.st_size > limit:
+            return _Refusal(path, f"{st.st_size} bytes is over the limit of {limit} "
+                                  "(raise DARKROOM_MAX_IMAGE_BYTES to accept it)", st)
         try:
-            sha, size = self.blobs.put_file(path, link=self.settings.blob_mode == "link",
-                                            max_bytes=self.settings.max_image_bytes)
+            if self.by_reference:
+                sha, size = hash_file(path, max_bytes=limit)
+                source = path
+            else:
+                sha, size = self.blobs.put_file(path, link=self.settings.blob_mode == "link", max_bytes=limit)
+                source = self.blobs.path_for(sha)
         except FileNotFoundError:
             return Outcome.VANISHED
         except OversizeFile as exc:
-            return self._refuse(path, f"grew to over {exc.size} bytes, over the limit of "
-                                      f"{self.settings.max_image_bytes} (DARKROOM_MAX_IMAGE_BYTES)", st)
+            return _Refusal(path, f"grew to over {exc.size} bytes, over the limit of {limit} "
+                                  "(DARKROOM_MAX_IMAGE_BYTES)", st)
         except PermissionError as exc:
-            return self._refuse(path, f"cannot be read ({exc.strerror}): fix its permissions and touch it", st)
+            return _Refusal(path, f"cannot be read ({exc.strerror}): fix its permissions and touch it", st)
+        except IsADirectoryError:
+            return Outcome.SKIPPED
+        return describe(path, source, sha256=sha, size=size, mtime_ns=st.st_mtime_ns, settings=self.settings,
+                        reference=self.by_reference)
 
-        fmt = width = height = reason = decoder = profile = None
-        try:
-            info = probe(self.blobs.path_for(sha), max_pixels=self.settings.max_image_pixels,
-                         max_bytes=self.settings.max_image_bytes, raw=self.settings.raw,
-                         preview_at_least=catalog.raw_preview_size(self.settings))
-            fmt, width, height = info.format, info.width, info.height
-            decoder, profile = info.decoder, info.color_profile
-        except BadImage as exc:
-            reason = f"{path}: {exc}"
-        return files.FileRecord(path=str(path), size_bytes=size, mtime_ns=st.st_mtime_ns, sha256=sha, fmt=fmt,
-                               width=width, height=height, rejected_reason=reason, decoder=decoder,
-                               color_profile=profile)
-
-    def _record(self, session, item: files.FileRecord) -> files.Registration:
+    def _record_one(self, session, item: files.FileRecord) -> files.Registration:
         return files.register_file(session, **dataclasses.asdict(item), work=self.work)
 
     @staticmethod
-    def _outcome(item: files.FileRecord, reg: files.Registration) -> Outcome:
+    def _outcome(item: files.FileRecord, reg: files.Registration, was: files.Known | None) -> Outcome:
+        if was is not None and was.image_id == reg.image_id:
+            return Outcome.KNOWN  # read again (--force, or touched): the same content
         if item.rejected_reason:
             log.warning("rejected %s", item.rejected_reason)
             return Outcome.REJECTED
+        if was is not None and was.image_id is not None:
+            log.info("changed %s, now %s", item.path, item.sha256[:12])
+            return Outcome.CHANGED
         if reg.new_image:
             log.info("registered %s (%s)", item.path, item.sha256[:12])
             return Outcome.NEW
         log.info("duplicate %s of %s", item.path, item.sha256[:12])
         return Outcome.DUPLICATE
 
-    def _refuse(self, path: Path, reason: str, st: os.stat_result | None = None) -> Outcome:
-        log.warning("refused %s: %s", path, reason)
-        with transaction(self.sessions) as s:
-            files.refuse_file(s, path=str(path), reason=f"{path}: {reason}",
-                             size_bytes=st.st_size if st else None, mtime_ns=st.st_mtime_ns if st else None)
-        return Outcome.REFUSED
+    @staticmethod
+    def _refuse(session, refusal: _Refusal) -> None:
+        st = refusal.st
+        files.refuse_file(session, path=str(refusal.path), reason=f"{refusal.path}: {refusal.reason}",
+                          size_bytes=st.st_size if st else None, mtime_ns=st.st_mtime_ns if st else None)
 
     # --- sending -------------------------------------------------------------------------------
 
@@ -211,7 +317,7 @@ class Registrar:
     def _room(self, wait: bool) -> bool:
         """Backpressure: False (or a wait) while any queue is at or over the bound."""
         while max(queue_depths(self.redis).values()) >= self.settings.max_queue_depth:
-            if not wait:
+            if not wait or (self.stop is not None and self.stop.is_set()):
                 return False
             time.sleep(0.5)
         return True

@@ -9,6 +9,7 @@ started again and the inbox rescanned.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -24,7 +25,7 @@ from watchdog.observers.polling import PollingObserver
 
 from producer.files import is_candidate, walk
 from producer.registrar import Outcome, Registrar
-from storage.files import known_files
+from storage.files import file_signatures
 
 log = logging.getLogger(__name__)
 
@@ -121,17 +122,21 @@ class InboxWatcher:
     def scan(self) -> int:
         """Make every unregistered file below the root a candidate; returns how many were new."""
         self._last_scan = self.clock()
-        with self.registrar.sessions() as s:
-            known = known_files(s)
         found = 0
-        for path in walk(self.root):
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            if known.get(str(path)) != (st.st_size, st.st_mtime_ns) and path not in self.candidates:
-                self.candidates[path] = _Candidate(last_event=self._last_scan)
-                found += 1
+        paths = walk(self.root)
+        # A chunk of the walk at a time, each looked up in one query: the ledger may hold far more
+        # files than the inbox (a whole archive ingested in place), and none of them is read here.
+        while chunk := list(itertools.islice(paths, 500)):
+            with self.registrar.sessions() as s:
+                known = file_signatures(s, [str(p) for p in chunk])
+            for path in chunk:
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    continue
+                if known.get(str(path)) != (st.st_size, st.st_mtime_ns) and path not in self.candidates:
+                    self.candidates[path] = _Candidate(last_event=self._last_scan)
+                    found += 1
         if found:
             log.info("scan of %s found %d new file(s)", self.root, found)
         return found

@@ -84,9 +84,18 @@ class OversizeFile(Exception):
         self.size = size
 
 
-def sha256_file(path: Path) -> str:
+def hash_file(path: Path, *, max_bytes: int | None = None) -> tuple[str, int]:
+    """(sha256, size) of the file at ``path``, read where it lies (nothing is copied: an original
+    held by reference). Raises :class:`OversizeFile` as soon as it is over ``max_bytes``. Reads
+    into one buffer; the hash releases the GIL, so threads hash files side by side."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    size = 0
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buffer):
+            size += n
+            if max_bytes is not None and size > max_bytes:
+                raise OversizeFile(size)
+            digest.update(view[:n])
+    return digest.hexdigest(), size

@@ -8,12 +8,22 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage.db import chunks
-from storage.models import QUEUED, Image, SourceFile, TaskRun, utcnow
+from storage.models import (
+    FAILED,
+    ORIGINAL_BLOB,
+    ORIGINAL_MISSING,
+    ORIGINAL_REFERENCE,
+    QUEUED,
+    Image,
+    SourceFile,
+    TaskRun,
+    utcnow,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,12 +47,15 @@ def register_file(
     work: Sequence[tuple[str, str]],
     decoder: str | None = None,
     color_profile: str | None = None,
+    reference: bool = False,
 ) -> Registration:
     """Record that ``path`` holds the content ``sha256`` and create the task runs it still needs.
 
     Args:
         work: (task, model) pairs to run on the image; pairs that already have a run are skipped, so a
             duplicate adds no work while a newly configured model adds only its own runs.
+        reference: the original is held by reference (nothing copied into the blob store): a worker
+            reads it at ``path``. See :func:`_keep_original`.
     """
     image, new_image = _get_or_create_image(
         session,
@@ -54,7 +67,9 @@ def register_file(
         rejected_reason=rejected_reason,
         decoder=decoder,
         color_profile=color_profile,
+        original=ORIGINAL_REFERENCE if reference else ORIGINAL_BLOB,
     )
+    resent = {} if new_image else _keep_original(session, [image], {image.id: reference})
     source = session.scalars(select(SourceFile).where(SourceFile.path == path)).one_or_none()
     if source is None:
         session.add(SourceFile(path=path, image_id=image.id, size_bytes=size_bytes, mtime_ns=mtime_ns))
@@ -68,9 +83,34 @@ def register_file(
                 for task, model in work if (task, model) not in have]
         session.add_all(runs)
         session.flush()  # one INSERT for all of them, which gives their ids
-        run_ids = [run.id for run in runs]
+        run_ids = [run.id for run in runs] + resent.get(image.id, [])
     session.flush()
     return Registration(image_id=image.id, new_image=new_image, run_ids=run_ids)
+
+
+def _keep_original(session: Session, images: Sequence[Image], reference: dict[int, bool]) -> dict[int, list[int]]:
+    """A file with the content of existing ``images`` arrived (``reference[id]``: held by reference,
+    else copied into the blob store). A copy in the blob store serves from now on; an image whose
+    original had gone missing has one again, and its failed runs (they failed for want of it) are
+    queued again, unsent. Returns those runs' ids by image."""
+    missing = []
+    for image in images:
+        by_reference = reference[image.id]
+        if image.original == ORIGINAL_MISSING:
+            missing.append(image.id)
+            image.original = ORIGINAL_REFERENCE if by_reference else ORIGINAL_BLOB
+        elif image.original == ORIGINAL_REFERENCE and not by_reference:
+            image.original = ORIGINAL_BLOB
+    resent: dict[int, list[int]] = {}
+    now = utcnow()
+    for chunk in chunks(sorted(missing)):
+        rows = session.execute(
+            update(TaskRun).where(TaskRun.image_id.in_(chunk), TaskRun.status == FAILED)
+            .values(status=QUEUED, enqueued_at=None, queued_at=now, error=None, retry_pending=False)
+            .returning(TaskRun.image_id, TaskRun.id).execution_options(synchronize_session=False))
+        for image_id, run_id in rows:
+            resent.setdefault(image_id, []).append(run_id)
+    return resent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +128,8 @@ class FileRecord:
     #: How the image is decoded and its ICC profile's description (``tasks.imaging.ImageInfo``).
     decoder: str | None = None
     color_profile: str | None = None
+    #: Held by reference: nothing copied, a worker reads ``path`` (see :func:`register_file`).
+    reference: bool = False
 
 
 def register_files(session: Session, files: Sequence[FileRecord], work: Sequence[tuple[str, str]]) -> list[Registration]:
@@ -107,8 +149,16 @@ def register_files(session: Session, files: Sequence[FileRecord], work: Sequence
         if f.sha256 not in images:
             images[f.sha256] = Image(sha256=f.sha256, size_bytes=f.size_bytes, format=f.fmt, width=f.width,
                                      height=f.height, rejected_reason=f.rejected_reason,
-                                     decoder=f.decoder, color_profile=f.color_profile)
+                                     decoder=f.decoder, color_profile=f.color_profile,
+                                     original=ORIGINAL_REFERENCE if f.reference else ORIGINAL_BLOB)
             created.add(f.sha256)
+    # A content that came by reference and now also as a copy is served by the copy.
+    for f in files:
+        if f.sha256 in created and not f.reference:
+            images[f.sha256].original = ORIGINAL_BLOB
+    copied = {f.sha256 for f in files if not f.reference}
+    known = [img for sha, img in images.items() if sha not in created]
+    resent = _keep_original(session, known, {img.id: img.sha256 not in copied for img in known})
     session.add_all([images[sha] for sha in sorted(created)])
     session.flush()
     sources: dict[str, SourceFile] = {}
@@ -145,12 +195,14 @@ def register_files(session: Session, files: Sequence[FileRecord], work: Sequence
     out, first_seen = [], set()
     for f, runs in zip(files, planned):
         new_image = f.sha256 in created and f.sha256 not in first_seen
+        image_id = images[f.sha256].id
+        again = resent.get(image_id, []) if f.sha256 not in first_seen else []
         first_seen.add(f.sha256)
-        out.append(Registration(image_id=images[f.sha256].id, new_image=new_image, run_ids=[r.id for r in runs]))
+        out.append(Registration(image_id=image_id, new_image=new_image, run_ids=[r.id for r in runs] + again))
     return out
 
 
-def _get_or_create_image(session: Session, *, sha256: str, **fields) -> tuple[Image, bool]:
+def _get_or_create_image(session: Session, *, sha256: str, original: str, **fields) -> tuple[Image, bool]:
     image = session.scalars(select(Image).where(Image.sha256 == sha256)).one_or_none()
     if image is not None:
         return image, False
@@ -165,6 +217,7 @@ def _get_or_create_image(session: Session, *, sha256: str, **fields) -> tuple[Im
                 rejected_reason=fields["rejected_reason"],
                 decoder=fields["decoder"],
                 color_profile=fields["color_profile"],
+                original=original,
             )
             session.add(image)
         return image, True
@@ -189,6 +242,27 @@ def known_files(session: Session) -> dict[str, tuple[int | None, int | None]]:
     return {p: (s, m) for p, s, m in session.execute(select(SourceFile.path, SourceFile.size_bytes, SourceFile.mtime_ns))}
 
 
+@dataclasses.dataclass(frozen=True)
+class Known:
+    """What the ledger holds of a path: its size and mtime when registered, and its image (None:
+    refused)."""
+
+    size_bytes: int | None
+    mtime_ns: int | None
+    image_id: int | None
+
+
+def known_paths(session: Session, paths: Sequence[str]) -> dict[str, Known]:
+    """path -> :class:`Known` for those of ``paths`` that are recorded: one indexed look-up per
+    500 paths (the files' unique path index)."""
+    out: dict[str, Known] = {}
+    for chunk in chunks(list(paths)):
+        rows = session.execute(select(SourceFile.path, SourceFile.size_bytes, SourceFile.mtime_ns, SourceFile.image_id)
+                               .where(SourceFile.path.in_(chunk)))
+        out.update({p: Known(size, mtime, image) for p, size, mtime, image in rows})
+    return out
+
+
 def file_signatures(session: Session, paths: Sequence[str]) -> dict[str, tuple[int | None, int | None]]:
     """path -> (size, mtime_ns) for those of ``paths`` that are recorded."""
     out: dict[str, tuple[int | None, int | None]] = {}
@@ -197,3 +271,38 @@ def file_signatures(session: Session, paths: Sequence[str]) -> dict[str, tuple[i
                                .where(SourceFile.path.in_(chunk)))
         out.update({p: (size, mtime) for p, size, mtime in rows})
     return out
+
+
+# --- originals held by reference (read by the worker) ----------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Original:
+    """One file that held an image's content when it was registered, as recorded then."""
+
+    file_id: int
+    path: str
+    size_bytes: int | None
+    mtime_ns: int | None
+
+
+def originals(session: Session, image_id: int) -> tuple[str, list[Original]]:
+    """Where the image's original is (:attr:`Image.original`) and the files recorded with its
+    content, oldest first (one look-up each, by primary key and by the files' image index)."""
+    where = session.scalar(select(Image.original).where(Image.id == image_id))
+    rows = session.execute(select(SourceFile.id, SourceFile.path, SourceFile.size_bytes, SourceFile.mtime_ns)
+                           .where(SourceFile.image_id == image_id).order_by(SourceFile.id))
+    return where or ORIGINAL_BLOB, [Original(*row) for row in rows]
+
+
+def note_signature(session: Session, file_id: int, *, size_bytes: int, mtime_ns: int) -> None:
+    """A file's size or time changed but its content did not (it was touched, or copied back):
+    record them, so the next check needs no hash."""
+    session.execute(update(SourceFile).where(SourceFile.id == file_id)
+                    .values(size_bytes=size_bytes, mtime_ns=mtime_ns))
+
+
+def mark_missing(session: Session, image_id: int) -> None:
+    """None of the image's files holds its content any more (see :attr:`Image.original`)."""
+    session.execute(update(Image).where(Image.id == image_id, Image.original == ORIGINAL_REFERENCE)
+                    .values(original=ORIGINAL_MISSING))

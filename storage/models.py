@@ -44,6 +44,9 @@ QUEUED, RUNNING, DONE, FAILED, REJECTED = "queued", "running", "done", "failed",
 PENDING_STATES = (QUEUED, RUNNING)
 TERMINAL_STATES = (DONE, FAILED, REJECTED)
 
+# Where an image's original is (Image.original).
+ORIGINAL_BLOB, ORIGINAL_REFERENCE, ORIGINAL_MISSING = "blob", "reference", "missing"
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
@@ -71,6 +74,11 @@ class Image(Base):
     color_profile: Mapped[str | None] = mapped_column(Text)
     #: Set when the content can never be processed (not an image, corrupt, too large).
     rejected_reason: Mapped[str | None] = mapped_column(Text)
+    #: Where a worker finds the original: ``blob`` (a copy in the blob store), ``reference`` (no
+    #: copy: read from the image's files where they lie, checked unchanged), ``missing`` (held by
+    #: reference and none of its files still holds it: its runs failed; registering a file with this
+    #: content again sends them again).
+    original: Mapped[str] = mapped_column(String(16), default=ORIGINAL_BLOB, server_default=ORIGINAL_BLOB)
 
     __table_args__ = (
         Index("ix_images_rejected", "id", postgresql_where=text("rejected_reason IS NOT NULL"),

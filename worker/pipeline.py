@@ -3,14 +3,16 @@
 A message carries run ids (one, or a group). The worker claims them; a batched task's message also
 claims other pending runs of its model to fill a batch, and a run on every pixel of a photo takes
 the photo's other pending full-pixel runs (in the queues this process serves), so the photo is
-read and decoded once. Each photo is read from the blob store and decoded once, at the size its
-runs need; each (task, model) step runs on its images (a batch at once, or one image a call); every
-result and the runs' new states are written in one transaction.
+read and decoded once. Each photo is read (from the blob store, or where it lies: see
+:mod:`worker.originals`) and decoded once, at the size its runs need; each (task, model) step runs
+on its images (a batch at once, or one image a call); every result and the runs' new states are
+written in one transaction.
 
 The outcome policy, one for every run (:func:`outcome`):
 
 - the image itself is unusable (``BadImage``)     -> ``rejected`` (and the image), never retried;
 - the model cannot be had (``ModelUnavailable``)  -> ``failed`` with the way to fix it;
+- an original held by reference is gone or edited -> ``failed`` naming the file (``OriginalGone``), never retried;
 - the time limit ran out                          -> ``failed``, naming DARKROOM_TASK_TIME_LIMIT;
 - the database or the blob store hiccups          -> retried with exponential backoff, then ``failed``;
 - anything else                                   -> ``failed`` with the error, for `darkroom retry`.
@@ -38,6 +40,7 @@ from storage.models import DONE, FAILED, REJECTED
 from storage.results import save_artifacts
 from tasks.base import ModelUnavailable, one_line
 from tasks.imaging import BadImage, decode
+from worker.originals import OriginalGone, read_original
 from worker.queues import send_run
 from worker.runtime import Runtime, Step
 
@@ -52,7 +55,7 @@ def outcome(exc: Exception, where: str, task: str, time_limit: int) -> tuple[str
     ``where``: the file a person knows the photo by."""
     if isinstance(exc, BadImage):
         return REJECTED, f"{where}: {exc}"
-    if isinstance(exc, ModelUnavailable):
+    if isinstance(exc, (ModelUnavailable, OriginalGone)):
         return FAILED, str(exc)
     if isinstance(exc, SoftTimeLimitExceeded):
         return FAILED, f"{where}: {task} took longer than {time_limit} s (DARKROOM_TASK_TIME_LIMIT)"
@@ -218,9 +221,9 @@ class Message:
             sizes = [steps[c.task, c.model].decode_size for c in group] if rt.settings.fast_decode else [None]
             at_least = None if None in sizes else (max(w for w, _ in sizes), max(h for _, h in sizes))
             try:
-                images[image_id] = decode(rt.blobs.read(group[0].sha256), max_pixels=rt.settings.max_image_pixels,
-                                          at_least=at_least, **raw)
-            except BadImage as exc:
+                images[image_id] = decode(read_original(rt, self.app, image_id, group[0].sha256),
+                                          max_pixels=rt.settings.max_image_pixels, at_least=at_least, **raw)
+            except (BadImage, OriginalGone) as exc:
                 for c in group:
                     self._fail(c, exc)
             except FileNotFoundError:
@@ -251,8 +254,9 @@ class Message:
 
     def _fail(self, claim: ledger.Claim, exc: Exception) -> None:
         """Record ``exc``'s outcome for ``claim``. A gathered run is given back instead when the
-        trouble may not be its own (anything but a bad photo or a model that cannot be had)."""
-        if claim not in self.own and not isinstance(exc, (BadImage, ModelUnavailable)):
+        trouble may not be its own (anything but a bad photo, an original gone, or a model that cannot
+        be had)."""
+        if claim not in self.own and not isinstance(exc, (BadImage, ModelUnavailable, OriginalGone)):
             self._release([claim])
             return
         self._record(claim, *outcome(exc, self._where(claim), claim.task, self.rt.settings.task_time_limit))

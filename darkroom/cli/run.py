@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -31,8 +32,8 @@ from darkroom.cli.common import (
 )
 from darkroom.settings import Settings
 
-#: Files `darkroom ingest` records per transaction.
-INGEST_CHUNK = 32
+#: Files `darkroom ingest` records per transaction (the next chunk is hashed meanwhile).
+INGEST_CHUNK = 64
 #: Seconds between the live feed's polls of the SQL ledger.
 POLL_SECONDS = 1.0
 
@@ -246,42 +247,136 @@ def worker(
 
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders to walk.")],
+    in_place: Annotated[bool, typer.Option(
+        "--in-place", help="Process the files where they lie: nothing is copied into the blob store "
+                           "(DARKROOM_BLOB_MODE=reference, for this ingest). Leave them there, unchanged, until "
+                           "they are processed: a worker checks each one, and a moved or deleted one fails with "
+                           "the way to fix it.")] = False,
+    changed: Annotated[bool, typer.Option(
+        "--changed", help="Also read again the registered files whose size or modification time changed "
+                          "(by default a path already registered is skipped unread: new files only).")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Read every file again, registered or not, and hash it (an edited file whose size "
+                        "and time were kept is found too).")] = False,
 ) -> None:
     """Walk trees once: register and enqueue every image, with a progress bar.
 
+    The bar appears at once and counts files as they are registered (files/s, MB/s); the ETA
+    shows once a background count of the files is done. Ctrl-C finishes the files in hand and
+    stops (exit 130): run the same command again to go on, nothing registered is read again.
     Exits 3 when some files were rejected or refused at registration."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from producer.files import walk
     from producer.registrar import Outcome, Registrar
     from worker.app import app as celery_app
 
     settings = read_settings()
     setup_logging(settings)
     logging.getLogger("producer").setLevel(logging.WARNING)
+    logging.getLogger("worker").setLevel(logging.WARNING)
     check_broker(settings)
     sessions(settings, migrate=True)
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise fail(f"no such file or folder: {', '.join(map(str, missing))}")
+    if in_place:
+        settings = settings.model_copy(update={"blob_mode": "reference"})
+    if settings.blob_mode == "reference":
+        err.print("in place: nothing is copied; leave the files where they are, unchanged, until they are "
+                  "processed", highlight=False, soft_wrap=True)
     roots = [p if p.is_dir() else p.parent for p in paths]
-    registrar = Registrar(settings=settings, app=celery_app, roots=roots)
-    files: list[Path] = []
-    for p in paths:
-        files.extend(walk(p) if p.is_dir() else [p])
+    stop = threading.Event()
+    registrar = Registrar(settings=settings, app=celery_app, roots=roots,
+                          rescan="force" if force else "changed" if changed else "new", stop=stop)
     counts = {o: 0 for o in Outcome}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err) as progress:
-        bar = progress.add_task("ingest", total=len(files))
-        # Files are recorded a chunk at a time (one transaction, then their runs are sent): far
-        # cheaper per file than one at a time, and the workers start on the first chunk at once.
-        for start in range(0, len(files), INGEST_CHUNK):
-            chunk = files[start:start + INGEST_CHUNK]
-            for outcome in registrar.register_many(chunk):
-                counts[outcome] += 1
-            progress.advance(bar, len(chunk))
-    registrar.send_pending()
+    counter = _Counter(paths, stop)
+
+    def on_interrupt(_signum, _frame):
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: now
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    stopped = False
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _rates_column(),
+                      TimeRemainingColumn(), console=err) as progress:
+            bar = progress.add_task("ingest (counting)", total=None, read=0)
+            counter.start()
+            # Registered a chunk at a time as the walk finds them (one transaction, then their runs
+            # are sent): the workers start on the first chunk at once, and nothing holds the tree.
+            for chunk in registrar.register_stream(_files_of(paths), chunk=INGEST_CHUNK, stop=stop):
+                for outcome in chunk.outcomes:
+                    counts[outcome] += 1
+                progress.update(bar, advance=len(chunk.paths), read=progress.tasks[0].fields["read"] + chunk.bytes_read)
+                if counter.total is not None and progress.tasks[0].total is None:
+                    progress.update(bar, total=counter.total, description="ingest")
+        # The runs not sent yet (backpressure held them); Ctrl-C leaves them to the next ingest,
+        # `darkroom up` or `watch`, which send what the ledger holds unsent.
+        if not stop.is_set():
+            registrar.send_pending()
+        stopped = stop.is_set()
+    except KeyboardInterrupt:  # a second Ctrl-C: the chunk in hand was rolled back
+        stopped = True
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        stop.set()
+        registrar.close()
+    done = sum(counts.values())
     summary = ", ".join(f"{n} {o.value}" for o, n in counts.items() if n)
-    out.print(f"{len(files)} file(s): {summary or 'nothing to do'}", highlight=False)
+    if stopped:
+        again = shlex.join(["darkroom", *sys.argv[1:]])
+        err.print(f"darkroom: stopped after {done} file(s) ({summary or 'none registered'}); what is registered "
+                  f"stays. Run `{again}` again to go on: registered files are not read again.",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    out.print(f"{done} file(s): {summary or 'nothing to do'}", highlight=False)
     if counts[Outcome.REJECTED] or counts[Outcome.REFUSED]:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+#: `ingest` stopped by Ctrl-C (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
+
+
+def _files_of(paths: list[Path]):
+    """The files to ingest, as the walk finds them (no list of them)."""
+    from producer.files import walk
+
+    for p in paths:
+        if p.is_dir():
+            yield from walk(p)
+        else:
+            yield p
+
+
+class _Counter(threading.Thread):
+    """Counts the files to ingest in the background (the walk again, names only), for the ETA."""
+
+    def __init__(self, paths: list[Path], stop: threading.Event) -> None:
+        super().__init__(name="darkroom-count", daemon=True)
+        self.paths, self.stop, self.total = paths, stop, None
+
+    def run(self) -> None:
+        n = 0
+        for _path in _files_of(self.paths):
+            n += 1
+            if self.stop.is_set():
+                return
+        self.total = n
+
+
+def _rates_column():
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Rates(ProgressColumn):
+        """Files and megabytes per second since the start."""
+
+        def render(self, task) -> Text:
+            elapsed = task.elapsed or 0.0
+            if elapsed <= 0:
+                return Text("")
+            return Text(f"{task.completed / elapsed:,.0f} files/s {task.fields.get('read', 0) / elapsed / 1e6:,.1f} MB/s",
+                        style="progress.data.speed")
+
+    return Rates()
