@@ -15,7 +15,7 @@ import datetime as dt
 import itertools
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select
@@ -44,10 +44,16 @@ from storage.models import (
 @dataclasses.dataclass(frozen=True)
 class ReadContext:
     """What reading results depends on besides the store: the configured classifier (whose labels
-    are the results' ``labels``) and the distance within which photos are near-duplicates."""
+    are the results' ``labels``) and the distance within which photos are near-duplicates.
+
+    ``near_lookup``: given image ids, each one's near-duplicates (image id -> the ids of the other
+    images within ``near_distance``), from an index of every hash a caller holds in memory (a long
+    stream: `results` builds one with ``tasks.phash.neighbours``); None: each photo's are looked up
+    through the hash's indexed bands (a few thousand index entries a photo at a million photos)."""
 
     primary_model: str | None = None
     near_distance: int = 8
+    near_lookup: Callable[[Sequence[int]], dict[int, list[int]]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,8 +299,17 @@ class PHashResults(TaskResults):
         hashes: dict[int, int] = {}
         for chunk in chunks(list(image_ids)):
             hashes.update(session.execute(select(PHash.image_id, PHash.hash).where(PHash.image_id.in_(chunk))).tuples().all())
+        if ctx.near_lookup is None:
+            return {image_id: {"phash": f"{value & (2**64 - 1):016x}",
+                               "near_duplicates": self.near(session, image_id, value, ctx.near_distance)}
+                    for image_id, value in hashes.items()}
+        # The same answer as near(), from the caller's index: the first LIMIT by image id, as sha256s.
+        near = {image_id: sorted(others)[: self.LIMIT] for image_id, others in ctx.near_lookup(list(hashes)).items()}
+        shas: dict[int, str] = {}
+        for chunk in chunks(sorted({other for others in near.values() for other in others})):
+            shas.update(session.execute(select(Image.id, Image.sha256).where(Image.id.in_(chunk))).tuples().all())
         return {image_id: {"phash": f"{value & (2**64 - 1):016x}",
-                           "near_duplicates": self.near(session, image_id, value, ctx.near_distance)}
+                           "near_duplicates": sorted(shas[o] for o in near.get(image_id, ()) if o in shas)}
                 for image_id, value in hashes.items()}
 
     def to_json(self, by_model: dict[str, Any], artifacts: Sequence[tuple[str, int]], ctx: ReadContext) -> dict[str, Any]:

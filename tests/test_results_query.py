@@ -27,6 +27,7 @@ WORK = [("normalize", ""), ("classify", "vgg16"), ("faces", "mtcnn")]
 N_PHOTOS = 40
 BASE_TIME = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
 LABELS = ["tabby", "Egyptian_cat", "golden_retriever", "tiger_cat"]
+HASH_A = 0x0123456789ABCDEF
 
 
 def sha_of(i: int) -> str:
@@ -46,7 +47,10 @@ def build(sessions) -> None:
     - done classify runs: vgg16's labels, the top one ``LABELS[i % 4]`` scoring (i % 7) / 7 and
       "golden_retriever" second at 0.01; every third image also mobilenet_v2's, "tabby" at 0.8;
     - done faces runs: i % 4 faces;
-    - registered i hours after ``BASE_TIME``.
+    - registered i hours after ``BASE_TIME``;
+    - perceptual hashes on two of every three: i % 3 == 0 ``HASH_A`` with its i % 12 low bits
+      flipped, i % 3 == 1 the inverse of ``HASH_A`` with its i % 10 low bits flipped (so each is
+      within 8 bits of some of its kind and of none of the other).
     """
     with transaction(sessions) as s:
         for i in range(N_PHOTOS):
@@ -55,6 +59,10 @@ def build(sessions) -> None:
                                       fmt="JPEG", width=640, height=480, rejected_reason=rejected, work=WORK)
             s.flush()
             s.execute(update(Image).where(Image.id == reg.image_id).values(created_at=BASE_TIME + dt.timedelta(hours=i)))
+            if i % 3 != 2:
+                value = HASH_A if i % 3 == 0 else ~HASH_A & (2**64 - 1)
+                value ^= (1 << (i % 12 if i % 3 == 0 else i % 10)) - 1
+                results.PHASHES.save(s, "", [(reg.image_id, f"{value:016x}")])
             if rejected:
                 continue
             runs = {r.task: r for r in s.scalars(select(TaskRun).where(TaskRun.image_id == reg.image_id))}
@@ -427,3 +435,28 @@ def test_the_table_streams_a_page_at_a_time_as_one_table(cli, monkeypatch):
     assert len({line.index(" ", line.index("photo-")) for line in rows}) <= 2  # the columns line up
     code, stdout, stderr = cli("--status", "running", "--label", "zebra")
     assert code == 0 and "no image matches the filters" in stderr
+
+
+def test_a_long_stream_finds_the_same_near_duplicates_in_an_index_in_memory(cli, monkeypatch):
+    """Past NEAR_INDEX_AFTER images, `results` holds every hash in memory and finds near-duplicates
+    there, with no look-up per photo: the same lists as the look-ups through the bands."""
+    from darkroom.cli import ledger as commands
+
+    monkeypatch.setattr(results.PHashResults, "LIMIT", 6)  # the first 6 by image id, both ways
+    monkeypatch.setattr(commands, "NEAR_INDEX_AFTER", 10**9)
+    code, by_bands, _ = cli("--jsonl")
+    assert code == 0
+    monkeypatch.setattr(commands, "NEAR_INDEX_AFTER", 0)
+    monkeypatch.setattr(commands, "RESULTS_PAGE", 7)
+
+    def no_lookup(*_args, **_kwargs):
+        raise AssertionError("a near-duplicate look-up per photo in a long stream")
+
+    monkeypatch.setattr(results.PHashResults, "near", no_lookup)
+    code, by_index, _ = cli("--jsonl")
+    assert code == 0 and by_index == by_bands
+    items = [json.loads(line) for line in by_bands.splitlines()]
+    near = {item["sha256"]: item["near_duplicates"] for item in items if item["phash"]}
+    assert len(near) == 27 and sum(len(n) == 6 for n in near.values()) >= 10
+    kind = {sha_of(i): i % 3 for i in range(N_PHOTOS)}
+    assert all(kind[other] == kind[sha] for sha, others in near.items() for other in others)

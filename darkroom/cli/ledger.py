@@ -8,6 +8,7 @@ does not load them.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Annotated
@@ -315,6 +316,9 @@ def _print_status(runs, images, depths, summary, show_all: bool) -> None:
 
 #: Images a page of `results` reads at once (the table prints a page at a time).
 RESULTS_PAGE = 500
+#: After this many images, `results` finds near-duplicates in an index of every hash held in memory
+#: (16 bytes a photo) instead of looking up each photo's through the hash bands.
+NEAR_INDEX_AFTER = 2000
 
 
 def results(
@@ -380,8 +384,13 @@ def results(
                                    "of the previous page", EXIT_USAGE)
                     start = image.id
                 pages = stored.iter_pages(s, flt, after=start, limit=limit, batch=RESULTS_PAGE)
+            ctx = catalog.read_context(settings)
+            stores = catalog.result_stores()
             for page in pages:
-                writer.write(catalog.results_json(s, page, settings))
+                if ctx.near_lookup is None and writer.count >= NEAR_INDEX_AFTER:
+                    # A long stream: every hash in memory once beats a look-up through the bands per photo.
+                    ctx = dataclasses.replace(ctx, near_lookup=_NearIndex(s, ctx.near_distance))
+                writer.write(stored.results_json(s, page, stores, ctx))
         writer.close()
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly.
@@ -392,6 +401,48 @@ def results(
         raise typer.Exit(0) from None
     if writer.count == 0 and writer.kind == "table" and filtering:
         err.print("no image matches the filters", highlight=False)
+
+
+class _NearIndex:
+    """Every stored perceptual hash and the pairs within ``distance`` bits (``tasks.phash.neighbours``:
+    multi-index hashing, never all pairs), as arrays: each photo's near-duplicates without a
+    statement per photo. A million photos: about 16 MB and a few seconds, once."""
+
+    def __init__(self, session, distance: int) -> None:
+        import numpy as np
+
+        from storage import results as stored
+        from tasks.phash import neighbours
+
+        ids, hashes = [], []
+        batch_ids, batch_hashes = [], []
+        for image_id, value in stored.PHASHES.all_hashes(session):
+            batch_ids.append(image_id)
+            batch_hashes.append(value)
+            if len(batch_ids) >= 100_000:
+                ids.append(np.array(batch_ids, dtype=np.int64))
+                hashes.append(np.array(batch_hashes, dtype=np.uint64))
+                batch_ids, batch_hashes = [], []
+        ids.append(np.array(batch_ids, dtype=np.int64))
+        hashes.append(np.array(batch_hashes, dtype=np.uint64))
+        self.ids = np.concatenate(ids)  # in id order (all_hashes reads by keyset)
+        pairs = neighbours(np.concatenate(hashes), distance)
+        src = np.concatenate([pairs[:, 0], pairs[:, 1]])
+        dst = np.concatenate([pairs[:, 1], pairs[:, 0]])
+        order = np.argsort(src, kind="stable")
+        self.others = self.ids[dst[order]]
+        self.starts = np.searchsorted(src[order], np.arange(self.ids.size + 1))
+
+    def __call__(self, image_ids) -> dict[int, list[int]]:
+        import numpy as np
+
+        wanted = np.asarray(list(image_ids), dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.ids, wanted), max(self.ids.size - 1, 0))
+        found: dict[int, list[int]] = {}
+        for image_id, i in zip(wanted.tolist(), at.tolist()):
+            if self.ids.size and self.ids[i] == image_id and self.starts[i + 1] > self.starts[i]:
+                found[image_id] = self.others[self.starts[i]:self.starts[i + 1]].tolist()
+        return found
 
 
 def _selected(s, selectors: list[str]) -> list:
