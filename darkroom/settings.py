@@ -154,6 +154,8 @@ class Settings(BaseSettings):
     @field_validator("tasks")
     @classmethod
     def _check_tasks(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError(f"no task given: name at least one of {', '.join(catalog.NAMES)}")
         unknown = [name for name in value if name not in catalog.NAMES]
         if unknown:
             raise ValueError(f"unknown task {', '.join(map(repr, unknown))}: the tasks are {', '.join(catalog.NAMES)}")

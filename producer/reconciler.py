@@ -27,6 +27,8 @@ from worker.runtime import holder_alive
 log = logging.getLogger(__name__)
 
 EPOCH_KEY = "darkroom:broker-epoch"
+#: The most time a turn spends folding counts (the rest is folded on the next turn).
+FOLD_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -65,4 +67,6 @@ class Reconciler:
             log.warning("%d run(s) outlived their lease (%s): sending them again", expired, self.lease)
         if resent or expired:
             self.registrar.send_pending()
+        # Bring the counts `status` reads up to date with what the workers did since the last turn.
+        ledger.fold_pending(self.registrar.sessions, seconds=FOLD_SECONDS)
         return Reconciled(broker_lost=lost, resent=resent, expired=expired)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
-from sqlalchemy import case, func, insert, literal, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import delete, func, insert, literal, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
-from storage.db import chunks
+from storage.db import chunks, transaction
 from storage.models import (
     DONE,
     FAILED,
@@ -23,7 +24,9 @@ from storage.models import (
     QUEUED,
     REJECTED,
     RUNNING,
+    DirtyImage,
     Image,
+    LedgerCount,
     SourceFile,
     TaskRun,
     utcnow,
@@ -315,48 +318,127 @@ def note_retry(session: Session, run_id: int, error: str) -> None:
 
 def image_status(image: Image) -> str:
     """An image's state, derived from its task runs."""
-    if image.rejected_reason is not None:
+    return state_of(image.rejected_reason, [run.status for run in image.runs])
+
+
+def state_of(rejected_reason: str | None, statuses: Iterable[str]) -> str:
+    """The state of an image rejected for ``rejected_reason`` (or not: None) whose runs are in
+    ``statuses``: rejected, else running, queued or failed if any run is, else done (an image
+    with no run has nothing left to do: its runs are written with it, so this is one registered
+    while no task was configured)."""
+    if rejected_reason is not None:
         return REJECTED
-    states = {run.status for run in image.runs}
-    if not states:
-        return QUEUED
-    if RUNNING in states:
-        return RUNNING
-    if QUEUED in states:
-        return QUEUED
-    if states == {DONE}:
-        return DONE
-    return FAILED
+    states = set(statuses)
+    for state in (RUNNING, QUEUED):
+        if state in states:
+            return state
+    return FAILED if states - {DONE} else DONE
 
 
 def pending_count(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(TaskRun).where(TaskRun.status.in_(PENDING_STATES))) or 0
 
 
+# --- counts: read from ledger_counts, kept by triggers and folded here ---------------------------
+#
+# Counting a million images' states on every `status` (and every health check) would read every
+# run. Instead the database keeps counts as it goes (migration 0007): each change of a run adds a
+# count row for the run's (task, model, status) and marks its image dirty, in the transaction that
+# makes the change. The image counts are brought up to date by fold_counts, which recounts the
+# dirty images from their runs — one process at a time, after their changes committed, so
+# concurrent writers cannot make it miss a change — and sums the count rows up. The producer folds
+# after registering and on every reconciler turn, `status` before it reads.
+
+#: Dirty images recounted, and count rows summed, per statement of a fold.
+FOLD_CHUNK = 5000
+#: The PostgreSQL advisory lock that makes one fold at a time.
+FOLD_LOCK = 0x6461726B  # "dark"
+
+
+def fold_counts(session: Session, *, limit: int = FOLD_CHUNK) -> int:
+    """Recount up to ``limit`` dirty images and sum up to 4 × ``limit`` count rows; returns how
+    many marks and rows it took (less than ``limit``: the counts are up to date). The caller
+    commits."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(FOLD_LOCK)))
+    oldest = select(DirtyImage.id).order_by(DirtyImage.id).limit(limit).scalar_subquery()
+    marks = list(session.scalars(delete(DirtyImage).where(DirtyImage.id.in_(oldest)).returning(DirtyImage.image_id)))
+    deltas: Counter[str] = Counter()
+    for chunk in chunks(sorted(set(marks))):
+        images = {i: (reason, counted) for i, reason, counted in session.execute(
+            select(Image.id, Image.rejected_reason, Image.counted_state).where(Image.id.in_(chunk)))}
+        statuses: dict[int, list[str]] = {}
+        for image_id, status in session.execute(
+                select(TaskRun.image_id, TaskRun.status).where(TaskRun.image_id.in_(list(images)))):
+            statuses.setdefault(image_id, []).append(status)
+        moved: dict[str, list[int]] = {}
+        for image_id, (reason, counted) in images.items():
+            state = state_of(reason, statuses.get(image_id, ()))
+            if state != counted:
+                moved.setdefault(state, []).append(image_id)
+                deltas[state] += 1
+                if counted is not None:
+                    deltas[counted] -= 1
+        for state, ids in moved.items():
+            session.execute(update(Image).where(Image.id.in_(ids)).values(counted_state=state))
+    session.add_all([LedgerCount(kind="image", task="", model="", status=state, n=n)
+                     for state, n in deltas.items() if n])
+    session.flush()
+    return len(marks) + _sum_count_rows(session, limit=limit * 4)
+
+
+def _sum_count_rows(session: Session, *, limit: int) -> int:
+    """Replace the oldest ``limit`` count rows by one row per count, when there are enough of them
+    to be worth it; returns how many rows were summed."""
+    oldest = select(LedgerCount.id).order_by(LedgerCount.id).limit(limit).scalar_subquery()
+    found = session.scalar(select(func.count()).select_from(LedgerCount).where(LedgerCount.id.in_(oldest))) or 0
+    if found < 64:
+        return 0
+    rows = session.execute(delete(LedgerCount).where(LedgerCount.id.in_(oldest)).returning(
+        LedgerCount.kind, LedgerCount.task, LedgerCount.model, LedgerCount.status, LedgerCount.n))
+    sums: Counter[tuple[str, str, str, str]] = Counter()
+    for kind, task, model, status, n in rows:
+        sums[(kind, task, model, status)] += n
+    session.add_all([LedgerCount(kind=kind, task=task, model=model, status=status, n=n)
+                     for (kind, task, model, status), n in sums.items() if n])
+    session.flush()
+    return found
+
+
+def fold_pending(factory: sessionmaker[Session], *, seconds: float | None = None) -> int:
+    """Fold until the counts are up to date (a transaction per chunk), or for about ``seconds``;
+    returns how many dirty marks are left (0: up to date)."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    while True:
+        with transaction(factory) as s:
+            taken = fold_counts(s)
+        if taken < FOLD_CHUNK:
+            return 0
+        if deadline is not None and time.monotonic() > deadline:
+            with factory() as s:
+                return uncounted(s)
+
+
+def uncounted(session: Session) -> int:
+    """How many dirty marks wait to be folded (images whose state may have changed)."""
+    return session.scalar(select(func.count()).select_from(DirtyImage)) or 0
+
+
 def run_counts(session: Session) -> dict[tuple[str, str], int]:
-    """(task, status) -> number of runs."""
-    rows = session.execute(select(TaskRun.task, TaskRun.status, func.count()).group_by(TaskRun.task, TaskRun.status))
-    return {(task, status): n for task, status, n in rows}
+    """(task, status) -> number of runs, from the counts the triggers keep (exact at once)."""
+    total = func.sum(LedgerCount.n)
+    rows = session.execute(select(LedgerCount.task, LedgerCount.status, total).where(LedgerCount.kind == "run")
+                           .group_by(LedgerCount.task, LedgerCount.status).having(total != 0))
+    return {(task, status): int(n) for task, status, n in rows}
 
 
 def image_counts(session: Session) -> Counter[str]:
-    """How many images are in each state (:func:`image_status`), counted by the database: one
-    aggregate query, whatever the size of the archive."""
-    def has(status: str):
-        return func.sum(case((TaskRun.status == status, 1), else_=0)) > 0
-
-    state = case(
-        (Image.rejected_reason.is_not(None), REJECTED),
-        (func.count(TaskRun.id) == 0, QUEUED),
-        (has(RUNNING), RUNNING),
-        (has(QUEUED), QUEUED),
-        (func.sum(case((TaskRun.status != DONE, 1), else_=0)) == 0, DONE),
-        else_=FAILED,
-    ).label("state")
-    per_image = (select(state).select_from(Image).outerjoin(TaskRun, TaskRun.image_id == Image.id)
-                 .group_by(Image.id, Image.rejected_reason).subquery())
-    rows = session.execute(select(per_image.c.state, func.count()).group_by(per_image.c.state))
-    return Counter({str(name): int(n) for name, n in rows})
+    """How many images are in each state (:func:`image_status`), as of the last fold: fold first
+    (:func:`fold_pending`) for counts that include the latest changes."""
+    total = func.sum(LedgerCount.n)
+    rows = session.execute(select(LedgerCount.status, total).where(LedgerCount.kind == "image")
+                           .group_by(LedgerCount.status).having(total != 0))
+    return Counter({str(status): int(n) for status, n in rows})
 
 
 @dataclasses.dataclass(frozen=True)

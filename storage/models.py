@@ -74,6 +74,9 @@ class Image(Base):
     color_profile: Mapped[str | None] = mapped_column(Text)
     #: Set when the content can never be processed (not an image, corrupt, too large).
     rejected_reason: Mapped[str | None] = mapped_column(Text)
+    #: The state this image is counted under in ``ledger_counts`` (kept by
+    #: :func:`storage.ledger.fold_counts`; NULL until it is first counted).
+    counted_state: Mapped[str | None] = mapped_column(String(16))
     #: Where a worker finds the original: ``blob`` (a copy in the blob store), ``reference`` (no
     #: copy: read from the image's files where they lie, checked unchanged), ``missing`` (held by
     #: reference and none of its files still holds it: its runs failed; registering a file with this
@@ -236,3 +239,37 @@ class Artifact(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+#: Ids that grow for ever (every change of a run adds a row before it is folded) are 64-bit.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class LedgerCount(Base):
+    """Counts that `status` reads instead of counting millions of rows: runs per (task, model,
+    status), kind ``run``, and images per state, kind ``image``. Several rows may hold parts of one
+    count (they are summed): triggers add a row per change of a run, written in the changing
+    transaction so that concurrent writers never wait on one counter row, and
+    :func:`storage.ledger.fold_counts` sums them up now and then. Kept by the database's triggers
+    (migration 0007), so no statement anywhere can leave them wrong."""
+
+    __tablename__ = "ledger_counts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    #: ``run`` or ``image``.
+    kind: Mapped[str] = mapped_column(String(8))
+    task: Mapped[str] = mapped_column(String(32), default="")
+    model: Mapped[str] = mapped_column(String(200), default="")
+    status: Mapped[str] = mapped_column(String(16))
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
+class DirtyImage(Base):
+    """An image whose state may have changed (one of its runs changed, it was rejected or
+    re-examined) and is to be counted again by :func:`storage.ledger.fold_counts`. Written by
+    triggers (migration 0007); no foreign key, so that a deleted image is still folded."""
+
+    __tablename__ = "dirty_images"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    image_id: Mapped[int] = mapped_column(Integer)

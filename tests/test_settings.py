@@ -26,3 +26,13 @@ def test_settings_reject_a_bad_augment_spec():
         Settings(augment="spin=90")
     with pytest.raises(ValidationError, match="shear"):
         Settings(augment="shear=95")
+
+
+@pytest.mark.parametrize("bad, reason", [("", "no task given"), ("classify,sharpen", "unknown task 'sharpen'")])
+def test_tasks_must_name_known_tasks_and_at_least_one(bad, reason):
+    """Every image gets its runs with it: an empty task list would leave images with nothing to do."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=reason):
+        Settings(tasks=bad)
+    assert Settings(tasks="phash, classify,phash").tasks == ["phash", "classify"]

@@ -46,6 +46,8 @@ from darkroom.settings import Settings
 STATUS_GROUPS = 20
 #: Problems (one per run or file) `status --json` lists without --all.
 STATUS_PROBLEMS = 1000
+#: The most time `status` spends bringing the image counts up to date before it reads them.
+STATUS_FOLD_SECONDS = 3.0
 #: Seconds between `retry --wait`'s looks at the ledger.
 WAIT_POLL_SECONDS = 1.0
 
@@ -222,11 +224,15 @@ def status(
     unreachable: list[str] = []
     runs: dict[tuple[str, str], int] = {}
     images: dict[str, int] = {}
+    uncounted = 0
     problems: list = []
     summary = None
     try:
         # A short connect timeout: compose's health check runs `darkroom status` with 20 s to answer.
         factory = sessions(settings, connect_timeout=5)
+        # The counts are kept as the work happens; recount the photos whose state changed since
+        # the producer last did (a few seconds at most; the rest is said).
+        uncounted = ledger.fold_pending(factory, seconds=STATUS_FOLD_SECONDS)
         with read_only(factory) as s:
             runs = ledger.run_counts(s)
             images = dict(ledger.image_counts(s))
@@ -245,6 +251,7 @@ def status(
     if as_json:
         data = {
             "images": images,
+            "uncounted": uncounted,
             "runs": {f"{task}:{state}": n for (task, state), n in sorted(runs.items())},
             "queues": depths,
             "problems": [vars(p) for p in problems],
@@ -254,7 +261,7 @@ def status(
             data["unreachable"] = unreachable
         print_json(data)
     else:
-        _print_status(runs, images, depths, summary, show_all)
+        _print_status(runs, images, depths, summary, show_all, uncounted)
     if "broker" in unreachable:
         problem = broker_problem(settings) or f"the broker at {settings.masked()['broker_url']} did not answer"
         err.print(f"[bold red]darkroom:[/] {problem}", highlight=False, soft_wrap=True)
@@ -273,7 +280,7 @@ def _queue_depths(settings: Settings) -> dict[str, int] | str:
         return f"unreachable ({type(exc).__name__})"
 
 
-def _print_status(runs, images, depths, summary, show_all: bool) -> None:
+def _print_status(runs, images, depths, summary, show_all: bool, uncounted: int = 0) -> None:
     if runs:
         table = Table(title="task runs")
         states = ["queued", "running", "done", "failed", "rejected"]
@@ -284,7 +291,9 @@ def _print_status(runs, images, depths, summary, show_all: bool) -> None:
         for task in tasks:
             table.add_row(task, *[str(runs.get((task, st), 0)) for st in states])
         out.print(table)
-    out.print("images: " + (", ".join(f"{n} {st}" for st, n in sorted(images.items())) or "none"), highlight=False)
+    out.print("images: " + (", ".join(f"{n} {st}" for st, n in sorted(images.items())) or "none")
+              + (f" ({uncounted} more changed state a moment ago and are still being counted)" if uncounted else ""),
+              highlight=False)
     if isinstance(depths, dict):
         out.print("queues: " + ", ".join(f"{q} {n}" for q, n in depths.items()), highlight=False)
     else:
