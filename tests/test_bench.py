@@ -193,3 +193,50 @@ def test_report_handles_missing_systems_and_vgg16_target():
     assert report.percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert report.percentile([], 95) is None
     assert "in-process reference" in report.render_text(m, data)
+
+
+def test_bench_ledger_times_every_command_on_both_databases_and_drops_its_scratch_database(postgres_server):
+    """`darkroom bench ledger` at tiny sizes (the figures are the README's, from the full sizes): every
+    command is timed at every size on SQLite and PostgreSQL, the tables' rows and bytes are printed,
+    and the scratch database is gone afterwards."""
+    import re
+    import subprocess
+    import sys
+
+    from sqlalchemy import create_engine, text
+
+    from bench.ledger import COMMANDS, REGISTER, TABLES
+    from tests.harness import ROOT, base_env
+
+    done = subprocess.run(
+        [sys.executable, "-m", "darkroom", "bench", "ledger", "--images", "100,200", "--db", "both", "--files", "2",
+         "--stream-seconds", "1", "--lookups", "2", "--repeat", "1", "--postgres-url", postgres_server],
+        cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    timing = r"\d[\d,]*\.\d+ m?s"
+    for name in ("PostgreSQL", "SQLite"):
+        section = out.split(f"{name}: seconds per command")[1].split("rows and bytes per table")[0]
+        head = section.splitlines()[1]
+        assert re.search(r"100\s+per 1k\s+200\s+per 1k\s+growth", head), head
+        for command in COMMANDS:
+            label = "register 2 real JPEGs" if command == REGISTER else command
+            line = next((line for line in section.splitlines() if line.startswith(label)), None)
+            assert line is not None, f"{name}: {command} not timed\n{section}"
+            # seconds and cost per 1k at both sizes, then the growth
+            assert len(re.findall(timing, line)) >= 4, line
+            assert re.search(r"\d\.\d\dx", line), line
+        sizes = out.split(f"{name}: rows and bytes per table")[1]
+        for table in TABLES:
+            assert re.search(rf"^{table}\s+[\d,]+\s+[\d.,]+\s+[\d,]+\s+[\d.,]+$", sizes, re.M), table
+    assert "SQLite against PostgreSQL at 200 images" in out
+    assert re.search(r"registration in (reference|copy) mode", out)
+
+    dropped = re.findall(r"scratch database (darkroom_bench_\d+) dropped", done.stderr)
+    assert len(dropped) == 2, done.stderr[-2000:]  # one per size
+    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        left = conn.execute(text("SELECT datname FROM pg_database WHERE datname = ANY(:names)"),
+                            {"names": list(set(dropped))}).scalars().all()
+    admin.dispose()
+    assert left == []

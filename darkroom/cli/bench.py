@@ -77,7 +77,8 @@ def bench_command(
     keep: Annotated[bool, typer.Option(help="Keep the working folder (logs, stores).")] = False,
 ) -> None:
     """Benchmark Darkroom against a naive Celery peer and an in-process reference, on real photos
-    (`darkroom bench duplicates`: the near-duplicate grouping against comparing all pairs)."""
+    (`darkroom bench duplicates`: the near-duplicate grouping against comparing all pairs;
+    `darkroom bench ledger`: the ledger's commands at 10,000 to 1,000,000 photos)."""
     if ctx.invoked_subcommand is not None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -142,9 +143,59 @@ def duplicates_command(
                                                         seed)), highlight=False, markup=False)
 
 
+def ledger_command(
+    images: Annotated[str, typer.Option(help="Sizes of the synthetic archive, in images (comma-separated); "
+                                             "1000000 takes a PostgreSQL fill of several minutes.")] = "10000,100000",
+    db: Annotated[str, typer.Option(help="postgres, sqlite or both.")] = "both",
+    files: Annotated[int, typer.Option(min=0, help="Real 2-4 MB JPEGs registered at each size, against sha256sum "
+                                                   "over the same files (0: skip).")] = 60,
+    postgres_url: Annotated[str, typer.Option(
+        help="A PostgreSQL database to connect to as an administrator: the bench creates its scratch database "
+             "(darkroom_bench_<pid>) beside it and drops it at the end.")] = "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+    stream_seconds: Annotated[float, typer.Option(min=1, help="The full stream stops after this long "
+                                                              "(its images/s are measured over what it read).")] = 30.0,
+    lookups: Annotated[int, typer.Option(min=1, help="Photos looked up one by one (by path, and by sha256).")] = 20,
+    repeat: Annotated[int, typer.Option(min=1, help="Timed calls of status and of each page (the median is "
+                                                     "printed), after one to warm up.")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic archive.")] = 0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write every measurement here.",
+                                                      show_default=False)] = None,
+) -> None:
+    """The ledger's commands on synthetic archives of each size, on PostgreSQL and SQLite: status, one
+    photo, a filtered page of 100, the full stream, the reconciler after the broker lost everything,
+    rerun, and registering real files against sha256sum. Prints seconds, the cost per 1,000 images
+    and its growth with the size, the targets, and each table's rows and bytes."""
+    backends = {"postgres": ["postgresql"], "postgresql": ["postgresql"], "sqlite": ["sqlite"],
+                "both": ["postgresql", "sqlite"]}
+    if db not in backends:
+        raise fail(f"--db takes postgres, sqlite or both; got {db!r}")
+    sizes = _ints(images, "--images")
+    if not sizes:
+        raise fail("--images needs at least one size")
+    if files:
+        for module in ("skimage", "sklearn"):
+            try:
+                __import__(module)
+            except ImportError:
+                raise fail(f"`darkroom bench ledger --files N` needs {module} for its photos: pip install "
+                           "'darkroom[bench]' (or --files 0)") from None
+    from bench import ledger
+
+    opts = ledger.Options(sizes=sizes, dbs=backends[db], postgres_url=postgres_url, files=files,
+                          stream_seconds=stream_seconds, lookups=lookups, repeat=repeat, seed=seed, json_path=json_path)
+    try:
+        data = ledger.run(opts, log=lambda msg: console.print(msg, highlight=False, soft_wrap=True, markup=False))
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    out.print(ledger.report(data), highlight=False, markup=False, soft_wrap=True)
+    if json_path:
+        console.print(f"measurements written to {json_path}", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
-    """Add `darkroom bench` (and `darkroom bench duplicates`) to the ``darkroom`` app."""
+    """Add `darkroom bench` (and `darkroom bench duplicates`, `darkroom bench ledger`) to the ``darkroom`` app."""
     group = typer.Typer(invoke_without_command=True, no_args_is_help=False)
     group.callback()(bench_command)
     group.command("duplicates")(duplicates_command)
+    group.command("ledger")(ledger_command)
     app.add_typer(group, name="bench")
