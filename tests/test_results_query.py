@@ -319,6 +319,7 @@ def cli(monkeypatch, tmp_path, store):
         done = runner.invoke(app, ["results", *args], catch_exceptions=False)
         return done.exit_code, done.stdout, done.stderr
 
+    invoke.sessions = _sessions
     yield invoke
     get_settings.cache_clear()
 
@@ -460,3 +461,13 @@ def test_a_long_stream_finds_the_same_near_duplicates_in_an_index_in_memory(cli,
     assert len(near) == 27 and sum(len(n) == 6 for n in near.values()) >= 10
     kind = {sha_of(i): i % 3 for i in range(N_PHOTOS)}
     assert all(kind[other] == kind[sha] for sha, others in near.items() for other in others)
+
+
+def test_the_configured_classifier_without_labels_yet_matches_nothing(cli, monkeypatch):
+    """Only a --model the person typed is checked against the stored models (a typo would find nothing)."""
+    monkeypatch.setenv("DARKROOM_CLASSIFIER_MODEL", "resnet50")
+    code, stdout, stderr = cli("--json", "--label", "tabby")
+    assert (code, stdout) == (0, "[]\n"), stderr
+    code, stdout, _ = cli("--jsonl", "--label", "tabby", "--model", "vgg16")
+    assert code == 0 and len(stdout.splitlines()) == len(oracle(cli.sessions, results.ResultFilter(
+        label="tabby", model="vgg16")))

@@ -378,7 +378,7 @@ def results(
                     raise fail(f"no image matches {' '.join(selectors)}")
                 pages = iter([images])
             else:
-                if flt.model is not None and flt.model not in stored.label_models(s):
+                if model is not None and flt.model not in stored.label_models(s):  # a typo would find nothing
                     known = ", ".join(stored.label_models(s)) or "none yet"
                     raise fail(f"--model: no labels from {flt.model} are stored (models with labels: {known})",
                                EXIT_USAGE)
