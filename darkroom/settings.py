@@ -101,6 +101,11 @@ class Settings(BaseSettings):
         "original is read where it lies and must stay there (`darkroom ingest --in-place` does this for one "
         "ingest); a worker checks it is unchanged before using it.")
 
+    artifact_store: Literal["sql", "blobs"] = Field(
+        "sql", description="Where the images Darkroom makes (boxed faces, augmentations, contact sheets) are "
+        "kept: 'sql', in the database (one store to back up), or 'blobs', in the blob store by sha256 with only "
+        "their hash in SQL (a database a fraction of the size at a million photos).")
+
     # Worker.
     concurrency: int = Field(0, ge=0, description="Worker processes; 0 means the number of CPU cores.")
     queues: Annotated[list[str], NoDecode] = Field(["cpu", "gpu"], description="Queues a worker consumes.")

@@ -78,6 +78,26 @@ class BlobStore:
             tmp.unlink(missing_ok=True)
 
 
+    def put_bytes(self, data: bytes) -> str:
+        """Store ``data`` (an artifact Darkroom made) under its sha256 and return it; atomic, and
+        nothing is written when the same bytes are there already."""
+        sha = hashlib.sha256(data).hexdigest()
+        final = self.path_for(sha)
+        if final.exists():
+            return sha
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=".incoming-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp_name, final)
+        finally:
+            Path(tmp_name).unlink(missing_ok=True)
+        return sha
+
+
 class OversizeFile(Exception):
     def __init__(self, size: int) -> None:
         super().__init__(size)

@@ -238,7 +238,10 @@ class Artifact(Base):
     mime: Mapped[str] = mapped_column(String(32))
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
-    data: Mapped[bytes] = mapped_column(LargeBinary)
+    #: The encoded image, kept in SQL (DARKROOM_ARTIFACT_STORE=sql, the default) ...
+    data: Mapped[bytes | None] = mapped_column(LargeBinary)
+    #: ... or the sha256 of its bytes in the blob store (DARKROOM_ARTIFACT_STORE=blobs).
+    blob: Mapped[str | None] = mapped_column(String(64))
 
 
 #: Ids that grow for ever (every change of a run adds a row before it is folded) are 64-bit.

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session, selectinload
 
+from storage.blobs import BlobStore
 from storage.db import chunks
 from storage.ledger import image_status
 from storage.models import (
@@ -63,7 +64,30 @@ class ArtifactData:
     mime: str
     width: int
     height: int
-    data: bytes
+    #: The encoded image, or None when it is in the blob store under ``blob`` (its sha256).
+    data: bytes | None
+    blob: str | None = None
+
+    def in_blobs(self, blobs: BlobStore) -> ArtifactData:
+        """The same artifact with its bytes put in ``blobs`` (DARKROOM_ARTIFACT_STORE=blobs): SQL
+        then keeps only its sha256."""
+        if self.data is None:
+            return self
+        return dataclasses.replace(self, data=None, blob=blobs.put_bytes(self.data))
+
+
+def artifact_bytes(artifact: Artifact, blobs: BlobStore) -> bytes:
+    """An artifact's encoded image, from SQL or from the blob store."""
+    if artifact.data is not None:
+        return artifact.data
+    if artifact.blob is None:
+        raise ValueError(f"artifact {artifact.kind}-{artifact.idx} of image {artifact.image_id} holds no bytes")
+    try:
+        return blobs.path_for(artifact.blob).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"the {artifact.kind} image {artifact.blob} is missing from the blob store {blobs.root}: "
+            "`darkroom rerun --task TASK` makes it again") from None
 
 
 class TaskResults:

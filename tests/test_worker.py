@@ -171,6 +171,38 @@ def test_augment_uses_the_settings_spec(pipe, files):
     assert (sheet.width, sheet.height) == (3 * 68 + 4, 2 * 47 + 4) == contact_sheet(expected).shape[1::-1]
 
 
+def test_artifacts_kept_in_the_blob_store_when_asked(pipe, files, tmp_path):
+    """DARKROOM_ARTIFACT_STORE=blobs: the images a task makes go to the blob store by sha256 and SQL
+    keeps only the hash; the same bytes come out of export as with the default (SQL)."""
+    from darkroom.cli.exporting import export_images
+
+    spec = "count=2,size=48"
+    kept = {}
+    photos = {}
+    for name in ("rocket", "coffee"):  # new content (upside down): runs of this test's own
+        photos[name] = tmp_path / f"{name}-flipped.png"
+        Image.fromarray(np.flipud(np.asarray(Image.open(files[name]).convert("RGB")))).save(photos[name])
+    for store, photo in (("sql", photos["rocket"]), ("blobs", photos["coffee"])):
+        pipe.configure(augment=spec, augment_seed=5, artifact_store=store)
+        sha, (run_id,) = pipe.add(photo, [("augment", "")])
+        assert pipe.execute(run_id) == DONE
+        kept[store] = (sha, pipe.artifacts(sha))
+    pipe.configure()
+    sha, arts = kept["blobs"]
+    assert arts and all(a.data is None and pipe.blobs.exists(a.blob) for a in arts.values())
+    assert all(a.blob is None and a.data for a in kept["sql"][1].values())
+    expected = augment(decode(photos["coffee"], at_least=48), AugmentSpec(count=2, size=48, seed=5))
+    for i, img in enumerate(expected):
+        assert pipe.blobs.path_for(arts[("augmented", i)].blob).read_bytes() == encode(img, "JPEG", quality=90)
+    n_images, _ = export_images(pipe.sessions, tmp_path / "out", [sha], pipe.settings())
+    assert n_images == 1
+    assert (tmp_path / "out" / sha / "augmented-1.jpg").read_bytes() == encode(expected[1], "JPEG", quality=90)
+    # A blob gone from the store is said plainly, with how to make it again.
+    pipe.blobs.path_for(arts[("contact_sheet", 0)].blob).unlink()
+    with pytest.raises(FileNotFoundError, match="contact_sheet image .* is missing from the blob store.*rerun"):
+        export_images(pipe.sessions, tmp_path / "again", [sha], pipe.settings())
+
+
 # --- classify: fast decode, batches and groups, the model's own labels (lesson 4) ------------------
 
 

@@ -235,8 +235,11 @@ class Message:
     def _store(self, results: list[tuple[Step, list[ledger.Claim], list[Any]]]) -> None:
         """Every result and the runs' ``done`` in one transaction (artifacts encoded first)."""
         writes = []
+        in_blobs = self.rt.settings.artifact_store == "blobs"
         for step, group, outputs in results:
             arts = {c.image_id: step.artifacts(out) for c, out in zip(group, outputs)}
+            if in_blobs:  # written before the transaction, so that it stays short
+                arts = {i: [art.in_blobs(self.rt.blobs) for art in mine] for i, mine in arts.items()}
             writes.append((step, group, outputs, arts))
         with transaction(self.rt.sessions) as s:
             for step, group, outputs, arts in writes:

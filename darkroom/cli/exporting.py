@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from darkroom import catalog
 from darkroom.settings import Settings
 from storage import results
+from storage.blobs import BlobStore
 
 _EXT = {"image/jpeg": "jpg", "image/png": "png"}
 
@@ -31,13 +32,14 @@ def export_images(sessions: sessionmaker[Session], directory: Path, selectors: S
                   settings: Settings) -> tuple[int, int]:
     root = directory.resolve()
     root.mkdir(parents=True, exist_ok=True)
+    blobs = BlobStore(settings.blob_dir)
     n_images = n_files = 0
     with sessions() as s:
         for image in results.find_images(s, selectors):
             folder = root / image.sha256  # sha256 is validated hex: cannot contain a separator
             folder.mkdir(exist_ok=True)
             for art in results.artifacts_for(s, image.id):
-                _write(folder / artifact_name(art.kind, art.idx, art.mime), art.data)
+                _write(folder / artifact_name(art.kind, art.idx, art.mime), results.artifact_bytes(art, blobs))
                 n_files += 1
             (result,) = catalog.results_json(s, [image], settings)
             _write(folder / "result.json", json.dumps(result, indent=2, ensure_ascii=False).encode())
