@@ -35,7 +35,9 @@ def export_images(sessions: sessionmaker[Session], directory: Path, selectors: S
     blobs = BlobStore(settings.blob_dir)
     n_images = n_files = 0
     with sessions() as s:
-        for image in results.find_images(s, selectors):
+        # Everything: a page at a time (constant memory at a million photos); else each named one.
+        pages = [results.find_images(s, selectors)] if selectors else results.iter_pages(s)
+        for image in (image for page in pages for image in page):
             folder = root / image.sha256  # sha256 is validated hex: cannot contain a separator
             folder.mkdir(exist_ok=True)
             for art in results.artifacts_for(s, image.id):
