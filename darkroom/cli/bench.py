@@ -192,10 +192,34 @@ def ledger_command(
         console.print(f"measurements written to {json_path}", highlight=False)
 
 
+def formats_command(
+    sizes: Annotated[str, typer.Option(help="Photo sizes, WIDTHxHEIGHT (comma-separated).")] = "1024x768,4032x3024",
+    repeat: Annotated[int, typer.Option(min=1, help="Timed rounds (the median is printed), after one to warm up.")] = 3,
+) -> None:
+    """Decode time per photo of each format (HEIC, AVIF, WebP, a JPEG with an Adobe RGB profile, a DNG
+    demosaiced whole and at half size, the test data's camera RAW both ways) against a JPEG of the same
+    photos and size, and the decoder each takes."""
+    try:
+        parsed = [tuple(int(v) for v in s.lower().split("x")) for s in sizes.split(",") if s.strip()]
+    except ValueError:
+        raise fail(f"--sizes takes WIDTHxHEIGHT,...; got {sizes!r}") from None
+    if not parsed or any(len(s) != 2 or min(s) < 1 for s in parsed):
+        raise fail(f"--sizes takes WIDTHxHEIGHT,...; got {sizes!r}")
+    try:
+        __import__("skimage")
+    except ImportError:
+        raise fail("`darkroom bench formats` needs scikit-image for its photos: pip install -e '.[bench]'") from None
+    from bench import formats
+
+    rows = formats.run(parsed, repeat, log=lambda msg: console.print(msg, highlight=False, markup=False))
+    out.print(formats.report(rows), highlight=False, markup=False, soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add `darkroom bench` (and `darkroom bench duplicates`, `darkroom bench ledger`) to the ``darkroom`` app."""
     group = typer.Typer(invoke_without_command=True, no_args_is_help=False)
     group.callback()(bench_command)
     group.command("duplicates")(duplicates_command)
+    group.command("formats")(formats_command)
     group.command("ledger")(ledger_command)
     app.add_typer(group, name="bench")
