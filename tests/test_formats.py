@@ -384,3 +384,16 @@ def test_every_format_through_the_pipeline_and_a_corrupt_heic_stalls_nothing(tmp
     assert cut["status"] == "rejected"
     reason = " ".join(cut["errors"].values())
     assert "cut.heic" in reason and "truncated or corrupt HEIF data" in reason and "re-copy" in reason, reason
+
+
+def test_bench_formats_times_every_kind_and_says_its_decoder():
+    from bench import formats
+
+    rows = formats.run([(96, 64)], repeat=1, log=lambda _msg: None)
+    decoders = {row.kind: row.decoder for row in rows if row.size == (96, 64) or row.kind.startswith("Kodak")}
+    assert decoders["JPEG"] == "pillow" and decoders["HEIC"] == "pillow-heif" and decoders["AVIF"] == "pillow"
+    assert decoders["DNG (raw:full)"] == "raw:full"
+    assert all(row.ms > 0 and row.ratio is not None for row in rows)
+    assert "x JPEG" in formats.report(rows)
+    if KDC.is_file():
+        assert {row.decoder for row in rows if row.kind == "Kodak DC50 KDC"} == {"raw:preview", "raw:full"}
