@@ -306,3 +306,9 @@ def mark_missing(session: Session, image_id: int) -> None:
     """None of the image's files holds its content any more (see :attr:`Image.original`)."""
     session.execute(update(Image).where(Image.id == image_id, Image.original == ORIGINAL_REFERENCE)
                     .values(original=ORIGINAL_MISSING))
+
+
+def mark_found(session: Session, image_id: int) -> None:
+    """One of the image's files holds its content again (put back where it was)."""
+    session.execute(update(Image).where(Image.id == image_id, Image.original == ORIGINAL_MISSING)
+                    .values(original=ORIGINAL_REFERENCE))

@@ -27,7 +27,8 @@ from darkroom.settings import Settings
 from producer import registrar as registrar_module
 from producer.files import walk
 from producer.registrar import Outcome, Registrar
-from storage.db import make_engine, migrate, session_factory
+from storage import ledger
+from storage.db import make_engine, migrate, session_factory, transaction
 from storage.models import FAILED, ORIGINAL_MISSING, ORIGINAL_REFERENCE, QUEUED, SourceFile, TaskRun
 from storage.models import Image as ImageRow
 from tests.harness import Darkroom, FakeTask, Pipeline, stop
@@ -292,7 +293,13 @@ def test_a_moved_or_deleted_original_fails_its_runs_once_and_ingesting_it_again_
     message = f"original moved or deleted: {path} — ingest it again"
     assert [(r.status, r.error, r.attempts) for r in after] == [(FAILED, message, 1)] * len(TASKS)
     assert _image(store, sha).original == ORIGINAL_MISSING
-    if how == "deleted":
+    if how == "deleted":  # put back where it was, then `darkroom retry`: done
+        shutil.copy(photos["coffee"], path)
+        with transaction(store.sessions) as s:
+            ledger.requeue_runs(s, statuses=[FAILED])
+        _process(store, _runs(store, sha=sha))
+        assert {r.status for r in _runs(store, sha=sha)} == {"done"}
+        assert _image(store, sha).original == ORIGINAL_REFERENCE
         return
     # Ingested again from where it is now: the same content, its failed runs queued and done
     reg = store.registrar

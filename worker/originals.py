@@ -92,6 +92,9 @@ def read_original(rt: Runtime, app: Celery | None, image_id: int, sha256: str) -
                               "`darkroom retry`")
             continue
         if isinstance(data, bytes):
+            if where == ORIGINAL_MISSING:  # put back where it was (and `darkroom retry` run)
+                with transaction(rt.sessions) as s:
+                    files.mark_found(s, image_id)
             return data
         changed.append(_register_anew(rt, app, original, data))
     reason = changed[0] if changed else unreadable[0] if unreadable else _gone(rt, image_id, sha256, gone, where)

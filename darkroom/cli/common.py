@@ -39,11 +39,13 @@ EXIT_USAGE = 2
 #: The work finished, but some files failed or were rejected (`up --exit-when-idle`, `ingest`,
 #: `retry --wait`).
 EXIT_PARTIAL = 3
+#: `ingest` stopped by Ctrl-C after the files in hand (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 everything done; 1 an error (bad settings, a service unreachable, bad arguments); "
     "2 a usage error; 3 the work finished but some files failed or were rejected "
-    "(up --exit-when-idle, ingest, retry --wait)."
+    "(up --exit-when-idle, ingest, retry --wait); 130 ingest stopped by Ctrl-C (run it again to go on)."
 )
 
 #: The log file of `darkroom up` (under DARKROOM_DATA_DIR) unless --verbose.

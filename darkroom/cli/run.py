@@ -20,6 +20,7 @@ import typer
 
 from darkroom.cli.common import (
     EXIT_ERROR,
+    EXIT_INTERRUPTED,
     EXIT_PARTIAL,
     LOG_FILE,
     check_broker,
@@ -332,10 +333,6 @@ def ingest(
     out.print(f"{done} file(s): {summary or 'nothing to do'}", highlight=False)
     if counts[Outcome.REJECTED] or counts[Outcome.REFUSED]:
         raise typer.Exit(EXIT_PARTIAL)
-
-
-#: `ingest` stopped by Ctrl-C (128 + SIGINT, as shells report it).
-EXIT_INTERRUPTED = 130
 
 
 def _files_of(paths: list[Path]):
