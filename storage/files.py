@@ -6,6 +6,8 @@ runs a new image needs. Functions over a session; the caller owns the transactio
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from collections.abc import Sequence
 
 from sqlalchemy import select, update
@@ -22,6 +24,7 @@ from storage.models import (
     Image,
     SourceFile,
     TaskRun,
+    shown,
     utcnow,
 )
 
@@ -264,13 +267,25 @@ def known_paths(session: Session, paths: Sequence[str]) -> dict[str, Known]:
 
 
 def file_signatures(session: Session, paths: Sequence[str]) -> dict[str, tuple[int | None, int | None]]:
-    """path -> (size, mtime_ns) for those of ``paths`` that are recorded."""
+    """path -> (size, mtime_ns) for those of ``paths`` that are recorded (keyed by the paths as given,
+    also those stored :func:`~storage.models.shown`)."""
     out: dict[str, tuple[int | None, int | None]] = {}
+    given = {shown(p): p for p in paths}
     for chunk in chunks(list(paths)):
         rows = session.execute(select(SourceFile.path, SourceFile.size_bytes, SourceFile.mtime_ns)
                                .where(SourceFile.path.in_(chunk)))
-        out.update({p: (size, mtime) for p, size, mtime in rows})
+        out.update({given.get(p, p): (size, mtime) for p, size, mtime in rows})
     return out
+
+
+def readable_path(stored: str) -> str:
+    """The name to open for a path as stored (:func:`~storage.models.shown`): with its ``\\xNN``
+    escapes turned back into the bytes of a name that is not valid UTF-8, unless a file has the
+    stored name itself."""
+    if "\\x" not in stored or os.path.lexists(stored):
+        return stored
+    raw = re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m.group(1), 16)]), stored.encode("utf-8"))
+    return os.fsdecode(raw)
 
 
 # --- originals held by reference (read by the worker) ----------------------------------------------
@@ -292,7 +307,8 @@ def originals(session: Session, image_id: int) -> tuple[str, list[Original]]:
     where = session.scalar(select(Image.original).where(Image.id == image_id))
     rows = session.execute(select(SourceFile.id, SourceFile.path, SourceFile.size_bytes, SourceFile.mtime_ns)
                            .where(SourceFile.image_id == image_id).order_by(SourceFile.id))
-    return where or ORIGINAL_BLOB, [Original(*row) for row in rows]
+    return where or ORIGINAL_BLOB, [Original(file_id, readable_path(path), size, mtime)
+                                    for file_id, path, size, mtime in rows]
 
 
 def note_signature(session: Session, file_id: int, *, size_bytes: int, mtime_ns: int) -> None:

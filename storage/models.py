@@ -29,6 +29,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 # Stable constraint names so Alembic migrations are portable between SQLite and Postgres.
 NAMING = {
@@ -38,6 +39,33 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+def shown(text: str) -> str:
+    """``text`` as it can be stored and shown: the bytes of a file name that is not valid UTF-8 (which
+    Python holds as lone surrogates, ``caf\\udce9.jpg`` for the Latin-1 ``caf\\xe9.jpg``) written as
+    ``\\xNN`` escapes (``caf\\xe9.jpg``). Any other text is returned as it is."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate no file name decodes to
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return raw.decode("utf-8", "backslashreplace")
+
+
+class ShownText(TypeDecorator):
+    """Text whose values are stored :func:`shown`: a path that is not valid UTF-8, or a message that
+    names one, can be recorded (the database driver would refuse it) and shown, and looking a path up
+    escapes it the same way. What is read back is the shown form."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        return shown(value) if isinstance(value, str) else value
+
 
 # Task-run states. ``queued`` and ``running`` are pending; the other three are terminal.
 QUEUED, RUNNING, DONE, FAILED, REJECTED = "queued", "running", "done", "failed", "rejected"
@@ -73,7 +101,7 @@ class Image(Base):
     #: The description of its embedded ICC profile (converted to sRGB before any task saw it); NULL without one.
     color_profile: Mapped[str | None] = mapped_column(Text)
     #: Set when the content can never be processed (not an image, corrupt, too large).
-    rejected_reason: Mapped[str | None] = mapped_column(Text)
+    rejected_reason: Mapped[str | None] = mapped_column(ShownText)
     #: The state this image is counted under in ``ledger_counts`` (kept by
     #: :func:`storage.ledger.fold_counts`; NULL until it is first counted).
     counted_state: Mapped[str | None] = mapped_column(String(16))
@@ -101,12 +129,13 @@ class SourceFile(Base):
     __tablename__ = "files"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(Text, unique=True)
+    #: As :func:`shown`: a name that is not valid UTF-8 has its bytes as ``\\xNN`` escapes.
+    path: Mapped[str] = mapped_column(ShownText, unique=True)
     image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
     #: Why the file itself was refused before it became an image (e.g. a symlink out of the inbox).
-    refused_reason: Mapped[str | None] = mapped_column(Text)
+    refused_reason: Mapped[str | None] = mapped_column(ShownText)
 
     __table_args__ = (
         Index("ix_files_refused", "id", postgresql_where=text("refused_reason IS NOT NULL"),
@@ -147,7 +176,7 @@ class TaskRun(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     duration_ms: Mapped[float | None] = mapped_column(Float)
     worker: Mapped[str | None] = mapped_column(String(200))
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(ShownText)
     #: Queued for a retry whose message is on its way: the run belongs to that message (which may
     #: take it over from any holder), not to a batch or group another process gathers.
     retry_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
