@@ -152,10 +152,12 @@ class NormalizationResults(TaskResults):
     def read(self, session: Session, image_ids: Sequence[int], ctx: ReadContext) -> dict[int, dict[str, Any]]:
         reports: dict[int, dict[tuple[str, bool], dict[str, Any]]] = {}
         for chunk in chunks(list(image_ids)):
-            rows = session.scalars(select(Normalization).where(Normalization.image_id.in_(chunk))
+            # Columns, not ORM objects: a stream reads a million of them.
+            rows = session.execute(select(Normalization.image_id, Normalization.mode, Normalization.per_channel,
+                                          Normalization.report).where(Normalization.image_id.in_(chunk))
                                    .order_by(Normalization.id))
-            for n in rows:
-                reports.setdefault(n.image_id, {})[(n.mode, n.per_channel)] = n.report
+            for image_id, mode, per_channel, report in rows:
+                reports.setdefault(image_id, {})[(mode, per_channel)] = report
         return {image_id: self.to_json({"": list(norms.values())}, (), ctx) for image_id, norms in reports.items()}
 
     def to_json(self, by_model: dict[str, Any], artifacts: Sequence[tuple[str, int]], ctx: ReadContext) -> dict[str, Any]:
@@ -200,11 +202,12 @@ class LabelResults(TaskResults):
     def read(self, session: Session, image_ids: Sequence[int], ctx: ReadContext) -> dict[int, dict[str, Any]]:
         by_image: dict[int, dict[str, list[dict[str, Any]]]] = {}
         for chunk in chunks(list(image_ids)):
-            rows = session.scalars(select(Label).where(Label.image_id.in_(chunk))
+            rows = session.execute(select(Label.image_id, Label.model, Label.rank, Label.class_id, Label.label,
+                                          Label.score).where(Label.image_id.in_(chunk))
                                    .order_by(Label.image_id, Label.model, Label.rank))
-            for lab in rows:
-                by_image.setdefault(lab.image_id, {}).setdefault(lab.model, []).append(
-                    {"rank": lab.rank, "class_id": lab.class_id, "label": lab.label, "score": lab.score})
+            for image_id, model, rank, class_id, label, score in rows:
+                by_image.setdefault(image_id, {}).setdefault(model, []).append(
+                    {"rank": rank, "class_id": class_id, "label": label, "score": score})
         return {image_id: self.to_json(labels_by_model, (), ctx) for image_id, labels_by_model in by_image.items()}
 
     def to_json(self, by_model: dict[str, Any], artifacts: Sequence[tuple[str, int]], ctx: ReadContext) -> dict[str, Any]:
@@ -254,11 +257,12 @@ class FaceResults(TaskResults):
         crops = _artifact_keys(session, image_ids, ("face_crop",))
         found: dict[int, dict[str, list[dict[str, Any]]]] = {}
         for chunk in chunks(list(image_ids)):
-            rows = session.scalars(select(Face).where(Face.image_id.in_(chunk))
+            rows = session.execute(select(Face.image_id, Face.model, Face.x, Face.y, Face.w, Face.h, Face.confidence,
+                                          Face.keypoints).where(Face.image_id.in_(chunk))
                                    .order_by(Face.image_id, Face.model, Face.idx))
-            for f in rows:
-                found.setdefault(f.image_id, {}).setdefault(f.model, []).append(
-                    {"box": [f.x, f.y, f.w, f.h], "confidence": f.confidence, "keypoints": f.keypoints})
+            for image_id, model, x, y, w, h, confidence, keypoints in rows:
+                found.setdefault(image_id, {}).setdefault(model, []).append(
+                    {"box": [x, y, w, h], "confidence": confidence, "keypoints": keypoints})
         return {image_id: self.to_json(by_model, crops.get(image_id, ()), ctx) for image_id, by_model in found.items()}
 
     def to_json(self, by_model: dict[str, Any], artifacts: Sequence[tuple[str, int]], ctx: ReadContext) -> dict[str, Any]:
@@ -634,19 +638,22 @@ def _paths(selector: str) -> list[str]:
 
 
 def _ids_by_selector(session: Session, selector: str, most: int) -> list[int]:
-    """The ids of the images ``selector`` names (path first, then sha256 or a prefix of 8+ hex
-    digits), each an index look-up; at most ``most``."""
+    """The ids of the images ``selector`` names (a sha256 or a prefix of 8+ hex digits, else a
+    path), each an index look-up; at most ``most``."""
+    sha = selector.lower()
+    found: list[int] = []
+    if len(sha) == 64 and _hex(sha):
+        found = list(session.scalars(select(Image.id).where(Image.sha256 == sha)))  # uq_images_sha256
+    elif len(sha) >= 8 and _hex(sha):
+        # A range rather than LIKE 'abc%': an index range in any collation.
+        found = list(session.scalars(select(Image.id).where(Image.sha256 >= sha, Image.sha256 < sha + "g")
+                                     .order_by(Image.sha256).limit(most)))
+    if found:
+        return found
     for path in _paths(selector):
         image_id = session.scalar(select(SourceFile.image_id).where(SourceFile.path == path))  # uq_files_path
         if image_id is not None:
             return [image_id]
-    sha = selector.lower()
-    if len(sha) == 64 and _hex(sha):
-        return list(session.scalars(select(Image.id).where(Image.sha256 == sha)))  # uq_images_sha256
-    if len(sha) >= 8 and _hex(sha):
-        # A range rather than LIKE 'abc%': an index range in any collation.
-        return list(session.scalars(select(Image.id).where(Image.sha256 >= sha, Image.sha256 < sha + "g")
-                                    .order_by(Image.sha256).limit(most)))
     return []
 
 
