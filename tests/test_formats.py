@@ -80,6 +80,17 @@ def test_avif_is_read_by_pillow_itself(avif, astronaut):
     assert mean_abs(decode(avif), astronaut) < 3
 
 
+def test_a_heic_taken_on_its_side_is_shown_upright_once(tall):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    heic = encoded(tall, "HEIF", quality=95, exif=exif.tobytes())
+    info = probe(heic, **LIMITS)
+    assert (info.width, info.height) == (512, 384)  # stored 384 wide, displayed 512 wide
+    pixels = decode(heic)
+    assert pixels.shape == (384, 512, 3)
+    assert mean_abs(pixels, np.rot90(tall, k=-1)) < 3  # turned once (libheif), not again by its EXIF
+
+
 def test_the_content_decides_the_format_never_the_name(heic, avif, astronaut, tmp_path):
     jpeg = encoded(astronaut, "JPEG", quality=92)
     for name, data, fmt in (("photo.jpg", heic, "HEIF"), ("photo.heic", jpeg, "JPEG"), ("photo.png", avif, "AVIF"),
