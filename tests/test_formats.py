@@ -156,6 +156,25 @@ def test_a_raw_preview_serves_when_it_is_as_large_as_the_tasks_need(kdc):
         decode(kdc, raw="fast")
 
 
+def test_a_full_size_jpeg_preview_stands_in_for_the_raw_turned_as_the_camera_says(kdc, astronaut, monkeypatch):
+    """A RAW whose camera embedded a JPEG as large as the RAW (as most Canon and Nikon bodies do): read from
+    the JPEG, at DCT-scaled size when the tasks need less, turned by the RAW's orientation."""
+    import rawpy
+
+    preview = encoded(np.asarray(Image.fromarray(astronaut).resize((768, 512))), "JPEG", quality=95)
+    monkeypatch.setattr(imaging._Camera, "thumb", lambda self: rawpy.Thumbnail(rawpy.ThumbFormat.JPEG, preview))
+    info = probe(kdc, **LIMITS)
+    assert (info.decoder, info.width, info.height) == ("raw:preview", 768, 512)
+    np.testing.assert_array_equal(decode(kdc), decode(preview))
+    assert decode(kdc, at_least=(100, 100)).shape == (128, 192, 3)  # libjpeg's 1/4, still >= 100
+    assert probe(kdc, **LIMITS, raw="full").decoder == "raw:full"
+    # The camera held on its side (LibRaw's flip 6, EXIF's 6): the preview is turned clockwise
+    monkeypatch.setitem(imaging._LIBRAW_FLIP_TO_EXIF, 0, 6)
+    info = probe(kdc, **LIMITS)
+    assert (info.decoder, info.width, info.height) == ("raw:preview", 512, 768)
+    np.testing.assert_array_equal(decode(kdc), np.rot90(decode(preview), k=-1))
+
+
 def test_a_dng_written_from_bayer_data(dng, astronaut):
     assert dng[:4] == b"II*\x00"
     info = probe(dng, **LIMITS)
