@@ -475,3 +475,27 @@ def test_ingest_modes_from_the_command_line(tmp_path, redis_url, photos):
     assert "2 file(s): 2 known" in dr.run("ingest", "--in-place", "--force", str(archive)).stdout
     help_text = dr.run("ingest", "--help").stdout
     assert "--in-place" in help_text and "--changed" in help_text and "--force" in help_text
+
+
+def test_an_original_changing_while_it_is_read_is_tried_again_not_registered(store, photos, monkeypatch):
+    path = store.archive / "coffee.jpg"
+    shutil.copy(photos["coffee"], path)
+    store.registrar.register(path, send=False)
+    sha = _sha(store, path)
+    _edit(path)
+    import worker.originals as originals
+
+    real_stat = os.stat
+
+    def still_being_written(p, *a, **kw):  # the size seen after the read differs from before it
+        st = real_stat(p, *a, **kw)
+        return os.stat_result((*st[:6], st.st_size + 1, *st[7:])) if str(p) == str(path) else st
+
+    monkeypatch.setattr(originals.os, "stat", still_being_written)
+    task = FakeTask()
+    (first, *_rest) = _runs(store, sha=sha)
+    with pytest.raises(Exception, match="changed while it was read"):
+        store.execute(first.id, task=task)
+    assert len(task.retried) == 1  # the pipeline's retry with backoff
+    assert {r.status for r in _runs(store, sha=sha)} == {QUEUED}
+    assert _sha(store, path) == sha  # nothing registered anew from a half-written file

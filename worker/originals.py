@@ -44,6 +44,11 @@ class OriginalGone(Exception):
     this message (it names the file and what to do), without retries."""
 
 
+class OriginalBusy(TimeoutError):
+    """An original changed while it was read (being written, or copied over): tried again later,
+    as any transient trouble is (a TimeoutError: the pipeline's retry with backoff)."""
+
+
 def describe(path: Path | str, source: Path | bytes, *, sha256: str, size: int, mtime_ns: int, settings: Settings,
              reference: bool) -> files.FileRecord:
     """The ledger's record of a file whose content (``source``: its bytes, or a path holding
@@ -115,7 +120,8 @@ class _Changed:
 def _unchanged(rt: Runtime, original: files.Original, sha256: str) -> bytes | _Changed:
     """The file's bytes when it still holds ``sha256``, else what it holds now. Raises
     FileNotFoundError when there is no file (or not a regular one) at its path."""
-    limit = rt.settings.max_image_bytes
+    # A file registered under a larger DARKROOM_MAX_IMAGE_BYTES is still read whole.
+    limit = max(rt.settings.max_image_bytes, original.size_bytes or 0)
     try:
         with open(original.path, "rb") as fh:
             st = os.fstat(fh.fileno())
@@ -130,6 +136,12 @@ def _unchanged(rt: Runtime, original: files.Original, sha256: str) -> bytes | _C
         return data
     digest = hashlib.sha256(data).hexdigest()
     if digest != sha256:
+        try:
+            after = os.stat(original.path)
+        except FileNotFoundError:
+            after = None
+        if after is None or (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or len(data) != st.st_size:
+            raise OriginalBusy(f"{original.path} changed while it was read (being written?); trying again later")
         return _Changed(digest, data, st)
     with transaction(rt.sessions) as s:
         files.note_signature(s, original.file_id, size_bytes=len(data), mtime_ns=st.st_mtime_ns)
@@ -196,4 +208,4 @@ def _give_up(rt: Runtime, image_id: int, reason: str) -> None:
         ledger.finish_runs(s, queued, status=FAILED, error=reason)
 
 
-__all__ = ["OriginalGone", "describe", "read_original"]
+__all__ = ["OriginalBusy", "OriginalGone", "describe", "read_original"]
