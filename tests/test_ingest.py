@@ -27,7 +27,7 @@ from darkroom.settings import Settings
 from producer import registrar as registrar_module
 from producer.files import walk
 from producer.registrar import Outcome, Registrar
-from storage import ledger
+from storage import files, ledger
 from storage.db import make_engine, migrate, session_factory, transaction
 from storage.models import FAILED, ORIGINAL_MISSING, ORIGINAL_REFERENCE, QUEUED, SourceFile, TaskRun
 from storage.models import Image as ImageRow
@@ -499,3 +499,27 @@ def test_an_original_changing_while_it_is_read_is_tried_again_not_registered(sto
     assert len(task.retried) == 1  # the pipeline's retry with backoff
     assert {r.status for r in _runs(store, sha=sha)} == {QUEUED}
     assert _sha(store, path) == sha  # nothing registered anew from a half-written file
+
+
+def test_registering_a_missing_originals_content_again_sends_its_failed_runs(in_place, photos):
+    """On SQLite and PostgreSQL, a chunk (register_files) and a single file (register_file) alike."""
+    archive = in_place.archive
+    names = ("coffee", "rocket", "chelsea")
+    for name in names:
+        shutil.copy(photos[name], archive / f"{name}.jpg")
+    assert in_place.register_many([archive / f"{n}.jpg" for n in names], send=False) == [Outcome.NEW] * 3
+    with transaction(in_place.sessions) as s:  # what a worker does when the originals are gone
+        for image_id in s.scalars(select(ImageRow.id)):
+            files.mark_missing(s, image_id)
+        ledger.finish_runs(s, list(s.scalars(select(TaskRun.id))), status=FAILED, error="original moved or deleted")
+    moved = archive / "moved"
+    moved.mkdir()
+    for name in names:
+        (archive / f"{name}.jpg").rename(moved / f"{name}.jpg")
+    assert in_place.register_many([moved / "coffee.jpg", moved / "rocket.jpg"], send=False) == [Outcome.DUPLICATE] * 2
+    assert in_place.register_many([moved / "chelsea.jpg"], send=False) == [Outcome.DUPLICATE]
+    with in_place.sessions() as s:
+        assert set(s.scalars(select(ImageRow.original))) == {ORIGINAL_REFERENCE}
+        runs = list(s.scalars(select(TaskRun)))
+    assert len(runs) == 3 * len(TASKS)
+    assert {(r.status, r.enqueued_at, r.error) for r in runs} == {(QUEUED, None, None)}  # to be sent again
