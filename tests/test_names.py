@@ -64,6 +64,8 @@ def test_up_exit_when_idle_returns_with_such_a_name_and_the_json_stays_valid(tmp
     done = dr.run("up", str(dr.inbox), "--exit-when-idle", timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "caf\\xe9.jpg" in done.stdout
+    assert "Logging error" not in done.stderr, done.stderr  # its log lines are written, not lost
+    assert "caf\\udce9.jpg" in (dr.data / "logs" / "darkroom.log").read_text()
     listing = dr.run("results", "--json")
     assert listing.returncode == 0, listing.stderr
     results = {r["path"]: r for r in json.loads(listing.stdout)}

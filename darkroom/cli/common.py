@@ -139,7 +139,8 @@ def setup_logging(settings: Settings, *, log_file: Path | None = None) -> None:
         root.addHandler(handler)
         return
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    to_file = logging.FileHandler(log_file, encoding="utf-8")
+    # backslashreplace: a file name that is not valid UTF-8 is logged (caf\udce9.jpg), not lost in an error
+    to_file = logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
     to_file.setFormatter(fmt)
     root.addHandler(to_file)
     to_terminal = logging.StreamHandler(sys.stderr)
