@@ -562,10 +562,14 @@ def _open_raw(source: Source, max_pixels: int) -> Iterator[_Camera | None]:
     try:
         camera = None
         try:
-            if isinstance(source, bytes):
+            name = None if isinstance(source, bytes) else os.fsdecode(source)
+            if name is None:
                 handle.open_buffer(io.BytesIO(source))
-            else:
-                handle.open_file(os.fsdecode(source))
+            elif _utf8(name):
+                handle.open_file(name)
+            else:  # LibRaw's open_file takes UTF-8 names only: a name that is not is read here
+                with open(source, "rb") as fp:
+                    handle.open_buffer(fp)
             camera = _Camera(handle, kind, rawpy)
         except rawpy.LibRawFileUnsupportedError as exc:
             if not tiff:
@@ -582,6 +586,14 @@ def _open_raw(source: Source, max_pixels: int) -> Iterator[_Camera | None]:
         yield camera
     finally:
         handle.close()
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _libraw_text(exc: BaseException) -> str:

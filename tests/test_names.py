@@ -74,3 +74,17 @@ def test_up_exit_when_idle_returns_with_such_a_name_and_the_json_stays_valid(tmp
     assert all(r["status"] == "done" for r in results.values()), results
     assert [r["sha256"] for r in dr.results(str(dr.inbox / "caf\\xe9.jpg"))] == [
         results[str(dr.inbox / "caf\\xe9.jpg")]["sha256"]]
+
+
+def test_a_camera_raw_with_such_a_name_is_read_as_a_raw(tmp_path):
+    from tasks.imaging import decode, probe
+    from tests.test_formats import KDC
+
+    if not KDC.is_file():
+        pytest.skip(f"the real camera RAW {KDC} is absent (the shared test data is not mounted here)")
+    raw = os.fsencode(tmp_path) + b"/caf\xe9.kdc"
+    with open(raw, "wb") as fh:  # a copy in this test's folder only
+        fh.write(KDC.read_bytes())
+    info = probe(os.fsdecode(raw), max_pixels=10**8, max_bytes=10**8)  # LibRaw takes UTF-8 names only
+    assert (info.format, info.decoder, info.width) == ("RAW", "raw:full", 768)  # not its 96x64 TIFF preview
+    assert decode(os.fsdecode(raw)).shape == (512, 768, 3)
