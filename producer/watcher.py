@@ -89,6 +89,7 @@ class InboxWatcher:
         self._start_observer()
         try:
             self.scan()
+            log.info("watching %s for new files", self.root)
             while not stop.is_set():
                 self.step()
                 if until is not None and not self.candidates and until():

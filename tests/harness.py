@@ -77,6 +77,18 @@ class Darkroom:
         return subprocess.Popen([sys.executable, "-m", "darkroom", *args], env=self.env, cwd=ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
+    def wait_for_log(self, text: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+        """Wait until a log has a line with ``text``: Darkroom's log file (DATA_DIR/logs/darkroom.log,
+        where `up` logs) or the output of a command :meth:`start` started (where `watch` logs)."""
+        logs = [self.data / "logs" / "darkroom.log", *self.logs.glob("*.log")]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"darkroom exited early with {proc.returncode}\n{self.log_tail()}"
+            if any(log.exists() and text in log.read_text(errors="replace") for log in logs):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"no {text!r} in {', '.join(map(str, logs))} after {timeout} s\n{self.log_tail()}")
+
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "darkroom", *args], env=self.env, cwd=ROOT,
                               capture_output=True, text=True, timeout=timeout)

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -58,7 +57,7 @@ def test_photos_dropped_into_a_running_darkroom_end_done(db, tmp_path, redis_url
                                    "-c", "2", "--loglevel", "INFO"], env=dr.env, cwd=ROOT, stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        time.sleep(2)
+        dr.wait_for_log("for new files", proc=up)  # the startup scan is done: what comes now is new
         # When photos arrive: copied, written slowly in chunks, renamed in, and one duplicate
         shutil.copy(photos["astronaut"], dr.inbox / "astronaut.jpg")
         (dr.inbox / "sub dir").mkdir()
