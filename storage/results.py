@@ -399,8 +399,7 @@ class ResultFilter:
     """Which images `results` lists; every field given must hold (None: any).
 
     - ``status``: the image's state, as :func:`storage.ledger.image_status` derives it (one of
-      :data:`IMAGE_STATES`). An image without any run (none in normal operation: every registered
-      image gets its runs in the same transaction) is not found by ``queued``.
+      :data:`IMAGE_STATES`; an image without any run is ``done``).
     - ``label``: one of the image's top-k labels is this text, ignoring case, the whole label (not a
       part of it: "retriever" does not find "golden_retriever"); a space matches an underscore, so
       "golden retriever" finds ImageNet's "golden_retriever". Only with ``label``: ``min_score``
@@ -473,7 +472,7 @@ def _status_conditions(status: str) -> list[Any]:
     if status == FAILED:
         return [not_rejected, ~_has_run(TaskRun.status.in_(PENDING_STATES)),
                 _has_run(TaskRun.status.in_((FAILED, REJECTED)))]
-    return [not_rejected, _has_run(TaskRun.status == DONE), ~_has_run(TaskRun.status != DONE)]
+    return [not_rejected, ~_has_run(TaskRun.status != DONE)]  # done: every run done (or none at all)
 
 
 def _conditions(flt: ResultFilter, label_models: Sequence[str] | None) -> list[Any]:

@@ -43,7 +43,7 @@ def build(sessions) -> None:
 
     - i % 5: 0 everything done, 1 classify failed, 2 everything queued, 3 faces running, 4 done;
       i % 10 == 9: classify ``rejected`` while the image is not (counted as failed); i % 11 == 6:
-      the image rejected at registration (no runs);
+      the image rejected at registration (no runs); photo 1 registered with no task (done);
     - done classify runs: vgg16's labels, the top one ``LABELS[i % 4]`` scoring (i % 7) / 7 and
       "golden_retriever" second at 0.01; every third image also mobilenet_v2's, "tabby" at 0.8;
     - done faces runs: i % 4 faces;
@@ -56,14 +56,15 @@ def build(sessions) -> None:
         for i in range(N_PHOTOS):
             rejected = "truncated JPEG" if i % 11 == 6 else None
             reg = files.register_file(s, path=path_of(i), size_bytes=1000 + i, mtime_ns=1, sha256=sha_of(i),
-                                      fmt="JPEG", width=640, height=480, rejected_reason=rejected, work=WORK)
+                                      fmt="JPEG", width=640, height=480, rejected_reason=rejected,
+                                      work=[] if i == 1 else WORK)
             s.flush()
             s.execute(update(Image).where(Image.id == reg.image_id).values(created_at=BASE_TIME + dt.timedelta(hours=i)))
             if i % 3 != 2:
                 value = HASH_A if i % 3 == 0 else ~HASH_A & (2**64 - 1)
                 value ^= (1 << (i % 12 if i % 3 == 0 else i % 10)) - 1
                 results.PHASHES.save(s, "", [(reg.image_id, f"{value:016x}")])
-            if rejected:
+            if rejected or i == 1:
                 continue
             runs = {r.task: r for r in s.scalars(select(TaskRun).where(TaskRun.image_id == reg.image_id))}
             kind = i % 5
@@ -209,6 +210,7 @@ def test_the_filters_mean_what_the_ledger_says(store):
                 s, results.ResultFilter(**kw)) for p in page)
 
         assert ids(status=REJECTED) == [6, 17, 28, 39]
+        assert 1 in ids(status=DONE)  # no run at all: nothing left to do
         assert ids(status=RUNNING) == [3, 8, 13, 18, 23, 33, 38]  # 28 is rejected
         assert 9 in ids(status=FAILED) and 19 in ids(status=FAILED)  # a rejected run, the image not rejected
         assert ids(label="tabby", model="mobilenet_v2") == [0, 15, 24, 30]
