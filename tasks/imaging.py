@@ -160,6 +160,7 @@ def probe(source: Source, *, max_pixels: int, max_bytes: int, raw: str = "previe
 
 
 def _pillow_info(im: Image.Image, max_pixels: int) -> ImageInfo:
+    _check_not_a_raw(im)
     _check_pixels(im.size, max_pixels)
     try:
         frames = int(getattr(im, "n_frames", 1))
@@ -218,6 +219,7 @@ def decode(source: Source, *, max_pixels: int = 100_000_000, at_least: tuple[int
 def _decode_pillow(im: Image.Image, max_pixels: int, at_least: tuple[int, int] | None,
                    orientation: int | None = None) -> np.ndarray:
     """``decode`` of an opened Pillow image; ``orientation``: applied when its own EXIF has none."""
+    _check_not_a_raw(im)
     _check_pixels(im.size, max_pixels)
     fmt = im.format
     try:
@@ -594,6 +596,24 @@ def _utf8(name: str) -> bool:
         return True
     except UnicodeEncodeError:
         return False
+
+
+def _check_not_a_raw(im: Image.Image) -> None:
+    """A TIFF that LibRaw did not take but whose first directory is a DNG's, or a reduced-size copy of
+    an image kept elsewhere (a camera RAW's preview), is a camera RAW this LibRaw cannot read (or
+    rawpy is missing): rejected, not read as its small preview."""
+    if im.format != "TIFF":
+        return
+    tags = getattr(im, "tag_v2", {})
+    subfile = tags.get(254, 0)
+    if 50706 not in tags and not (isinstance(subfile, int) and subfile & 1):
+        return
+    if rawpy is None:
+        raise BadImage("a camera RAW (TIFF-based) needs rawpy (LibRaw), which is not installed: pip install rawpy, "
+                       "or convert the file to DNG/TIFF/JPEG")
+    raise BadImage(f"a camera RAW (TIFF-based) that LibRaw {'.'.join(map(str, rawpy.libraw_version))} cannot read "
+                   "(its first TIFF directory is only a preview): the camera may be newer than this LibRaw (pip "
+                   "install -U rawpy), or convert the file to DNG with the camera maker's or Adobe's DNG converter")
 
 
 def _libraw_text(exc: BaseException) -> str:

@@ -336,6 +336,21 @@ def test_what_to_install_when_a_decoder_is_missing(monkeypatch, astronaut):
     assert probe(encoded(astronaut, "TIFF"), **LIMITS).format == "TIFF"  # TIFFs still read without it
 
 
+def test_a_tiff_based_raw_libraw_cannot_take_is_not_read_as_its_preview(kdc, monkeypatch):
+    import rawpy
+
+    def refused(*_args, **_kwargs):
+        raise rawpy.LibRawFileUnsupportedError(b"Unsupported file format or not RAW file")
+
+    monkeypatch.setattr(imaging, "_Camera", refused)  # as if LibRaw did not know this camera
+    with pytest.raises(BadImage, match=r"camera RAW \(TIFF-based\) that LibRaw [\d.]+ cannot read \(its first TIFF "
+                                       r"directory is only a preview\): .*DNG converter"):
+        probe(kdc, **LIMITS)
+    monkeypatch.setattr(imaging, "rawpy", None)
+    with pytest.raises(BadImage, match=r"camera RAW \(TIFF-based\) needs rawpy .*pip install rawpy"):
+        decode(kdc)
+
+
 def test_jpeg_xl_is_named_in_its_rejection():
     with pytest.raises(BadImage, match=r"JPEG XL image, which Darkroom does not read: convert it"):
         probe(b"\xff\x0a" + bytes(100), **LIMITS)
