@@ -53,6 +53,12 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=60000")
     cursor.close()
+    # SQL's hamming() on SQLite (storage.models.hamming): PostgreSQL has bit_count().
+    dbapi_connection.create_function("darkroom_hamming", 2, _hamming, deterministic=True)
+
+
+def _hamming(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else ((a ^ b) & 0xFFFF_FFFF_FFFF_FFFF).bit_count()
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

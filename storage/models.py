@@ -28,7 +28,9 @@ from sqlalchemy import (
     false,
     text,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
 # Stable constraint names so Alembic migrations are portable between SQLite and Postgres.
@@ -242,16 +244,38 @@ class Face(Base):
 
 class PHash(Base):
     """A perceptual hash of the image (64 bits, stored signed) and its four 16-bit bands, each
-    indexed: near-duplicates are found by looking up bands (see :mod:`storage.results`)."""
+    indexed with the image and the hash, so that a near-duplicate look-up is read from the indexes
+    alone (see :mod:`storage.results`)."""
 
     __tablename__ = "phashes"
+    __table_args__ = tuple(Index(f"ix_phashes_band{i}", f"band{i}", "image_id", "hash") for i in range(4))
 
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     hash: Mapped[int] = mapped_column(BigInteger)
-    band0: Mapped[int] = mapped_column(Integer, index=True)
-    band1: Mapped[int] = mapped_column(Integer, index=True)
-    band2: Mapped[int] = mapped_column(Integer, index=True)
-    band3: Mapped[int] = mapped_column(Integer, index=True)
+    band0: Mapped[int] = mapped_column(Integer)
+    band1: Mapped[int] = mapped_column(Integer)
+    band2: Mapped[int] = mapped_column(Integer)
+    band3: Mapped[int] = mapped_column(Integer)
+
+
+class hamming(FunctionElement):  # noqa: N801 (an SQL function)
+    """``hamming(a, b)``: how many of two 64-bit integers' bits differ, in SQL (PostgreSQL's
+    ``bit_count``; on SQLite a function storage.db registers on every connection)."""
+
+    type = Integer()
+    name = "hamming"
+    inherit_cache = True
+
+
+@compiles(hamming, "postgresql")
+def _hamming_postgresql(element, compiler, **kw) -> str:
+    a, b = (compiler.process(arg, **kw) for arg in element.clauses)
+    return f"bit_count(int8send({a} # {b}))"
+
+
+@compiles(hamming, "sqlite")
+def _hamming_sqlite(element, compiler, **kw) -> str:
+    return f"darkroom_hamming({compiler.process(element.clauses, **kw)})"
 
 
 class Artifact(Base):

@@ -39,6 +39,7 @@ from storage.models import (
     PHash,
     SourceFile,
     TaskRun,
+    hamming,
 )
 
 
@@ -349,14 +350,16 @@ class PHashResults(TaskResults):
         value &= 2**64 - 1
         radius = max(0, distance) // _BANDS
         columns = (PHash.band0, PHash.band1, PHash.band2, PHash.band3)
-        found: dict[int, int] = {}
+        near: set[int] = set()
+        # Per band, the index (band, image_id, hash) gives the candidates and the distance is
+        # checked on the index entries (hamming() in SQL): only the near-duplicates come back.
         for column, band in zip(columns, _bands(value)):
             for chunk in chunks(_within(band, radius)):
-                rows = session.execute(select(PHash.image_id, PHash.hash).where(column.in_(chunk), PHash.image_id != image_id))
-                found.update(rows.tuples().all())
-        near = sorted(other for other, h in found.items() if ((h & (2**64 - 1)) ^ value).bit_count() <= distance)
-        shas = dict(session.execute(select(Image.id, Image.sha256).where(Image.id.in_(near[: self.LIMIT]))).tuples().all())
-        return sorted(shas[i] for i in near[: self.LIMIT])
+                near.update(session.scalars(select(PHash.image_id).where(
+                    column.in_(chunk), PHash.image_id != image_id, hamming(PHash.hash, _signed64(value)) <= distance)))
+        first = sorted(near)[: self.LIMIT]
+        shas = dict(session.execute(select(Image.id, Image.sha256).where(Image.id.in_(first))).tuples().all())
+        return sorted(shas[i] for i in first)
 
     def all_hashes(self, session: Session, batch: int = 10_000) -> Iterable[tuple[int, int]]:
         """Every (image id, unsigned hash), streamed in id order a batch at a time (keyset paging)."""
