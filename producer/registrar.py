@@ -166,6 +166,8 @@ class Registrar:
             was = known.get(str(path))
             if was is not None and self.rescan == "new":
                 pending.append(Outcome.KNOWN)  # new files only: not even looked at
+            elif len(batch) == 1:  # one file (the watcher's): nothing to overlap, no hand-over
+                pending.append(self._prepare(path, was))
             else:
                 pending.append(self._executor().submit(self._prepare, path, was))
         return pending, known
