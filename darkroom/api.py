@@ -116,7 +116,7 @@ class Analyzer:
         item: dict[str, Any] = {
             "path": photo.path, "paths": [photo.path] if photo.path else [], "sha256": photo.sha256,
             "format": photo.format, "width": photo.width, "height": photo.height, "size_bytes": photo.size_bytes,
-            "decoder": photo.decoder, "color_profile": photo.color_profile,
+            "decoder": photo.decoder, "color_profile": photo.color_profile, "original": None,
             "status": REJECTED if photo.rejected else (FAILED if reasons else DONE), "tasks": states,
         }
         for task in catalog.TASKS:

@@ -713,6 +713,7 @@ def results_json(session: Session, images: Sequence[Image], stores: Sequence[Tas
             "format": image.format,
             "decoder": image.decoder,
             "color_profile": image.color_profile,
+            "original": image.original,
             "width": image.width,
             "height": image.height,
             "size_bytes": image.size_bytes,

@@ -293,6 +293,7 @@ def test_a_moved_or_deleted_original_fails_its_runs_once_and_ingesting_it_again_
     message = f"original moved or deleted: {path} — ingest it again"
     assert [(r.status, r.error, r.attempts) for r in after] == [(FAILED, message, 1)] * len(TASKS)
     assert _image(store, sha).original == ORIGINAL_MISSING
+    assert store.results(sha)["original"] == "missing"  # what the Results JSON says of it
     if how == "deleted":  # put back where it was, then `darkroom retry`: done
         shutil.copy(photos["coffee"], path)
         with transaction(store.sessions) as s:
