@@ -22,8 +22,9 @@ Then ``VACUUM ANALYZE`` (SQLite: ``ANALYZE``), and it times, per size:
 - one photo by path and by sha256: the look-up and its Results JSON (median of ``lookups``);
 - a filtered page of 100 for three filters (a label above a score, two faces or more, failed): the
   keyset page and its Results JSON;
-- the full stream (every image's Results JSON, serialized, in pages): images/s and the growth of
-  the resident memory of the process that streams (a subprocess; stopped after ``stream_seconds``);
+- the full stream: `darkroom results --jsonl` over every image, its output read by the bench:
+  images/s from its first line (the CLI's start-up apart) and the growth of its resident memory
+  from then to its peak (stopped after ``stream_seconds`` of output);
 - the reconciler after the broker lost everything: every pending run sent again to a private
   ``redis-server`` (flushed first), backpressure out of the way; seconds, runs and peak memory;
 - ``rerun`` of the phash task over the whole store (committed);
@@ -410,15 +411,12 @@ def fill(engine, plan: Plan, seed: int, log: Callable[[str], None]) -> dict[str,
             conn.execute("PRAGMA synchronous=NORMAL")
     finally:
         raw.close()
-    from storage import ledger
+    return counts
 
-    if hasattr(ledger, "fold_pending"):  # the counts `status` reads, brought up to date as the producer does
-        from storage.db import session_factory
 
-        start = time.perf_counter()
-        ledger.fold_pending(session_factory(engine))
-        log(f"  counts folded: {time.perf_counter() - start:.1f} s")
+def vacuum_analyze(engine, log: Callable[[str], None]) -> None:
     start = time.perf_counter()
+    backend = engine.url.get_backend_name()
     if backend == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
             c.exec_driver_sql("VACUUM ANALYZE")
@@ -426,6 +424,49 @@ def fill(engine, plan: Plan, seed: int, log: Callable[[str], None]) -> dict[str,
         with engine.connect() as c:
             c.exec_driver_sql("ANALYZE")
     log(f"  vacuum and analyze: {time.perf_counter() - start:.1f} s")
+
+
+#: The migration that starts keeping counts (``ledger_counts``, its triggers): the tables are filled
+#: just before it, so that it counts the synthetic archive once, set-based, as it counts any store
+#: that existed before it (recounting a million freshly loaded images through ``fold_pending``, a
+#: few thousand at a time, takes over half an hour on this machine).
+COUNTS_REVISION = "0007"
+
+
+def migrate_for_fill(engine) -> bool:
+    """Migrate to just before :data:`COUNTS_REVISION` (True), or to the newest when there is no such
+    revision (False: the counts are then folded after the fill)."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    from storage.db import alembic_config, migrate
+
+    cfg = alembic_config(engine)
+    try:
+        revision = ScriptDirectory.from_config(cfg).get_revision(COUNTS_REVISION)
+    except Exception:  # noqa: BLE001 - no such revision: the newest schema, folded after
+        revision = None
+    if revision is None or not revision.down_revision:
+        migrate(engine)
+        return False
+    command.upgrade(cfg, str(revision.down_revision))
+    return True
+
+
+def fill_store(engine, plan: Plan, seed: int, log: Callable[[str], None]) -> dict[str, int]:
+    """A new store's schema from the migrations, the plan's rows, the counts `status` reads, and
+    VACUUM ANALYZE; returns the rows per table."""
+    from storage import ledger
+    from storage.db import migrate, session_factory
+
+    before_counts = migrate_for_fill(engine)
+    counts = fill(engine, plan, seed, log)
+    start = time.perf_counter()
+    migrate(engine)
+    if not before_counts and hasattr(ledger, "fold_pending"):
+        ledger.fold_pending(session_factory(engine))
+    log(f"  migrated to the newest schema, counts made: {time.perf_counter() - start:.1f} s")
+    vacuum_analyze(engine, log)
     return counts
 
 
@@ -611,10 +652,7 @@ def _child(kind: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
 
 
 def _vm_kb(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
+    return _proc_kb(os.getpid(), key)
 
 
 def _memory_start() -> int:
@@ -628,34 +666,74 @@ def _memory_growth_mb(start_kb: int) -> float:
     return max(0, _vm_kb("VmHWM") - start_kb) / 1024.0
 
 
-def child_stream(args: dict[str, Any]) -> dict[str, Any]:
-    """Every image's Results JSON, serialized a line each, page by page, as `results --jsonl` does."""
-    from darkroom import catalog
-    from storage.db import make_engine, read_only, session_factory
+def time_stream(url: str, seconds: float, work: Path) -> dict[str, Any]:
+    """`darkroom results --jsonl` over the whole store, as a person runs it, its output read here: the
+    images/s from its first line to its last (the CLI's start-up apart), and the growth of its
+    resident memory from when the first line came (its peak, from the kernel, when it ended).
+    Stopped after ``seconds`` of output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DARKROOM_")}
+    env.update(DARKROOM_DATABASE_URL=url, DARKROOM_DATA_DIR=str(work / "stream"), TF_CPP_MIN_LOG_LEVEL="2",
+               DARKROOM_START_LOCAL_REDIS="false")
+    peak_file = work / "stream-peak-kb"
+    work.mkdir(parents=True, exist_ok=True)
+    peak_file.unlink(missing_ok=True)
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", _PEAK_WRAPPER, str(peak_file), "results", "--jsonl"], cwd=ROOT,
+                                env=env, stdout=subprocess.PIPE, stderr=err, bufsize=1 << 20)
+        images = nbytes = 0
+        first = base_kb = None
+        stopped = False
+        try:
+            for line in proc.stdout:
+                images += 1
+                nbytes += len(line)
+                if first is None:
+                    first = time.perf_counter()
+                    base_kb = _proc_kb(proc.pid, "VmRSS")
+                    json.loads(line)
+                elif time.perf_counter() - first > seconds:
+                    stopped = True
+                    break
+            end = time.perf_counter()
+            peak_kb = _proc_kb(proc.pid, "VmHWM")  # while it runs (when it is stopped)
+            if stopped:
+                proc.terminate()
+        finally:
+            proc.stdout.close()
+            proc.wait()
+        with contextlib.suppress(OSError, ValueError):
+            peak_kb = int(peak_file.read_text())  # its own last word, when it ended by itself
+        if not stopped and proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"darkroom results --jsonl failed ({proc.returncode}): {err.read().decode()[-2000:]}")
+    if first is None:
+        raise RuntimeError("darkroom results --jsonl printed nothing")
+    streamed = end - first
+    return {"seconds": streamed, "startup_s": first - start, "images": images, "bytes": nbytes, "stopped": stopped,
+            "img_s": (images - 1) / streamed if streamed > 0 else float(images),
+            "memory_mb": max(0, peak_kb - (base_kb or 0)) / 1024.0, "peak_mb": peak_kb / 1024.0}
 
-    results = _results_api()
-    settings = _settings()
-    engine = make_engine(args["url"])
-    STATEMENTS.count(engine)
-    factory = session_factory(engine)
-    with read_only(factory) as s:  # connect, and load the code, before the memory is taken
-        catalog.results_json(s, results.select_page(s, results.ResultFilter(), limit=1), settings)
-    start_kb = _memory_start()
-    images = nbytes = 0
-    stopped = False
-    before = STATEMENTS.n
-    start = time.perf_counter()
-    with read_only(factory) as s:
-        for page in results.iter_pages(s, results.ResultFilter(), batch=500):
-            for item in catalog.results_json(s, page, settings):
-                nbytes += len(json.dumps(item)) + 1
-            images += len(page)
-            if time.perf_counter() - start > args["seconds"]:
-                stopped = True
-                break
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "images": images, "bytes": nbytes, "stopped": stopped, "statements": STATEMENTS.n - before,
-            "img_s": images / seconds if seconds else 0.0, "memory_mb": _memory_growth_mb(start_kb)}
+
+#: `python -c` running the `darkroom` command, which writes its peak resident memory (VmHWM, KiB: the
+#: process's own since its exec, unlike a fork's rusage) to the file named first as it exits.
+_PEAK_WRAPPER = (
+    "import atexit, pathlib, runpy, sys\n"
+    "out = pathlib.Path(sys.argv.pop(1))\n"
+    "def peak():\n"
+    "    out.write_text(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
+    "atexit.register(peak)\n"
+    "sys.argv[0] = 'darkroom'\n"
+    "runpy.run_module('darkroom', run_name='__main__', alter_sys=True)\n"
+)
+
+
+def _proc_kb(pid: int, key: str) -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
 
 
 def child_reconcile(args: dict[str, Any]) -> dict[str, Any]:
@@ -692,7 +770,7 @@ def child_reconcile(args: dict[str, Any]) -> dict[str, Any]:
             "unsent_after": unsent, "messages": messages, "memory_mb": memory, "statements": statements}
 
 
-CHILDREN = {"stream": child_stream, "reconcile": child_reconcile}
+CHILDREN = {"reconcile": child_reconcile}
 
 
 def time_rerun(factory) -> dict[str, Any]:
@@ -851,9 +929,8 @@ def measure_size(backend: str, url: str, plan: Plan, opts: Options, redis_url: s
 
     engine = make_engine(url)
     try:
-        migrate(engine)
         start = time.perf_counter()
-        counts = fill(engine, plan, opts.seed, log)
+        counts = fill_store(engine, plan, opts.seed, log)
         fill_s = time.perf_counter() - start
         log(f"{backend} {plan.n:,}: filled {sum(counts.values()):,} rows in {fill_s:.1f} s")
         sizes = table_sizes(engine)
@@ -867,8 +944,9 @@ def measure_size(backend: str, url: str, plan: Plan, opts: Options, redis_url: s
         for command, (s, k) in timed.items():
             seconds[command], statements[command] = s, k
         log("  " + ", ".join(f"{k} {seconds[k] * 1000:.1f} ms ({statements[k]} statements)" for k in timed))
-        stream = _child("stream", {"url": url, "seconds": opts.stream_seconds}, timeout=opts.stream_seconds + 600)
-        seconds[STREAM], statements[STREAM] = stream["seconds"], stream["statements"]
+        migrate(engine)  # `results` wants the newest schema: one added while the bench ran is made now
+        stream = time_stream(url, opts.stream_seconds, work)
+        seconds[STREAM] = stream["seconds"]
         extra["stream"] = stream
         log(f"  stream {stream['images']:,} images in {stream['seconds']:.1f} s: {stream['img_s']:,.0f} images/s, "
             f"+{stream['memory_mb']:.0f} MB")
