@@ -355,14 +355,21 @@ FOLD_CHUNK = 5000
 FOLD_LOCK = 0x6461726B  # "dark"
 
 
-def fold_counts(session: Session, *, limit: int = FOLD_CHUNK) -> int:
-    """Recount up to ``limit`` dirty images and sum up to 4 × ``limit`` count rows; returns how
-    many marks and rows it took (less than ``limit``: the counts are up to date). The caller
-    commits."""
+def fold_counts(session: Session, *, limit: int = FOLD_CHUNK) -> bool:
+    """Recount the images of up to ``limit`` dirty marks (the oldest) and sum up to 4 × ``limit``
+    count rows; returns whether there is more to fold. The caller commits.
+
+    Marks are taken by a range of their primary key, never by a sort or a join that a planner
+    without statistics (right after a bulk load) could turn into a scan of every mark per chunk."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(select(func.pg_advisory_xact_lock(FOLD_LOCK)))
-    oldest = select(DirtyImage.id).order_by(DirtyImage.id).limit(limit).scalar_subquery()
-    marks = list(session.scalars(delete(DirtyImage).where(DirtyImage.id.in_(oldest)).returning(DirtyImage.image_id)))
+    low = session.scalar(select(func.min(DirtyImage.id)))
+    marks: list[int] = []
+    more = False
+    if low is not None:
+        in_range = (DirtyImage.id >= low, DirtyImage.id < low + limit)
+        marks = list(session.scalars(delete(DirtyImage).where(*in_range).returning(DirtyImage.image_id)))
+        more = session.scalar(select(DirtyImage.id).where(DirtyImage.id >= low + limit).limit(1)) is not None
     deltas: Counter[str] = Counter()
     for chunk in chunks(sorted(set(marks))):
         images = {i: (reason, counted) for i, reason, counted in session.execute(
@@ -384,17 +391,21 @@ def fold_counts(session: Session, *, limit: int = FOLD_CHUNK) -> int:
     session.add_all([LedgerCount(kind="image", task="", model="", status=state, n=n)
                      for state, n in deltas.items() if n])
     session.flush()
-    return len(marks) + _sum_count_rows(session, limit=limit * 4)
+    return _sum_count_rows(session, limit=limit * 4) or more
 
 
-def _sum_count_rows(session: Session, *, limit: int) -> int:
-    """Replace the oldest ``limit`` count rows by one row per count, when there are enough of them
-    to be worth it; returns how many rows were summed."""
-    oldest = select(LedgerCount.id).order_by(LedgerCount.id).limit(limit).scalar_subquery()
-    found = session.scalar(select(func.count()).select_from(LedgerCount).where(LedgerCount.id.in_(oldest))) or 0
-    if found < 64:
-        return 0
-    rows = session.execute(delete(LedgerCount).where(LedgerCount.id.in_(oldest)).returning(
+def _sum_count_rows(session: Session, *, limit: int) -> bool:
+    """Replace the oldest count rows (a range of ``limit`` ids) by one row per count, when there
+    are enough of them to be worth it; returns whether more rows are beyond that range."""
+    low = session.scalar(select(func.min(LedgerCount.id)))
+    if low is None:
+        return False
+    in_range = (LedgerCount.id >= low, LedgerCount.id < low + limit)
+    found = session.scalar(select(func.count()).select_from(LedgerCount).where(*in_range)) or 0
+    more = session.scalar(select(LedgerCount.id).where(LedgerCount.id >= low + limit).limit(1)) is not None
+    if found < 64 and not more:
+        return False
+    rows = session.execute(delete(LedgerCount).where(*in_range).returning(
         LedgerCount.kind, LedgerCount.task, LedgerCount.model, LedgerCount.status, LedgerCount.n))
     sums: Counter[tuple[str, str, str, str]] = Counter()
     for kind, task, model, status, n in rows:
@@ -402,7 +413,7 @@ def _sum_count_rows(session: Session, *, limit: int) -> int:
     session.add_all([LedgerCount(kind=kind, task=task, model=model, status=status, n=n)
                      for (kind, task, model, status), n in sums.items() if n])
     session.flush()
-    return found
+    return more
 
 
 def fold_pending(factory: sessionmaker[Session], *, seconds: float | None = None) -> int:
@@ -411,8 +422,8 @@ def fold_pending(factory: sessionmaker[Session], *, seconds: float | None = None
     deadline = None if seconds is None else time.monotonic() + seconds
     while True:
         with transaction(factory) as s:
-            taken = fold_counts(s)
-        if taken < FOLD_CHUNK:
+            more = fold_counts(s)
+        if not more:
             return 0
         if deadline is not None and time.monotonic() > deadline:
             with factory() as s:
