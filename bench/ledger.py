@@ -16,7 +16,9 @@ Darkroom has mostly processed holds:
   contact sheet a photo, the boxed photo and a crop per face) with empty data: the bytes artifacts
   take are estimated apart (README: "At a million photos").
 
-Then ``VACUUM ANALYZE`` (SQLite: ``ANALYZE``), and it times, per size:
+The tables are filled at the migration just before the counts' (0007), which then counts them as it
+counts any existing store; then the newest schema, ``VACUUM ANALYZE`` (SQLite: ``ANALYZE``), and it
+times, per size:
 
 - ``status``: what `darkroom status` computes (run counts, image counts, the newest problem groups);
 - one photo by path and by sha256: the look-up and its Results JSON (median of ``lookups``);
@@ -428,8 +430,7 @@ def vacuum_analyze(engine, log: Callable[[str], None]) -> None:
 
 #: The migration that starts keeping counts (``ledger_counts``, its triggers): the tables are filled
 #: just before it, so that it counts the synthetic archive once, set-based, as it counts any store
-#: that existed before it (recounting a million freshly loaded images through ``fold_pending``, a
-#: few thousand at a time, takes over half an hour on this machine).
+#: that existed before it, and the fill's COPY runs without the triggers.
 COUNTS_REVISION = "0007"
 
 
