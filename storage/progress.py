@@ -270,36 +270,44 @@ class ProblemSummary:
 
 def problem_groups(session: Session, *, limit: int | None = 20) -> ProblemSummary:
     """Problems grouped by (task, state, reason), newest first, at most ``limit`` groups (all when
-    None), with how many groups and problems there are in all. Grouped by the database (GROUP BY,
-    with a LIMIT), through the status index: the cost follows the number of problems, not of runs."""
+    None), with how many groups and problems there are in all. Grouped by the database, through
+    the status index, in one pass per kind of problem: the number of groups comes with the first
+    ``limit`` of them (a window count over the groups), so the failed runs are read once. The cost
+    follows the number of problems, not of runs."""
     newest = func.max(TaskRun.finished_at)
     reason = func.coalesce(TaskRun.error, "")
+    kinds_over = func.count().over()
     grouped = (
-        select(TaskRun.task, TaskRun.status, reason, func.count().label("n"), newest, func.max(TaskRun.image_id))
+        select(TaskRun.task, TaskRun.status, reason, func.count().label("n"), newest, func.max(TaskRun.image_id),
+               kinds_over, func.sum(func.count()).over())
         .where(TaskRun.status.in_((FAILED, REJECTED)))
         .group_by(TaskRun.task, TaskRun.status, reason)
     )
-    refused = (select(SourceFile.refused_reason, func.count().label("n"), func.max(SourceFile.path))
+    refused = (select(SourceFile.refused_reason, func.count().label("n"), func.max(SourceFile.path),
+                      kinds_over, func.sum(func.count()).over())
                .where(SourceFile.refused_reason.is_not(None)).group_by(SourceFile.refused_reason))
-    rejected = (select(Image.rejected_reason, func.count().label("n"), func.max(Image.id))
+    rejected = (select(Image.rejected_reason, func.count().label("n"), func.max(Image.id),
+                       kinds_over, func.sum(func.count()).over())
                 .where(Image.rejected_reason.is_not(None), ~Image.runs.any()).group_by(Image.rejected_reason))
     kinds = total = 0
-    for query in (grouped, refused, rejected):
-        sub = query.subquery()
-        k, t = session.execute(select(func.count(), func.coalesce(func.sum(sub.c.n), 0))).one()
-        kinds, total = kinds + int(k), total + int(t)
+    groups: list[ProblemGroup] = []
 
-    rows = session.execute(grouped.order_by(newest.desc(), TaskRun.task).limit(limit)).all()
-    groups = [ProblemGroup(task, status, why, int(n), _aware(when), image_id)
-              for task, status, why, n, when, image_id in rows]
+    def take(query, order, room: int | None) -> list:
+        """The first ``room`` groups (at least one, for the totals), and the totals."""
+        nonlocal kinds, total
+        rows = session.execute(query.order_by(*order).limit(max(1, room) if room is not None else None)).all()
+        if rows:
+            kinds, total = kinds + int(rows[0][-2]), total + int(rows[0][-1])
+        return rows if room is None else rows[:room]
+
+    for task, status, why, n, when, image_id, *_ in take(grouped, (newest.desc(), TaskRun.task), limit):
+        groups.append(ProblemGroup(task, status, why, int(n), _aware(when), image_id))
     room = None if limit is None else limit - len(groups)
-    if room is None or room > 0:
-        for why, n, path in session.execute(refused.order_by(func.count().desc()).limit(room)):
-            groups.append(ProblemGroup(None, REJECTED, why, int(n), None, path))
-        room = None if limit is None else limit - len(groups)
-    if room is None or room > 0:
-        groups.extend(ProblemGroup(None, REJECTED, why, int(n), None, image_id)
-                      for why, n, image_id in session.execute(rejected.order_by(func.count().desc()).limit(room)))
+    for why, n, path, *_ in take(refused, (func.count().desc(),), room):
+        groups.append(ProblemGroup(None, REJECTED, why, int(n), None, path))
+    room = None if limit is None else limit - len(groups)
+    for why, n, image_id, *_ in take(rejected, (func.count().desc(),), room):
+        groups.append(ProblemGroup(None, REJECTED, why, int(n), None, image_id))
     # ``example`` holds an image id where a path is wanted: look the paths up in one query.
     ids = {g.example for g in groups if isinstance(g.example, int)}
     paths = dict(session.execute(
