@@ -18,7 +18,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import delete, func, insert, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, selectinload
 
 from storage.blobs import BlobStore
@@ -329,8 +331,8 @@ class PHashResults(TaskResults):
         for chunk in chunks(list(image_ids)):
             hashes.update(session.execute(select(PHash.image_id, PHash.hash).where(PHash.image_id.in_(chunk))).tuples().all())
         if ctx.near_lookup is None:
-            return {image_id: {"phash": f"{value & (2**64 - 1):016x}",
-                               "near_duplicates": self.near(session, image_id, value, ctx.near_distance)}
+            near = self.near_many(session, hashes, ctx.near_distance)
+            return {image_id: {"phash": f"{value & (2**64 - 1):016x}", "near_duplicates": near.get(image_id, [])}
                     for image_id, value in hashes.items()}
         # The same answer as near(), from the caller's index: the first LIMIT by image id, as sha256s.
         near = {image_id: sorted(others)[: self.LIMIT] for image_id, others in ctx.near_lookup(list(hashes)).items()}
@@ -347,19 +349,38 @@ class PHashResults(TaskResults):
 
     def near(self, session: Session, image_id: int, value: int, distance: int) -> list[str]:
         """The sha256s of other images whose hash is within ``distance`` bits of ``value``."""
-        value &= 2**64 - 1
+        return self.near_many(session, {image_id: value}, distance).get(image_id, [])
+
+    def near_many(self, session: Session, hashes: dict[int, int], distance: int) -> dict[int, list[str]]:
+        """:meth:`near` for many photos (image id -> hash): one statement per photo, the union of
+        its four bands' look-ups. Each band's index (band, image_id, hash) gives the candidates and
+        the distance is checked on the index entries (hamming() in SQL), so only near-duplicates
+        come back; the sha256s of all of them are then read at once."""
         radius = max(0, distance) // _BANDS
         columns = (PHash.band0, PHash.band1, PHash.band2, PHash.band3)
-        near: set[int] = set()
-        # Per band, the index (band, image_id, hash) gives the candidates and the distance is
-        # checked on the index entries (hamming() in SQL): only the near-duplicates come back.
-        for column, band in zip(columns, _bands(value)):
-            for chunk in chunks(_within(band, radius)):
-                near.update(session.scalars(select(PHash.image_id).where(
-                    column.in_(chunk), PHash.image_id != image_id, hamming(PHash.hash, _signed64(value)) <= distance)))
-        first = sorted(near)[: self.LIMIT]
-        shas = dict(session.execute(select(Image.id, Image.sha256).where(Image.id.in_(first))).tuples().all())
-        return sorted(shas[i] for i in first)
+        # On PostgreSQL each band's values go as one array (one statement, compiled once, for every
+        # photo); elsewhere as an IN list.
+        arrays = session.get_bind().dialect.name == "postgresql"
+
+        def among(band, wanted: list[int], k: int):
+            if arrays:
+                return band == sa.any_(sa.bindparam(f"band{k}", wanted, type_=postgresql.ARRAY(sa.Integer)))
+            return band.in_(wanted)
+
+        first: dict[int, list[int]] = {}
+        for image_id, value in hashes.items():
+            value &= 2**64 - 1
+            near = sa.union(*(
+                select(PHash.image_id).where(among(band, _within(part, radius), k), PHash.image_id != image_id,
+                                             hamming(PHash.hash, _signed64(value)) <= distance)
+                for k, (band, part) in enumerate(zip(columns, _bands(value)))))
+            found = sorted(session.scalars(select(near.subquery().c.image_id)))
+            if found:
+                first[image_id] = found[: self.LIMIT]
+        shas: dict[int, str] = {}
+        for chunk in chunks(sorted({o for others in first.values() for o in others})):
+            shas.update(session.execute(select(Image.id, Image.sha256).where(Image.id.in_(chunk))).tuples().all())
+        return {image_id: sorted(shas[o] for o in others if o in shas) for image_id, others in first.items()}
 
     def all_hashes(self, session: Session, batch: int = 10_000) -> Iterable[tuple[int, int]]:
         """Every (image id, unsigned hash), streamed in id order a batch at a time (keyset paging)."""
