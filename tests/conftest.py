@@ -100,6 +100,17 @@ def db_url(request, tmp_path) -> str:
 
 
 @pytest.fixture()
+def sessions(db_url):
+    """A session factory on a migrated store of each kind (SQLite, PostgreSQL)."""
+    from storage.db import make_engine, migrate, session_factory
+
+    engine = make_engine(db_url)
+    migrate(engine)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture()
 def private_redis(tmp_path):
     import shutil
 

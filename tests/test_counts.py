@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-import pytest
 from sqlalchemy import delete, func, select, text
 
 from storage import files, ledger, results
@@ -16,14 +15,6 @@ from storage.db import alembic_config, make_engine, migrate, session_factory, tr
 from storage.models import DONE, FAILED, QUEUED, REJECTED, RUNNING, DirtyImage, Image, LedgerCount, TaskRun
 
 WORK = [("normalize", ""), ("classify", "vgg16"), ("faces", "mtcnn")]
-
-
-@pytest.fixture()
-def sessions(db_url):
-    engine = make_engine(db_url)
-    migrate(engine)
-    yield session_factory(engine)
-    engine.dispose()
 
 
 def _register(sessions, i: int, *, reason: str | None = None, work=WORK):

@@ -20,14 +20,6 @@ SHA_A = "a" * 64
 SHA_B = "b" * 64
 
 
-@pytest.fixture()
-def sessions(db_url):
-    engine = make_engine(db_url)
-    migrate(engine)
-    yield session_factory(engine)
-    engine.dispose()
-
-
 def _register(sessions, path, sha=SHA_A, reason=None, work=WORK):
     with transaction(sessions) as s:
         return files.register_file(s, path=path, size_bytes=10, mtime_ns=1, sha256=sha, fmt="JPEG",
