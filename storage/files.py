@@ -256,26 +256,21 @@ class Known:
 
 
 def known_paths(session: Session, paths: Sequence[str]) -> dict[str, Known]:
-    """path -> :class:`Known` for those of ``paths`` that are recorded: one indexed look-up per
-    500 paths (the files' unique path index)."""
+    """path -> :class:`Known` for those of ``paths`` that are recorded, keyed by the paths as given
+    (also those stored :func:`~storage.models.shown`): one indexed look-up per 500 paths (the
+    files' unique path index)."""
     out: dict[str, Known] = {}
+    given = {shown(p): p for p in paths}
     for chunk in chunks(list(paths)):
         rows = session.execute(select(SourceFile.path, SourceFile.size_bytes, SourceFile.mtime_ns, SourceFile.image_id)
                                .where(SourceFile.path.in_(chunk)))
-        out.update({p: Known(size, mtime, image) for p, size, mtime, image in rows})
+        out.update({given.get(p, p): Known(size, mtime, image) for p, size, mtime, image in rows})
     return out
 
 
 def file_signatures(session: Session, paths: Sequence[str]) -> dict[str, tuple[int | None, int | None]]:
-    """path -> (size, mtime_ns) for those of ``paths`` that are recorded (keyed by the paths as given,
-    also those stored :func:`~storage.models.shown`)."""
-    out: dict[str, tuple[int | None, int | None]] = {}
-    given = {shown(p): p for p in paths}
-    for chunk in chunks(list(paths)):
-        rows = session.execute(select(SourceFile.path, SourceFile.size_bytes, SourceFile.mtime_ns)
-                               .where(SourceFile.path.in_(chunk)))
-        out.update({given.get(p, p): (size, mtime) for p, size, mtime in rows})
-    return out
+    """path -> (size, mtime_ns) for those of ``paths`` that are recorded (see :func:`known_paths`)."""
+    return {p: (known.size_bytes, known.mtime_ns) for p, known in known_paths(session, paths).items()}
 
 
 def readable_path(stored: str) -> str:
