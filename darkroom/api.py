@@ -173,7 +173,7 @@ class _Photo:
             return photo
         try:
             info = probe(photo._data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes,
-                         **raw_options(settings))
+                         **catalog.raw_options(settings))
             photo.format, photo.width, photo.height = info.format, info.width, info.height
             photo.decoder, photo.color_profile = info.decoder, info.color_profile
         except BadImage as exc:
@@ -186,14 +186,8 @@ class _Photo:
             return self._array
         if at_least not in self._decoded:
             self._decoded[at_least] = decode(self._data, max_pixels=settings.max_image_pixels, at_least=at_least,
-                                             **raw_options(settings))
+                                             **catalog.raw_options(settings))
         return self._decoded[at_least]
-
-
-def raw_options(settings: Settings) -> dict[str, Any]:
-    """``tasks.imaging``'s camera RAW arguments under these settings (DARKROOM_RAW, and how large an
-    embedded preview must be for the configured tasks)."""
-    return {"raw": settings.raw, "preview_at_least": catalog.raw_preview_size(settings)}
 
 
 _analyzers: dict[tuple[int, tuple[str, ...] | None], Analyzer] = {}

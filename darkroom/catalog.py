@@ -238,6 +238,12 @@ def raw_preview_size(settings: Settings) -> tuple[int, int] | None:
     return (max(w for w, _ in sizes), max(h for _, h in sizes)) if sizes else None
 
 
+def raw_options(settings: Settings) -> dict[str, Any]:
+    """``tasks.imaging``'s camera RAW arguments (``probe``, ``decode``) under these settings:
+    DARKROOM_RAW, and how large an embedded preview must be (:func:`raw_preview_size`)."""
+    return {"raw": settings.raw, "preview_at_least": raw_preview_size(settings)}
+
+
 def routes() -> dict[str, dict[str, str]]:
     """Celery's ``task_routes``: each task to its queue."""
     return {task.celery_name: {"queue": task.queue} for task in TASKS}
@@ -269,5 +275,6 @@ def read_context(settings: Settings) -> results.ReadContext:
 __all__ = [
     "CLASSIFIER_SETTINGS", "DEFAULT_TASKS", "FACE_MODEL", "NAMES", "QUEUES", "TASKS", "Model", "Task",
     "classifier_key", "configured", "get", "is_model_path", "parse_classifier_key",
-    "planned_work", "raw_preview_size", "read_context", "result_stores", "results_json", "routes", "served_by", "task_name",
+    "planned_work", "raw_options", "raw_preview_size", "read_context", "result_stores", "results_json", "routes",
+    "served_by", "task_name",
 ]

@@ -56,7 +56,7 @@ def describe(path: Path | str, source: Path | bytes, *, sha256: str, size: int, 
     fmt = width = height = reason = decoder = profile = None
     try:
         info = probe(source, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes,
-                     raw=settings.raw, preview_at_least=catalog.raw_preview_size(settings))
+                     **catalog.raw_options(settings))
         fmt, width, height = info.format, info.width, info.height
         decoder, profile = info.decoder, info.color_profile
     except BadImage as exc:

@@ -212,7 +212,7 @@ class Message:
         embedded preview or demosaiced as DARKROOM_RAW and the configured tasks say: the same way for
         every run of the photo."""
         rt = self.rt
-        raw = {"raw": rt.settings.raw, "preview_at_least": catalog.raw_preview_size(rt.settings)}
+        raw = catalog.raw_options(rt.settings)
         by_image: dict[int, list[ledger.Claim]] = {}
         for c in claims:
             by_image.setdefault(c.image_id, []).append(c)
