@@ -334,13 +334,9 @@ class PHashResults(TaskResults):
             near = self.near_many(session, hashes, ctx.near_distance)
             return {image_id: {"phash": f"{value & (2**64 - 1):016x}", "near_duplicates": near.get(image_id, [])}
                     for image_id, value in hashes.items()}
-        # The same answer as near(), from the caller's index: the first LIMIT by image id, as sha256s.
-        near = {image_id: sorted(others)[: self.LIMIT] for image_id, others in ctx.near_lookup(list(hashes)).items()}
-        shas: dict[int, str] = {}
-        for chunk in chunks(sorted({other for others in near.values() for other in others})):
-            shas.update(session.execute(select(Image.id, Image.sha256).where(Image.id.in_(chunk))).tuples().all())
-        return {image_id: {"phash": f"{value & (2**64 - 1):016x}",
-                           "near_duplicates": sorted(shas[o] for o in near.get(image_id, ()) if o in shas)}
+        # The same answer as near(), from the caller's index.
+        near = self._as_shas(session, ctx.near_lookup(list(hashes)))
+        return {image_id: {"phash": f"{value & (2**64 - 1):016x}", "near_duplicates": near.get(image_id, [])}
                 for image_id, value in hashes.items()}
 
     def to_json(self, by_model: dict[str, Any], artifacts: Sequence[tuple[str, int]], ctx: ReadContext) -> dict[str, Any]:
@@ -367,16 +363,22 @@ class PHashResults(TaskResults):
                 return band == sa.any_(sa.bindparam(f"band{k}", wanted, type_=postgresql.ARRAY(sa.Integer)))
             return band.in_(wanted)
 
-        first: dict[int, list[int]] = {}
+        near_ids: dict[int, list[int]] = {}
         for image_id, value in hashes.items():
             value &= 2**64 - 1
             near = sa.union(*(
                 select(PHash.image_id).where(among(band, _within(part, radius), k), PHash.image_id != image_id,
                                              hamming(PHash.hash, _signed64(value)) <= distance)
                 for k, (band, part) in enumerate(zip(columns, _bands(value)))))
-            found = sorted(session.scalars(select(near.subquery().c.image_id)))
+            found = list(session.scalars(select(near.subquery().c.image_id)))
             if found:
-                first[image_id] = found[: self.LIMIT]
+                near_ids[image_id] = found
+        return self._as_shas(session, near_ids)
+
+    def _as_shas(self, session: Session, near: dict[int, list[int]]) -> dict[int, list[str]]:
+        """Each photo's near-duplicates (image ids) as the Results JSON lists them: the first
+        :attr:`LIMIT` by image id, as sorted sha256s, read for every photo at once."""
+        first = {image_id: sorted(others)[: self.LIMIT] for image_id, others in near.items()}
         shas: dict[int, str] = {}
         for chunk in chunks(sorted({o for others in first.values() for o in others})):
             shas.update(session.execute(select(Image.id, Image.sha256).where(Image.id.in_(chunk))).tuples().all())
