@@ -325,10 +325,13 @@ def _print_status(runs, images, depths, summary, show_all: bool, uncounted: int 
 
 #: Images a page of `results` reads at once (the table prints a page at a time).
 RESULTS_PAGE = 500
-#: Beyond this many images, `results` finds near-duplicates in an index of every hash held in memory
-#: (16 bytes a photo) instead of looking up each photo's through the hash bands: a band look-up reads
-#: about one row in 120 of the store, so past a couple of hundred photos the whole index is cheaper.
+#: Beyond this many images, and beyond one per :data:`NEAR_INDEX_HASHES_PER_IMAGE` stored hashes,
+#: `results` finds near-duplicates in an index of every hash held in memory (16 bytes a photo)
+#: instead of looking up each photo's through the hash bands. A look-up costs about 7 ms a photo;
+#: the index about 25 µs a stored hash (25 s at a million), so it pays once a stream has listed
+#: about one photo per 250 stored hashes — and a short listing of a large store never builds it.
 NEAR_INDEX_AFTER = 200
+NEAR_INDEX_HASHES_PER_IMAGE = 250
 
 
 def results(
@@ -358,6 +361,7 @@ def results(
 ) -> None:
     """Print the results of some or all images, as they are read (each cell one short line; --json
     and --jsonl have the full text). Filters combine; --limit and --after page through them."""
+    from storage import ledger
     from storage import results as stored
     from storage.db import read_only
 
@@ -396,10 +400,12 @@ def results(
                 pages = stored.iter_pages(s, flt, after=start, limit=limit, batch=RESULTS_PAGE)
             ctx = catalog.read_context(settings)
             stores = catalog.result_stores()
+            # The stored hashes, from the counts the database keeps (no count of the table).
+            hashes = ledger.run_counts(s).get(("phash", "done"), 0)
+            index_after = max(NEAR_INDEX_AFTER, hashes // NEAR_INDEX_HASHES_PER_IMAGE)
             for page in pages:
-                if ctx.near_lookup is None and writer.count + len(page) > NEAR_INDEX_AFTER:
-                    # A long stream: every hash in memory once beats a look-up through the bands per
-                    # photo (at a million photos, ~50-100 ms each, against ~10 s for the whole index).
+                if ctx.near_lookup is None and writer.count + len(page) > index_after:
+                    # A long stream: every hash in memory once beats a look-up through the bands per photo.
                     ctx = dataclasses.replace(ctx, near_lookup=_NearIndex(s, ctx.near_distance))
                 writer.write(stored.results_json(s, page, stores, ctx))
         writer.close()
