@@ -60,6 +60,13 @@ class _Refusal:
     st: os.stat_result | None = None
 
 
+#: How often registering folds the counts `status` reads (storage.ledger.fold_pending).
+FOLD_EVERY_SECONDS = 5.0
+#: The most time closing a registrar spends on the counts (the producer's next turn, or `status`,
+#: folds the rest).
+FOLD_AT_CLOSE_SECONDS = 10.0
+
+
 @dataclass(frozen=True)
 class Chunk:
     """One chunk of :meth:`Registrar.register_stream`: its paths, their outcomes, and the bytes read."""
@@ -83,6 +90,7 @@ class Registrar:
     stop: threading.Event | None = None
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
     _pool_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _folded_at: float = field(default=0.0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.rescan not in RESCANS:
@@ -99,11 +107,26 @@ class Registrar:
         return self.settings.blob_mode == "reference"
 
     def close(self) -> None:
-        """Stop the hashing threads (they are made again when needed)."""
+        """Stop the hashing threads (they are made again when needed), and bring the counts
+        `status` reads up to date with what was registered (for a few seconds at most)."""
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self._fold(every=0.0, seconds=FOLD_AT_CLOSE_SECONDS)
+        except Exception:  # noqa: BLE001 - the counts are folded by the next producer turn or `status`
+            log.warning("could not bring the counts up to date now; `darkroom status` does", exc_info=True)
+
+    def _fold(self, *, every: float = FOLD_EVERY_SECONDS, seconds: float = 1.0) -> None:
+        """Fold the counts (:func:`storage.ledger.fold_pending`) when ``every`` seconds have passed
+        since the last fold: a long ingest keeps `status`' image counts current as it goes, at a
+        cost that follows what it registered, not the store."""
+        now = time.monotonic()
+        if now - self._folded_at < every:
+            return
+        self._folded_at = now
+        ledger.fold_pending(self.sessions, seconds=seconds)
 
     # --- registering ---------------------------------------------------------------------------
 
@@ -209,6 +232,7 @@ class Registrar:
                 outcomes[i] = self._outcome(item, reg, known.get(item.path))
             if send and any(reg.run_ids for reg in regs):
                 self.send_pending()
+            self._fold()
         return [o for o in outcomes if o is not None], sum(item.size_bytes for _i, item in ready)
 
     def _prepare(self, path: Path, was: files.Known | None) -> Outcome | files.FileRecord | _Refusal:

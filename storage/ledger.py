@@ -346,8 +346,9 @@ def pending_count(session: Session) -> int:
 # count row for the run's (task, model, status) and marks its image dirty, in the transaction that
 # makes the change. The image counts are brought up to date by fold_counts, which recounts the
 # dirty images from their runs — one process at a time, after their changes committed, so
-# concurrent writers cannot make it miss a change — and sums the count rows up. The producer folds
-# after registering and on every reconciler turn, `status` before it reads.
+# concurrent writers cannot make it miss a change — and sums the count rows up. The registrar folds
+# every few seconds as it registers and when it is closed, the producer on every reconciler turn,
+# `status` before it reads.
 
 #: Dirty images recounted, and count rows summed, per statement of a fold.
 FOLD_CHUNK = 5000

@@ -167,6 +167,10 @@ def test_in_place_registration_copies_nothing_and_a_second_run_reads_nothing(in_
     assert spy.hashed == []
     queries = [q for q in seen if not q.startswith(("BEGIN", "COMMIT", "ROLLBACK"))]
     assert len(queries) == 4 and all(q.startswith("SELECT files.path") for q in queries), seen  # 200 / 64 chunks
+    # Closed, the registrar leaves the counts `status` reads up to date with what it registered
+    in_place.close()
+    with in_place.sessions() as s:
+        assert ledger.uncounted(s) == 0 and ledger.image_counts(s) == {QUEUED: 200}
 
 
 def test_register_stream_takes_paths_as_they_come(in_place):
