@@ -240,11 +240,6 @@ def refuse_file(session: Session, *, path: str, reason: str, size_bytes: int | N
     session.flush()
 
 
-def known_files(session: Session) -> dict[str, tuple[int | None, int | None]]:
-    """path -> (size, mtime_ns) for every recorded file: the producer's start-up diff."""
-    return {p: (s, m) for p, s, m in session.execute(select(SourceFile.path, SourceFile.size_bytes, SourceFile.mtime_ns))}
-
-
 @dataclasses.dataclass(frozen=True)
 class Known:
     """What the ledger holds of a path: its size and mtime when registered, and its image (None:

@@ -136,7 +136,7 @@ def test_register_many_records_a_chunk_in_one_go_with_each_files_outcome(registr
     with registrar.sessions() as s:
         assert ledger.unsent_runs(s) == []
         assert len(results.find_images(s)) == 4  # rocket, coffee, chelsea, and the rejected junk
-        assert set(files.known_files(s)) >= {str(inbox / n) for n in ("a.jpg", "b.jpg", "junk.jpg", "c.jpg")}
+        assert set(_recorded(s)) >= {str(inbox / n) for n in ("a.jpg", "b.jpg", "junk.jpg", "c.jpg")}
     assert registrar.register_many([inbox / n for n in ("a.jpg", "c.jpg")]) == [Outcome.KNOWN, Outcome.KNOWN]
 
 
@@ -208,9 +208,19 @@ def _watch(registrar, stop):
     return watcher, thread
 
 
+def _recorded(session) -> dict[str, tuple[int | None, int | None]]:
+    """path -> (size, mtime_ns) of every recorded file (a test's small store: read whole)."""
+    from sqlalchemy import select
+
+    from storage.models import SourceFile
+
+    return {p: (size, m) for p, size, m in session.execute(select(SourceFile.path, SourceFile.size_bytes,
+                                                                   SourceFile.mtime_ns))}
+
+
 def _registered(registrar) -> dict[str, int]:
     with registrar.sessions() as s:
-        return {Path(p).name: size for p, (size, _m) in files.known_files(s).items()}
+        return {Path(p).name: size for p, (size, _m) in _recorded(s).items()}
 
 
 def _wait_for(predicate, timeout=15.0):
