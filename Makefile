@@ -18,6 +18,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 test: lint
+	@bash scripts/test-services.sh
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 bench: setup
