@@ -63,6 +63,8 @@ from typing import Any
 
 import numpy as np
 
+from storage.results import PAIR_DISTANCE
+
 ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_POSTGRES_URL = os.environ.get("DARKROOM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -112,7 +114,9 @@ STREAM_MAX_MB = 300
 REGISTER_MIN_RATIO = 0.8
 GROWTH_MAX = 1.5
 SQLITE_MAX_RATIO = 2.0
-TABLES = ("images", "files", "task_runs", "labels", "faces", "normalizations", "phashes", "artifacts")
+TABLES = ("images", "files", "task_runs", "labels", "faces", "normalizations", "phashes", "near_pairs", "artifacts")
+#: Filled after the newest migration (their columns and tables came after the counts' revision).
+LATE_TABLES = ("phashes", "near_pairs")
 
 
 @dataclasses.dataclass
@@ -310,7 +314,26 @@ def _rows_phashes(p: Plan) -> Iterator[tuple]:
             continue
         h = p.hashes[i - 1]
         u = h & (2**64 - 1)
-        yield (i, h, (u >> 48) & 0xFFFF, (u >> 32) & 0xFFFF, (u >> 16) & 0xFFFF, u & 0xFFFF)
+        yield (i, h, (u >> 48) & 0xFFFF, (u >> 32) & 0xFFFF, (u >> 16) & 0xFFFF, u & 0xFFFF, PAIR_DISTANCE)
+
+
+def _rows_near_pairs(p: Plan) -> Iterator[tuple]:
+    """Both directions of every pair of hashed photos within PAIR_DISTANCE, as the phash task's
+    save stores them (found here at once, by the same multi-index search ``duplicates`` uses)."""
+    from tasks.phash import neighbours
+
+    t = [w[0] for w in WORK].index("phash")
+    ids = np.array([i for i in range(1, p.n + 1) if _done(p, i, t)], dtype=np.int64)
+    if ids.size < 2:
+        return
+    hashes = np.array([p.hashes[i - 1] for i in ids.tolist()], dtype=np.int64).view(np.uint64)
+    pairs = neighbours(hashes, PAIR_DISTANCE)
+    distance = np.bitwise_count(hashes[pairs[:, 0]] ^ hashes[pairs[:, 1]]) if hasattr(np, "bitwise_count") else \
+        np.array([bin(int(x)).count("1") for x in (hashes[pairs[:, 0]] ^ hashes[pairs[:, 1]]).tolist()])
+    a, b = ids[pairs[:, 0]].tolist(), ids[pairs[:, 1]].tolist()
+    rows = sorted([(x, y, int(d)) for x, y, d in zip(a, b, distance.tolist())] +
+                  [(y, x, int(d)) for x, y, d in zip(a, b, distance.tolist())])
+    yield from rows
 
 
 def _rows_artifacts(p: Plan) -> Iterator[tuple]:
@@ -335,7 +358,8 @@ COLUMNS = {
     "labels": ("image_id", "model", "rank", "class_id", "label", "score"),
     "faces": ("image_id", "model", "idx", "x", "y", "w", "h", "confidence", "keypoints"),
     "normalizations": ("image_id", "mode", "per_channel", "dtype", "report"),
-    "phashes": ("image_id", "hash", "band0", "band1", "band2", "band3"),
+    "phashes": ("image_id", "hash", "band0", "band1", "band2", "band3", "paired_within"),
+    "near_pairs": ("image_id", "other_id", "distance"),
     "artifacts": ("image_id", "kind", "idx", "mime", "width", "height", "data"),
 }
 
@@ -345,12 +369,13 @@ def _table_rows(table: str, plan: Plan, ts: Stamps, seed: int) -> Iterator[tuple
         "images": lambda: _rows_images(plan, ts, seed), "files": lambda: _rows_files(plan, ts),
         "task_runs": lambda: _rows_runs(plan, ts), "labels": lambda: _rows_labels(plan),
         "faces": lambda: _rows_faces(plan), "normalizations": lambda: _rows_normalizations(plan),
-        "phashes": lambda: _rows_phashes(plan), "artifacts": lambda: _rows_artifacts(plan),
+        "phashes": lambda: _rows_phashes(plan), "near_pairs": lambda: _rows_near_pairs(plan),
+        "artifacts": lambda: _rows_artifacts(plan),
     }[table]()
 
 
-def fill(engine, plan: Plan, seed: int, log: Callable[[str], None]) -> dict[str, int]:
-    """Write the plan's rows into a migrated, empty store; returns the rows per table."""
+def fill(engine, plan: Plan, seed: int, log: Callable[[str], None], tables: tuple[str, ...] = TABLES) -> dict[str, int]:
+    """Write the plan's rows into ``tables`` of a migrated, empty store; returns the rows per table."""
     backend = engine.url.get_backend_name()
     ts = Stamps(backend)
     counts: dict[str, int] = {}
@@ -360,7 +385,7 @@ def fill(engine, plan: Plan, seed: int, log: Callable[[str], None]) -> dict[str,
         if backend == "postgresql":
             with conn.cursor() as cur:
                 cur.execute("SET maintenance_work_mem = '512MB'")
-                for table in TABLES:
+                for table in tables:
                     start = time.perf_counter()
                     # The migrations' indexes, unique constraints and foreign keys are made again after
                     # the rows are in, from their own definitions: one sort or one check each, rather
@@ -393,7 +418,7 @@ def fill(engine, plan: Plan, seed: int, log: Callable[[str], None]) -> dict[str,
             conn.commit()
         else:
             conn.execute("PRAGMA synchronous=OFF")
-            for table in TABLES:
+            for table in tables:
                 # The migrations' indexes (not those of UNIQUE, which belong to the table), made again after.
                 indexes = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
                                        "AND sql IS NOT NULL", (table,)).fetchall()
@@ -461,9 +486,10 @@ def fill_store(engine, plan: Plan, seed: int, log: Callable[[str], None]) -> dic
     from storage.db import migrate, session_factory
 
     before_counts = migrate_for_fill(engine)
-    counts = fill(engine, plan, seed, log)
+    counts = fill(engine, plan, seed, log, tuple(t for t in TABLES if t not in LATE_TABLES))
     start = time.perf_counter()
     migrate(engine)
+    counts.update(fill(engine, plan, seed, log, LATE_TABLES))
     if not before_counts:
         ledger.fold_pending(session_factory(engine))
     log(f"  migrated to the newest schema, counts made: {time.perf_counter() - start:.1f} s")

@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass
 
 from storage import ledger
+from storage import results as stored
 from storage.db import transaction
 from storage.models import QUEUED, RUNNING, utcnow
 from worker.runtime import holder_alive
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 EPOCH_KEY = "darkroom:broker-epoch"
 #: The most time a turn spends folding counts (the rest is folded on the next turn).
 FOLD_SECONDS = 5.0
+#: The most time a turn spends pairing near-duplicates of hashes saved before pairs were stored.
+PAIR_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -69,4 +72,7 @@ class Reconciler:
             self.registrar.send_pending()
         # Bring the counts `status` reads up to date with what the workers did since the last turn.
         ledger.fold_pending(self.registrar.sessions, seconds=FOLD_SECONDS)
+        # Hashes saved before near-duplicate pairs were stored (migration 0012) are paired a little
+        # each turn; until then their near-duplicates are looked up through the bands.
+        stored.pair_pending(self.registrar.sessions, seconds=PAIR_SECONDS)
         return Reconciled(broker_lost=lost, resent=resent, expired=expired)

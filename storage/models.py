@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -248,7 +249,11 @@ class PHash(Base):
     alone (see :mod:`storage.results`)."""
 
     __tablename__ = "phashes"
-    __table_args__ = tuple(Index(f"ix_phashes_band{i}", f"band{i}", "image_id", "hash") for i in range(4))
+    __table_args__ = (
+        *(Index(f"ix_phashes_band{i}", f"band{i}", "image_id", "hash") for i in range(4)),
+        Index("ix_phashes_unpaired", "image_id", postgresql_where=text("paired_within IS NULL"),
+              sqlite_where=text("paired_within IS NULL")),
+    )
 
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     hash: Mapped[int] = mapped_column(BigInteger)
@@ -256,6 +261,22 @@ class PHash(Base):
     band1: Mapped[int] = mapped_column(Integer)
     band2: Mapped[int] = mapped_column(Integer)
     band3: Mapped[int] = mapped_column(Integer)
+    #: The distance up to which this photo's near-duplicate pairs are stored in ``near_pairs``
+    #: (``storage.results.PAIR_DISTANCE`` when its hash was saved); NULL for a hash saved before
+    #: pairs were stored, whose near-duplicates are looked up through the bands until it is paired.
+    paired_within: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)
+
+
+class NearPair(Base):
+    """Two photos whose perceptual hashes are within ``distance`` bits, stored in both directions
+    when the second of them is hashed: a page's near-duplicates are one indexed read."""
+
+    __tablename__ = "near_pairs"
+    __table_args__ = (Index("ix_near_pairs_other", "other_id"),)
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    other_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    distance: Mapped[int] = mapped_column(SmallInteger)
 
 
 class hamming(FunctionElement):  # noqa: N801 (an SQL function)

@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import itertools
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -37,6 +38,7 @@ from storage.models import (
     Face,
     Image,
     Label,
+    NearPair,
     Normalization,
     PHash,
     SourceFile,
@@ -305,14 +307,25 @@ def _within(band: int, radius: int) -> list[int]:
     return out
 
 
+#: Near-duplicate pairs are stored (``near_pairs``) up to this distance when a hash is saved;
+#: a reader asking for more (``DARKROOM_PHASH_DISTANCE`` above it) looks them up through the bands.
+PAIR_DISTANCE = 10
+#: The PostgreSQL advisory lock under which hashes are paired: two near-duplicates hashed at the
+#: same moment by two workers would each miss the other (neither sees the other's uncommitted row).
+PAIRING_LOCK = 0x64726B70  # "drkp"
+
+
 class PHashResults(TaskResults):
     """The perceptual hash (``phash``, 16 hex digits) and the photos within the near-duplicate
     distance of it (``near_duplicates``, their sha256s).
 
-    Near-duplicates are looked up through the hash's four 16-bit bands, each indexed: two hashes
-    within ``d`` bits have some band within ``d // 4`` bits (pigeonhole), so the candidates are the
-    rows whose band equals one of the values within that many bits of the photo's band; each is
-    then checked exactly. A look-up reads a few dozen index entries, not the table.
+    When a hash is saved, the photos within :data:`PAIR_DISTANCE` bits of it are found through the
+    hash's four 16-bit bands, each indexed (two hashes within ``d`` bits have some band within
+    ``d // 4`` bits, pigeonhole: the candidates are the rows whose band is one of the values within
+    that many bits, each then checked exactly), and the pairs are stored in both directions. A
+    page's near-duplicates are then one indexed read of ``near_pairs``. Hashes saved before pairs
+    were stored (``paired_within`` NULL) are looked up through the bands until :meth:`pair_some`
+    has paired them.
     """
 
     fields = ("phash", "near_duplicates")
@@ -320,22 +333,72 @@ class PHashResults(TaskResults):
     LIMIT = 100
 
     def save(self, session: Session, model: str, items: Sequence[tuple[int, Any]]) -> None:
-        for image_id, value in items:
-            session.execute(delete(PHash).where(PHash.image_id == image_id))
-            hashed = int(value, 16)
-            b0, b1, b2, b3 = _bands(hashed)
-            session.add(PHash(image_id=image_id, hash=_signed64(hashed), band0=b0, band1=b1, band2=b2, band3=b3))
+        if not items:
+            return
+        self._lock(session)
+        ids = [image_id for image_id, _ in items]
+        for chunk in chunks(ids):
+            session.execute(delete(NearPair).where(NearPair.image_id.in_(chunk)))
+            session.execute(delete(NearPair).where(NearPair.other_id.in_(chunk)))
+            session.execute(delete(PHash).where(PHash.image_id.in_(chunk)))
+        hashes = {image_id: int(value, 16) for image_id, value in items}
+        session.execute(insert(PHash), [
+            {"image_id": image_id, "hash": _signed64(h), "band0": b[0], "band1": b[1], "band2": b[2], "band3": b[3],
+             "paired_within": PAIR_DISTANCE}
+            for image_id, h in hashes.items() for b in [_bands(h)]])
+        self._store_pairs(session, hashes)
+
+    def _lock(self, session: Session) -> None:
+        if session.get_bind().dialect.name == "postgresql":
+            # Held to the end of the transaction; on SQLite the write lock already serializes writers.
+            session.execute(select(func.pg_advisory_xact_lock(PAIRING_LOCK)))
+
+    def _store_pairs(self, session: Session, hashes: dict[int, int]) -> None:
+        """Store, both ways, the pairs within :data:`PAIR_DISTANCE` of each of ``hashes`` (whose rows
+        are already written, so photos of one batch pair with each other too)."""
+        pairs: dict[tuple[int, int], int] = {}
+        for image_id, value in hashes.items():
+            for other, distance in self._near_rows(session, image_id, value, PAIR_DISTANCE):
+                pairs[(image_id, other)] = pairs[(other, image_id)] = distance
+        rows = [{"image_id": a, "other_id": b, "distance": d} for (a, b), d in sorted(pairs.items())]
+        for start in range(0, len(rows), 5000):
+            session.execute(insert(NearPair), rows[start:start + 5000])
+
+    def pair_some(self, session: Session, limit: int = 1000) -> int:
+        """Pair up to ``limit`` of the hashes saved before pairs were stored (found by a partial
+        index); returns how many were paired. The producer's reconciler calls it every turn."""
+        self._lock(session)
+        rows = session.execute(select(PHash.image_id, PHash.hash).where(PHash.paired_within.is_(None))
+                               .order_by(PHash.image_id).limit(limit)).tuples().all()
+        if not rows:
+            return 0
+        hashes = {image_id: value & (2**64 - 1) for image_id, value in rows}
+        # A legacy hash may already be paired with a new one (stored when that one was saved).
+        for chunk in chunks(list(hashes)):
+            session.execute(delete(NearPair).where(NearPair.image_id.in_(chunk)))
+            session.execute(delete(NearPair).where(NearPair.other_id.in_(chunk)))
+        self._store_pairs(session, hashes)
+        for chunk in chunks(list(hashes)):
+            session.execute(sa.update(PHash).where(PHash.image_id.in_(chunk)).values(paired_within=PAIR_DISTANCE))
+        return len(rows)
 
     def read(self, session: Session, image_ids: Sequence[int], ctx: ReadContext) -> dict[int, dict[str, Any]]:
         hashes: dict[int, int] = {}
+        paired: set[int] = set()
         for chunk in chunks(list(image_ids)):
-            hashes.update(session.execute(select(PHash.image_id, PHash.hash).where(PHash.image_id.in_(chunk))).tuples().all())
-        if ctx.near_lookup is None:
-            near = self.near_many(session, hashes, ctx.near_distance)
-            return {image_id: {"phash": f"{value & (2**64 - 1):016x}", "near_duplicates": near.get(image_id, [])}
-                    for image_id, value in hashes.items()}
-        # The same answer as near(), from the caller's index.
-        near = self._as_shas(session, ctx.near_lookup(list(hashes)))
+            for image_id, value, within in session.execute(
+                    select(PHash.image_id, PHash.hash, PHash.paired_within).where(PHash.image_id.in_(chunk))):
+                hashes[image_id] = value
+                if within is not None and within >= ctx.near_distance:
+                    paired.add(image_id)
+        if ctx.near_lookup is not None:
+            # The same answer as near(), from the caller's index.
+            near = self._as_shas(session, ctx.near_lookup(list(hashes)))
+        else:
+            near_ids = self.stored_pairs(session, sorted(paired), ctx.near_distance)
+            near_ids.update(self._near_ids(session, {i: v for i, v in hashes.items() if i not in paired},
+                                           ctx.near_distance))
+            near = self._as_shas(session, near_ids)
         return {image_id: {"phash": f"{value & (2**64 - 1):016x}", "near_duplicates": near.get(image_id, [])}
                 for image_id, value in hashes.items()}
 
@@ -343,15 +406,42 @@ class PHashResults(TaskResults):
         """One photo alone has no near-duplicates to list."""
         return {"phash": next(iter(by_model.values()), None), "near_duplicates": []}
 
+    def looks_up(self, session: Session, distance: int) -> bool:
+        """Whether reading near-duplicates within ``distance`` needs look-ups through the bands for
+        some photo: the distance is beyond the stored pairs', or some hash is not paired yet."""
+        return distance > PAIR_DISTANCE or session.scalar(
+            select(PHash.image_id).where(PHash.paired_within.is_(None)).limit(1)) is not None
+
+    def stored_pairs(self, session: Session, image_ids: Sequence[int], distance: int) -> dict[int, list[int]]:
+        """The stored near-duplicates (image ids) within ``distance`` of each of ``image_ids`` (whose
+        pairs are stored up to at least that distance): one indexed statement per chunk of ids."""
+        out: dict[int, list[int]] = {}
+        for chunk in chunks(list(image_ids)):
+            for image_id, other in session.execute(select(NearPair.image_id, NearPair.other_id).where(
+                    NearPair.image_id.in_(chunk), NearPair.distance <= distance)):
+                out.setdefault(image_id, []).append(other)
+        return out
+
     def near(self, session: Session, image_id: int, value: int, distance: int) -> list[str]:
         """The sha256s of other images whose hash is within ``distance`` bits of ``value``."""
         return self.near_many(session, {image_id: value}, distance).get(image_id, [])
 
     def near_many(self, session: Session, hashes: dict[int, int], distance: int) -> dict[int, list[str]]:
-        """:meth:`near` for many photos (image id -> hash): one statement per photo, the union of
-        its four bands' look-ups. Each band's index (band, image_id, hash) gives the candidates and
-        the distance is checked on the index entries (hamming() in SQL), so only near-duplicates
-        come back; the sha256s of all of them are then read at once."""
+        """:meth:`near` for many photos (image id -> hash), looked up through the bands."""
+        return self._as_shas(session, self._near_ids(session, hashes, distance))
+
+    def _near_ids(self, session: Session, hashes: dict[int, int], distance: int) -> dict[int, list[int]]:
+        near_ids: dict[int, list[int]] = {}
+        for image_id, value in hashes.items():
+            found = [other for other, _ in self._near_rows(session, image_id, value, distance)]
+            if found:
+                near_ids[image_id] = found
+        return near_ids
+
+    def _near_rows(self, session: Session, image_id: int, value: int, distance: int) -> list[tuple[int, int]]:
+        """(image id, distance) of every other hash within ``distance`` bits of ``value``: one
+        statement, the union of its four bands' look-ups. Each band's index (band, image_id, hash)
+        gives the candidates and the distance is checked on the index entries (hamming() in SQL)."""
         radius = max(0, distance) // _BANDS
         columns = (PHash.band0, PHash.band1, PHash.band2, PHash.band3)
         # On PostgreSQL each band's values go as one array (one statement, compiled once, for every
@@ -363,17 +453,13 @@ class PHashResults(TaskResults):
                 return band == sa.any_(sa.bindparam(f"band{k}", wanted, type_=postgresql.ARRAY(sa.Integer)))
             return band.in_(wanted)
 
-        near_ids: dict[int, list[int]] = {}
-        for image_id, value in hashes.items():
-            value &= 2**64 - 1
-            near = sa.union(*(
-                select(PHash.image_id).where(among(band, _within(part, radius), k), PHash.image_id != image_id,
-                                             hamming(PHash.hash, _signed64(value)) <= distance)
-                for k, (band, part) in enumerate(zip(columns, _bands(value)))))
-            found = list(session.scalars(select(near.subquery().c.image_id)))
-            if found:
-                near_ids[image_id] = found
-        return self._as_shas(session, near_ids)
+        value &= 2**64 - 1
+        dist = hamming(PHash.hash, _signed64(value))
+        near = sa.union(*(
+            select(PHash.image_id, dist.label("distance")).where(
+                among(band, _within(part, radius), k), PHash.image_id != image_id, dist <= distance)
+            for k, (band, part) in enumerate(zip(columns, _bands(value)))))
+        return [(other, d) for other, d in session.execute(select(near.subquery())).tuples()]
 
     def _as_shas(self, session: Session, near: dict[int, list[int]]) -> dict[int, list[str]]:
         """Each photo's near-duplicates (image ids) as the Results JSON lists them: the first
@@ -398,6 +484,19 @@ class PHashResults(TaskResults):
 
     def empty(self) -> dict[str, Any]:
         return {"phash": None, "near_duplicates": []}
+
+
+def pair_pending(factory: Callable[[], Session], *, seconds: float = 2.0, chunk: int = 200) -> int:
+    """Pair the hashes saved before pairs were stored, a chunk per transaction, for about
+    ``seconds``; returns how many were paired (0 once every hash is)."""
+    deadline = time.monotonic() + seconds
+    done = 0
+    while True:
+        with factory() as s, s.begin():
+            n = PHASHES.pair_some(s, chunk)
+        done += n
+        if n < chunk or time.monotonic() > deadline:
+            return done
 
 
 NORMALIZATIONS = NormalizationResults()

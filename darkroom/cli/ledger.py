@@ -403,8 +403,10 @@ def results(
             # The stored hashes, from the counts the database keeps (no count of the table).
             hashes = ledger.run_counts(s).get(("phash", "done"), 0)
             index_after = max(NEAR_INDEX_AFTER, hashes // NEAR_INDEX_HASHES_PER_IMAGE)
+            # Stored pairs serve every photo in one read a page, unless some hash is not paired yet.
+            lookups = stored.PHASHES.looks_up(s, ctx.near_distance)
             for page in pages:
-                if ctx.near_lookup is None and writer.count + len(page) > index_after:
+                if lookups and ctx.near_lookup is None and writer.count + len(page) > index_after:
                     # A long stream: every hash in memory once beats a look-up through the bands per photo.
                     ctx = dataclasses.replace(ctx, near_lookup=_NearIndex(s, ctx.near_distance))
                 writer.write(stored.results_json(s, page, stores, ctx))
