@@ -142,6 +142,13 @@ class Settings(BaseSettings):
     )
     log_level: str = "INFO"
 
+    # Serving and monitoring.
+    serve_token: SecretStr | None = Field(
+        None, description="The token `darkroom serve` asks for (a bearer token, or typed into its login form); "
+        "needed to serve on any address but loopback.")
+    task_events: bool = Field(
+        False, description="Workers send Celery's task events, so that Flower (or `celery events`) can follow them.")
+
     @field_validator("face_max_side")
     @classmethod
     def _check_face_max_side(cls, value: int) -> int:
@@ -203,7 +210,8 @@ class Settings(BaseSettings):
         for name in type(self).model_fields:
             value = getattr(self, name)
             if isinstance(value, SecretStr):
-                value = mask_url(value.get_secret_value())
+                # A token is masked whole; a URL keeps all but its password.
+                value = "***" if name == "serve_token" else mask_url(value.get_secret_value())
             elif isinstance(value, Path):
                 value = str(value)
             out[name] = value

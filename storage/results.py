@@ -854,13 +854,21 @@ def _all_artifact_kinds(session: Session, image_ids: Sequence[int]) -> dict[int,
     out: dict[int, list[tuple[str, int]]] = {}
     for chunk in chunks(list(image_ids)):
         for image_id, kind, idx in session.execute(select(Artifact.image_id, Artifact.kind, Artifact.idx)
-                                                   .where(Artifact.image_id.in_(chunk))):
+                                                   .where(Artifact.image_id.in_(chunk), Artifact.kind != THUMB)):
             out.setdefault(image_id, []).append((kind, idx))
     return out
 
 
+#: The gallery's thumbnail of a photo (`darkroom serve`): an artifact no task owns, made once by the
+#: first message that decodes the photo. Not one of the results: neither counted in the Results JSON's
+#: ``artifacts`` nor exported.
+THUMB = "thumb"
+
+
 def artifacts_for(session: Session, image_id: int) -> list[Artifact]:
-    return list(session.scalars(select(Artifact).where(Artifact.image_id == image_id).order_by(Artifact.kind, Artifact.idx)))
+    """The image's artifacts (the tasks' images; not its thumbnail), bytes included."""
+    return list(session.scalars(select(Artifact).where(Artifact.image_id == image_id, Artifact.kind != THUMB)
+                                .order_by(Artifact.kind, Artifact.idx)))
 
 
 def image_names(session: Session, image_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:

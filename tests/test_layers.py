@@ -7,7 +7,7 @@ Layers, bottom to top (a module may import its own layer and those below it):
 2. ``darkroom.catalog`` (what each task is: its step in tasks/, its results in storage/), then
    ``darkroom.settings`` (validated against the catalog and the tasks' option parsers);
 3. ``worker/`` (Celery, the runtime, the pipeline), then ``producer/`` (which sends messages);
-4. ``darkroom.api``, ``darkroom.cli`` and ``bench/`` on top.
+4. ``darkroom.api``, ``darkroom.web`` (`darkroom serve`'s application), ``darkroom.cli`` and ``bench/`` on top.
 
 Imports inside functions are kept for heavy or optional modules (TensorFlow, Keras, mtcnn,
 Alembic's commands) — and in the CLI and the benchmark, whose commands import the stack they need
@@ -31,7 +31,7 @@ LAYERS = {
     "tasks": 0, "storage": 0,
     "darkroom.catalog": 1, "darkroom.settings": 2,
     "worker": 3, "producer": 4,
-    "darkroom": 5, "darkroom.api": 5, "darkroom.cli": 6, "darkroom.__main__": 7, "bench": 6,
+    "darkroom": 5, "darkroom.api": 5, "darkroom.web": 5, "darkroom.cli": 6, "darkroom.__main__": 7, "bench": 6,
 }
 #: What tasks/ and storage/ may import of Darkroom: only themselves.
 SELF_ONLY = ("tasks", "storage")

@@ -72,7 +72,9 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_time_limit=settings.task_time_limit,
         task_soft_time_limit=max(1, settings.task_time_limit - 30),
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        # DARKROOM_TASK_EVENTS: Flower (or `celery events`) follows the tasks; sent tasks say so too.
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         worker_redirect_stdouts=False,
         # The broker's own heartbeat keeps long model loads from looking like dead connections.
         broker_heartbeat=0,

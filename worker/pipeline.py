@@ -31,13 +31,15 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from darkroom import catalog
 from storage import ledger
 from storage.db import read_only, transaction
-from storage.models import DONE, FAILED, REJECTED
-from storage.results import save_artifacts
+from storage.models import DONE, FAILED, REJECTED, Artifact
+from storage.results import THUMB, ArtifactData, save_artifacts
 from tasks.base import ModelUnavailable, one_line
 from tasks.imaging import BadImage, decode
 from worker.originals import OriginalGone, read_original
@@ -108,6 +110,8 @@ class Message:
     extras: list[ledger.Claim] = field(default_factory=list)
     #: Each run's final state once decided ("released": given back to be sent again).
     states: dict[int, str] = field(default_factory=dict)
+    #: Thumbnails made for photos that had none (image id -> artifact), stored with the results.
+    thumbs: dict[int, ArtifactData] = field(default_factory=dict)
     #: Seconds spent decoding, in the steps and storing (for the log).
     spent: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "model": 0.0, "store": 0.0})
 
@@ -217,12 +221,17 @@ class Message:
         for c in claims:
             by_image.setdefault(c.image_id, []).append(c)
         images: dict[int, Any] = {}
+        with read_only(rt.sessions) as s:  # the photos without a thumbnail get one (the first message to decode them)
+            have_thumb = set(s.scalars(select(Artifact.image_id).where(Artifact.image_id.in_(list(by_image)),
+                                                                       Artifact.kind == THUMB)))
         for image_id, group in by_image.items():
             sizes = [steps[c.task, c.model].decode_size for c in group] if rt.settings.fast_decode else [None]
             at_least = None if None in sizes else (max(w for w, _ in sizes), max(h for _, h in sizes))
             try:
-                images[image_id] = decode(read_original(rt, self.app, image_id, group[0].sha256),
-                                          max_pixels=rt.settings.max_image_pixels, at_least=at_least, **raw)
+                original = read_original(rt, self.app, image_id, group[0].sha256)
+                images[image_id] = decode(original, max_pixels=rt.settings.max_image_pixels, at_least=at_least, **raw)
+                if image_id not in have_thumb:
+                    self._thumb(image_id, original, images[image_id])
             except (BadImage, OriginalGone) as exc:
                 for c in group:
                     self._fail(c, exc)
@@ -231,6 +240,16 @@ class Message:
                     raise
                 self._release(group)  # another message's run: it is given back, not failed for us
         return images
+
+    def _thumb(self, image_id: int, original: bytes, pixels: Any) -> None:
+        """The photo's thumbnail (``catalog.thumbnail``); a photo it cannot be made of has none."""
+        try:
+            thumb = catalog.thumbnail(original, pixels, self.rt.settings)
+            if self.rt.settings.artifact_store == "blobs":
+                thumb = thumb.in_blobs(self.rt.blobs)
+            self.thumbs[image_id] = thumb
+        except Exception:  # noqa: BLE001 - a thumbnail is never worth a run
+            log.warning("image %s: no thumbnail made", image_id, exc_info=True)
 
     def _store(self, results: list[tuple[Step, list[ledger.Claim], list[Any]]]) -> None:
         """Every result and the runs' ``done`` in one transaction (artifacts encoded first)."""
@@ -249,6 +268,7 @@ class Message:
                     for c in group:
                         save_artifacts(s, c.image_id, kinds, arts[c.image_id])
             ledger.finish_runs(s, [c.run_id for _step, group, _o, _a in writes for c in group], status=DONE)
+            _save_thumbs(s, self.thumbs)
         for _step, group, _o, _a in writes:
             for c in group:
                 self.states[c.run_id] = DONE
@@ -314,6 +334,17 @@ class Message:
                  f" (with {len(others)} more: " + ", ".join(
                      f"{c.task} {c.run_id} {self.states.get(c.run_id, '?')}" for c in others[:8])
                  + (", ..." if len(others) > 8 else "") + ")" if others else "")
+
+
+def _save_thumbs(session: Any, thumbs: dict[int, ArtifactData]) -> None:
+    """Store each photo's thumbnail unless one is there already (two messages of one photo may both
+    have made one: the first stored stays)."""
+    if not thumbs:
+        return
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    rows = [{"image_id": image_id, "kind": a.kind, "idx": a.idx, "mime": a.mime, "width": a.width, "height": a.height,
+             "data": a.data, "blob": a.blob} for image_id, a in thumbs.items()]
+    session.execute(dialect.insert(Artifact).values(rows).on_conflict_do_nothing(index_elements=["image_id", "kind", "idx"]))
 
 
 def _finish(rt: Runtime, run_id: int, status: str, error: str) -> str:

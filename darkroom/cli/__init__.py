@@ -7,6 +7,7 @@
 - :mod:`darkroom.cli.course`: the course's lessons (``normalize``, ``model summary``, ``classify``,
   ``augment``, ``faces``)
 - :mod:`darkroom.cli.train`, :mod:`darkroom.cli.bench`: ``train``, ``bench``
+- :mod:`darkroom.cli.serve`: ``serve`` (the web view, :mod:`darkroom.web`)
 
 What they share (output, exit codes, settings, the database and broker checks) is in
 :mod:`darkroom.cli.common`. Building the app imports no TensorFlow or Celery (the settings bring the
@@ -21,7 +22,7 @@ from typing import Annotated
 import typer
 
 from darkroom import __version__
-from darkroom.cli import bench, course, duplicates, ledger, run, train
+from darkroom.cli import bench, course, duplicates, ledger, run, serve, train
 from darkroom.cli.common import EXIT_CODES_HELP
 
 app = typer.Typer(
@@ -55,6 +56,7 @@ course.register(app)
 ledger.register_rerun(app)
 train.register(app)
 bench.register(app)
+serve.register(app)
 
 
 def main() -> None:
