@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from storage.capture import columns as capture_columns
 from storage.db import chunks
 from storage.models import (
     FAILED,
@@ -51,6 +52,8 @@ def register_file(
     decoder: str | None = None,
     color_profile: str | None = None,
     reference: bool = False,
+    frames: int | None = None,
+    capture: dict | None = None,
 ) -> Registration:
     """Record that ``path`` holds the content ``sha256`` and create the task runs it still needs.
 
@@ -59,6 +62,8 @@ def register_file(
             duplicate adds no work while a newly configured model adds only its own runs.
         reference: the original is held by reference (nothing copied into the blob store): a worker
             reads it at ``path``. See :func:`_keep_original`.
+        frames, capture: how many frames the file holds and its capture metadata
+            (``tasks.metadata.Capture.values()``), stored as :func:`storage.capture.columns` says.
     """
     image, new_image = _get_or_create_image(
         session,
@@ -71,6 +76,7 @@ def register_file(
         decoder=decoder,
         color_profile=color_profile,
         original=ORIGINAL_REFERENCE if reference else ORIGINAL_BLOB,
+        described=capture_columns(capture, frames),
     )
     resent = {} if new_image else _keep_original(session, [image], {image.id: reference})
     source = session.scalars(select(SourceFile).where(SourceFile.path == path)).one_or_none()
@@ -133,6 +139,9 @@ class FileRecord:
     color_profile: str | None = None
     #: Held by reference: nothing copied, a worker reads ``path`` (see :func:`register_file`).
     reference: bool = False
+    #: Frames in the file, and its capture metadata (``tasks.metadata.Capture.values()``).
+    frames: int | None = None
+    capture: dict | None = None
 
 
 def register_files(session: Session, files: Sequence[FileRecord], work: Sequence[tuple[str, str]]) -> list[Registration]:
@@ -153,7 +162,8 @@ def register_files(session: Session, files: Sequence[FileRecord], work: Sequence
             images[f.sha256] = Image(sha256=f.sha256, size_bytes=f.size_bytes, format=f.fmt, width=f.width,
                                      height=f.height, rejected_reason=f.rejected_reason,
                                      decoder=f.decoder, color_profile=f.color_profile,
-                                     original=ORIGINAL_REFERENCE if f.reference else ORIGINAL_BLOB)
+                                     original=ORIGINAL_REFERENCE if f.reference else ORIGINAL_BLOB,
+                                     **capture_columns(f.capture, f.frames))
             created.add(f.sha256)
     # A content that came by reference and now also as a copy is served by the copy.
     for f in files:
@@ -221,6 +231,7 @@ def _get_or_create_image(session: Session, *, sha256: str, original: str, **fiel
                 decoder=fields["decoder"],
                 color_profile=fields["color_profile"],
                 original=original,
+                **fields["described"],
             )
             session.add(image)
         return image, True

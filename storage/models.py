@@ -113,12 +113,39 @@ class Image(Base):
     #: reference and none of its files still holds it: its runs failed; registering a file with this
     #: content again sends them again).
     original: Mapped[str] = mapped_column(String(16), default=ORIGINAL_BLOB, server_default=ORIGINAL_BLOB)
+    # How many frames the file holds (animated GIF/WebP/PNG, multi-page TIFF): the tasks saw the
+    # first. NULL: registered before migration 0010, or rejected.
+    frames: Mapped[int | None] = mapped_column(Integer)
+    # Capture metadata from EXIF (or LibRaw), read at registration (migration 0010; storage.capture):
+    #: When it was taken, by the camera's clock (naive local time) ...
+    taken_local: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=False))
+    #: ... that clock's offset from UTC in minutes (NULL: the zone is unknown) ...
+    taken_offset: Mapped[int | None] = mapped_column(Integer)
+    #: ... and the UTC instant, when the offset is known.
+    taken_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    camera_make: Mapped[str | None] = mapped_column(Text)
+    camera_model: Mapped[str | None] = mapped_column(Text)
+    #: Make and model as `results --camera` matches them (storage.capture.camera_keys).
+    camera_make_key: Mapped[str | None] = mapped_column(String(200))
+    camera_model_key: Mapped[str | None] = mapped_column(String(200))
+    lens: Mapped[str | None] = mapped_column(Text)
+    gps_lat: Mapped[float | None] = mapped_column(Float)
+    gps_lon: Mapped[float | None] = mapped_column(Float)
+    gps_alt: Mapped[float | None] = mapped_column(Float)
+    #: The EXIF orientation (1-8) the file had; width and height are after it.
+    orientation: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         Index("ix_images_rejected", "id", postgresql_where=text("rejected_reason IS NOT NULL"),
               sqlite_where=text("rejected_reason IS NOT NULL")),
         # `results --since`.
         Index("ix_images_created_at", "created_at"),
+        # `results --taken-since/--taken-until` (by the camera's clock; with a zone, the UTC instant).
+        Index("ix_images_taken_local", "taken_local"),
+        Index("ix_images_taken_at", "taken_at"),
+        # `results --camera` (a make, a model, or both).
+        Index("ix_images_camera", "camera_make_key", "camera_model_key"),
+        Index("ix_images_camera_model", "camera_model_key"),
     )
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -339,6 +366,28 @@ class LedgerCount(Base):
     model: Mapped[str] = mapped_column(String(200), default="")
     status: Mapped[str] = mapped_column(String(16))
     n: Mapped[int] = mapped_column(BigInteger)
+
+
+class IgnoredFile(Base):
+    """A file the producer left alone (a sidecar, a video, a catalogue, system clutter, or one an
+    ignore pattern names): recorded once per path, so that nothing vanishes silently
+    (storage.ignored)."""
+
+    __tablename__ = "ignored_files"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(ShownText, unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    seen_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class IgnoredCount(Base):
+    """How many files of each kind were ignored: what `status` reads (one row per kind)."""
+
+    __tablename__ = "ignored_counts"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class DirtyImage(Base):

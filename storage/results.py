@@ -24,6 +24,7 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, selectinload
 
+from storage import capture
 from storage.blobs import BlobStore
 from storage.db import chunks
 from storage.ledger import image_status
@@ -534,6 +535,10 @@ class ResultFilter:
     - ``faces``: the image's faces run is done and found exactly this many faces (``faces_or_more``:
       at least this many); ``faces=0``: done and found none.
     - ``since``: registered at or after this time (a naive datetime is taken as UTC).
+    - ``taken_since``, ``taken_until``: taken at or after, and before, this time
+      (:func:`storage.capture.taken_conditions`: naive is the camera's clock, aware an instant).
+    - ``camera``: taken with this camera: its make, its model, or both, any case
+      (:func:`storage.capture.camera_condition`).
 
     Every filter is read through an index (migration 0004): a page costs the same in a store of any size.
     """
@@ -545,6 +550,9 @@ class ResultFilter:
     faces: int | None = None
     faces_or_more: bool = False
     since: dt.datetime | None = None
+    taken_since: dt.datetime | None = None
+    taken_until: dt.datetime | None = None
+    camera: str | None = None
 
     def __post_init__(self) -> None:
         if self.status is not None and self.status not in IMAGE_STATES:
@@ -620,6 +628,9 @@ def _conditions(flt: ResultFilter, label_models: Sequence[str] | None) -> list[A
             conds.append(~select(Face.id).where(Face.image_id == Image.id, Face.idx == flt.faces).exists())
     if flt.since is not None:
         conds.append(Image.created_at >= _since_utc(flt.since))
+    conds += capture.taken_conditions(flt.taken_since, flt.taken_until)
+    if flt.camera is not None:
+        conds.append(capture.camera_condition(flt.camera))
     return conds
 
 
@@ -668,6 +679,9 @@ def _search(session: Session, flt: ResultFilter) -> _Search:
         query = select(Image.id)
         if flt.since is not None:
             query = query.where(Image.created_at >= _since_utc(flt.since))
+        query = query.where(*capture.taken_conditions(flt.taken_since, flt.taken_until))
+        if flt.camera is not None:
+            query = query.where(capture.camera_condition(flt.camera))
         exact = flt.status is None
         return _Search([(query, Image.id)], [] if exact else conds)
     return _Search(drivers, conds)
@@ -835,6 +849,8 @@ def results_json(session: Session, images: Sequence[Image], stores: Sequence[Tas
             "format": image.format,
             "decoder": image.decoder,
             "color_profile": image.color_profile,
+            **capture.frames_json(image),
+            "capture": capture.capture_json(image),
             "original": image.original,
             "width": image.width,
             "height": image.height,

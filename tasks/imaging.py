@@ -22,6 +22,7 @@ system (missing file, no permission) are left as the ordinary ``OSError`` they a
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import struct
@@ -34,6 +35,8 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError, features
+
+from tasks import metadata
 
 try:  # HEIC/HEIF: pillow-heif's Pillow opener (thumbnails, depth and auxiliary images are not needed)
     import pillow_heif
@@ -110,6 +113,8 @@ class ImageInfo:
             are those of what it decodes.
         color_profile: The embedded ICC profile's description ("Display P3", "Adobe RGB (1998)"),
             converted to sRGB on decoding; None without one (the pixels are taken as sRGB).
+        capture: What its metadata says of how it was taken (:class:`tasks.metadata.Capture`: time,
+            camera, lens, GPS, orientation), read from the header; None when it says nothing.
     """
 
     format: str
@@ -119,6 +124,7 @@ class ImageInfo:
     frames: int
     decoder: str = field(default="pillow", compare=False)
     color_profile: str | None = field(default=None, compare=False)
+    capture: metadata.Capture | None = field(default=None, compare=False)
 
 
 Source = str | os.PathLike | bytes
@@ -137,7 +143,9 @@ def probe(source: Source, *, max_pixels: int, max_bytes: int, raw: str = "previe
             says which path and the size of what it gives.
 
     Returns:
-        The format, displayed size, mode, frame count, decoder and colour profile.
+        The format, displayed size, mode, frame count (animated and multi-page files are decoded
+        as their first frame), decoder, colour profile and capture metadata (EXIF; LibRaw's for a
+        camera RAW).
 
     Raises:
         BadImage: Empty, too large, not an image in a supported format, or more pixels than
@@ -154,7 +162,7 @@ def probe(source: Source, *, max_pixels: int, max_bytes: int, raw: str = "previe
     _check_raw_mode(raw)
     with _open_raw(source, max_pixels) as camera:
         if camera is not None:
-            return camera.info(raw, preview_at_least, max_pixels)
+            return dataclasses.replace(camera.info(raw, preview_at_least, max_pixels), capture=camera.capture(source))
     with _open(source) as im:
         return _pillow_info(im, max_pixels)
 
@@ -167,11 +175,26 @@ def _pillow_info(im: Image.Image, max_pixels: int) -> ImageInfo:
     except _DECODE_ERRORS as exc:
         raise _corrupt(im.format, exc) from None
     width, height = im.size
-    if _orientation(im, allow_load=False) in (5, 6, 7, 8):
+    # Pillow's TIFF opener gives the upright size already (and turns the pixels as it loads them).
+    turned = getattr(im, "_tile_size", im.size) != im.size
+    if _orientation(im, allow_load=False) in (5, 6, 7, 8) and not turned:
         width, height = height, width
     return ImageInfo(format=im.format, width=width, height=height, mode=im.mode, frames=frames,
                      decoder="pillow-heif" if im.format == "HEIF" else "pillow",
-                     color_profile=_profile_text(im.info.get("icc_profile")))
+                     color_profile=_profile_text(im.info.get("icc_profile")), capture=_capture(im))
+
+
+def _capture(im: Image.Image) -> metadata.Capture | None:
+    """The capture metadata in an opened image's EXIF (parsed from the header, as the orientation
+    is); None without any."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return None  # a PNG's eXIf chunk may come after the pixel data: not decoded to look
+    try:
+        exif = im.getexif()
+    except (*_DECODE_ERRORS, TypeError, KeyError):
+        return None
+    found = metadata.from_exif(exif)
+    return None if found.empty() else found
 
 
 def decode(source: Source, *, max_pixels: int = 100_000_000, at_least: tuple[int, int] | None = None,
@@ -708,6 +731,30 @@ class _Camera:
                     profile = _profile_text(im.info.get("icc_profile"))
         return ImageInfo(format="RAW", width=width, height=height, mode="RGB", frames=1, decoder=f"raw:{path}",
                          color_profile=profile)
+
+    def capture(self, source: Source) -> metadata.Capture | None:
+        """The RAW's capture metadata: the EXIF of its TIFF directories (most RAWs are TIFF-based;
+        read by Pillow from the header), then its embedded JPEG's EXIF when a preview was read, then
+        what LibRaw says (its time, lens and orientation)."""
+        found = metadata.Capture()
+        if self.kind == "TIFF-based":
+            try:
+                with _open(source, formats=("TIFF",)) as im:
+                    found = metadata.from_exif(im.getexif())
+            except (BadImage, *_DECODE_ERRORS, TypeError, KeyError):
+                pass
+        if self._thumb_read and self._thumb is not None and self._thumb.format == self.rawpy.ThumbFormat.JPEG:
+            try:
+                with _open(bytes(self._thumb.data), formats=("JPEG",)) as im:
+                    found = metadata.merge(found, metadata.from_exif(im.getexif()))
+            except (BadImage, *_DECODE_ERRORS, TypeError, KeyError):
+                pass
+        other, lens = getattr(self.handle, "other", None), getattr(self.handle, "lens", None)
+        libraw = metadata.from_raw(getattr(other, "timestamp", None), getattr(lens, "make", None),
+                                   getattr(lens, "model", None))
+        # LibRaw's orientation is the one applied when the RAW is decoded.
+        found = dataclasses.replace(metadata.merge(found, libraw), orientation=self.orientation)
+        return None if found.empty() else found
 
     def decode(self, raw: str, preview_at_least: tuple[int, int] | None, at_least: tuple[int, int] | None,
                max_pixels: int) -> np.ndarray:

@@ -53,17 +53,18 @@ def describe(path: Path | str, source: Path | bytes, *, sha256: str, size: int, 
              reference: bool) -> files.FileRecord:
     """The ledger's record of a file whose content (``source``: its bytes, or a path holding
     them) hashes to ``sha256``: its header's format and size, or why it is rejected."""
-    fmt = width = height = reason = decoder = profile = None
+    fmt = width = height = reason = decoder = profile = frames = capture = None
     try:
         info = probe(source, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes,
                      **catalog.raw_options(settings))
         fmt, width, height = info.format, info.width, info.height
-        decoder, profile = info.decoder, info.color_profile
+        decoder, profile, frames = info.decoder, info.color_profile, info.frames
+        capture = info.capture.values() if info.capture is not None else None  # read with the header
     except BadImage as exc:
         reason = f"{path}: {exc}"
     return files.FileRecord(path=str(path), size_bytes=size, mtime_ns=mtime_ns, sha256=sha256, fmt=fmt,
                             width=width, height=height, rejected_reason=reason, reference=reference,
-                            decoder=decoder, color_profile=profile)
+                            decoder=decoder, color_profile=profile, frames=frames, capture=capture)
 
 
 def read_original(rt: Runtime, app: Celery | None, image_id: int, sha256: str) -> bytes:

@@ -355,6 +355,15 @@ def results(
     since: Annotated[str | None, typer.Option(
         "--since", help="Only images registered at or after this local date or time (2024-05-01, "
                         "2024-05-01T14:30).")] = None,
+    taken_since: Annotated[str | None, typer.Option(
+        "--taken-since", help="Only photos taken at or after this date or time, by the camera's clock (EXIF); "
+                              "with a zone (…+02:00) an instant.")] = None,
+    taken_until: Annotated[str | None, typer.Option(
+        "--taken-until", help="Only photos taken before this time, or up to the end of this date (2024-05-31), "
+                              "by the camera's clock; with a zone an instant.")] = None,
+    camera: Annotated[str | None, typer.Option(
+        "--camera", help="Only photos taken with this camera: its make (nikon, canon, apple), its model (d850, "
+                         "'iPhone 15 Pro') or both ('nikon d850'); any case.")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most this many images.")] = None,
     after: Annotated[str | None, typer.Option(
         "--after", help="Start after this image: the sha256 of the last one of the previous page.")] = None,
@@ -368,11 +377,13 @@ def results(
     settings = read_settings()
     if as_json and as_jsonl:
         raise fail("give --json or --jsonl, not both", EXIT_USAGE)
-    filtering = any(v is not None for v in (status, label, min_score, model, faces, since, limit, after))
+    filtering = any(v is not None for v in (status, label, min_score, model, faces, since, taken_since, taken_until,
+                                            camera, limit, after))
     if selectors and filtering:
-        raise fail("give paths or sha256s, or filters (--status, --label, --faces, --since, --limit, --after), "
-                   "not both", EXIT_USAGE)
+        raise fail("give paths or sha256s, or filters (--status, --label, --faces, --since, --taken-since, "
+                   "--taken-until, --camera, --limit, --after), not both", EXIT_USAGE)
     flt = _result_filter(settings, status, label, min_score, model, faces, since)
+    flt = dataclasses.replace(flt, **_capture_filter(taken_since, taken_until, camera))
     factory = sessions(settings)
     writer = _ResultsWriter("json" if as_json else "jsonl" if as_jsonl else "table")
     try:
@@ -512,6 +523,31 @@ def _result_filter(settings: Settings, status, label, min_score, model, faces, s
             when = when.astimezone()  # the local time a person means
     return stored.ResultFilter(status=status, label=label, min_score=min_score, model=key, faces=n_faces,
                                faces_or_more=or_more, since=when)
+
+
+def _capture_filter(taken_since: str | None, taken_until: str | None, camera: str | None) -> dict:
+    """The capture filters' ``ResultFilter`` fields, or a one-line usage error naming the option. A
+    time without a zone is the camera's clock (kept naive); a date alone for --taken-until is up to
+    the end of that day."""
+    import datetime as dt
+
+    def parse(option: str, text: str | None, end_of_day: bool) -> dt.datetime | None:
+        if text is None:
+            return None
+        try:
+            when = dt.datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise fail(f"{option}: {text!r} is not a date or time; give an ISO date (2024-05-01) or date and time "
+                       "(2024-05-01T14:30, by the camera's clock; or with a zone: 2024-05-01T14:30+02:00)",
+                       EXIT_USAGE) from None
+        if end_of_day and len(text.strip()) == 10:  # a date alone: that whole day
+            when += dt.timedelta(days=1)
+        return when
+
+    if camera is not None and not camera.strip():
+        raise fail("--camera: give a make or a model (e.g. --camera nikon, --camera 'iPhone 15 Pro')", EXIT_USAGE)
+    return {"taken_since": parse("--taken-since", taken_since, False),
+            "taken_until": parse("--taken-until", taken_until, True), "camera": camera}
 
 
 class _ResultsWriter:
