@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from darkroom import catalog
@@ -38,6 +38,15 @@ class Settings(BaseSettings):
     start_local_redis: bool = Field(
         True, description="`darkroom up` starts a redis-server when none answers at a local BROKER_URL."
     )
+    sentinel_master: str = Field(
+        "mymaster", min_length=1, description="With a sentinel:// BROKER_URL: the name the sentinels know the "
+        "Redis master by (their `sentinel monitor NAME ...`).")
+    db_pool_size: int = Field(
+        1, ge=1, description="PostgreSQL connections each process keeps open (its pool); a worker process uses one "
+        "at a time. SQLite keeps SQLAlchemy's own pool.")
+    db_max_overflow: int = Field(
+        2, ge=0, description="PostgreSQL connections a process may open beyond DB_POOL_SIZE for a moment (closed "
+        "again when returned).")
 
     # What to do with each image.
     tasks: Annotated[list[str], NoDecode] = Field(
@@ -140,7 +149,32 @@ class Settings(BaseSettings):
         "as it starts (in the background, after the fork), so the first photo does not wait for them. false: "
         "on first use.",
     )
+    heartbeat_seconds: float = Field(
+        10.0, gt=0.0, description="How often each worker process refreshes its heartbeat key in Redis.")
+    heartbeat_ttl: float = Field(
+        30.0, gt=0.0, description="How long a worker process's heartbeat lasts without a refresh: the producer's "
+        "reconciler takes over the runs of a process whose heartbeat is gone (within about TTL + "
+        "RECONCILE_SECONDS of its death). At least twice HEARTBEAT_SECONDS.")
     log_level: str = "INFO"
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if sentinel_hosts(url) is None and url.partition("://")[0].lower() not in REDIS_SCHEMES:
+            raise ValueError("must be a Redis URL: redis://[user:password@]host:port/db (or rediss://, unix://), or "
+                             "Redis Sentinel's sentinel://host1:26379;sentinel://host2:26379 (with "
+                             "DARKROOM_SENTINEL_MASTER)")
+        return value
+
+    @field_validator("heartbeat_ttl")
+    @classmethod
+    def _check_heartbeat_ttl(cls, value: float, info: ValidationInfo) -> float:
+        every = info.data.get("heartbeat_seconds")
+        if every is not None and value < 2 * every:
+            raise ValueError("must be at least twice DARKROOM_HEARTBEAT_SECONDS (a heartbeat late by one refresh "
+                             "must not look like a dead process)")
+        return value
 
     # Serving and monitoring.
     serve_token: SecretStr | None = Field(
@@ -219,8 +253,39 @@ class Settings(BaseSettings):
         return out
 
 
+#: The schemes of a plain Redis URL (redis-py's and kombu's).
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def sentinel_hosts(url: str) -> list[tuple[str, int]] | None:
+    """The (host, port) of each sentinel a ``sentinel://h1:26379;sentinel://h2:26379`` URL names (kombu's
+    syntax: the first part may carry the master's ``user:password@`` and ``/db``); None for any other URL.
+    Raises ValueError, without the URL (it may hold a password), when it is malformed."""
+    parts = [part.strip() for part in url.split(";") if part.strip()]
+    if not parts or not any(part.lower().startswith("sentinel://") for part in parts):
+        return None
+    hosts = []
+    for i, part in enumerate(parts, 1):
+        split = urlsplit(part)
+        if split.scheme.lower() != "sentinel":
+            raise ValueError(f"part {i} of a sentinel URL list is not sentinel://host:port: separate the "
+                             "sentinels with ';', each as sentinel://host:port")
+        try:
+            port = split.port or 26379
+        except ValueError:
+            raise ValueError(f"part {i} of the sentinel URL list has a port that is not a number") from None
+        if not split.hostname:
+            raise ValueError(f"part {i} of the sentinel URL list has no host")
+        if split.path.strip("/") and not split.path.strip("/").isdigit():
+            raise ValueError(f"part {i} of the sentinel URL list: the database after the port must be a number")
+        hosts.append((split.hostname, port))
+    return hosts
+
+
 def mask_url(url: str) -> str:
-    """Replace the password of a URL with ``***`` so it can be printed."""
+    """Replace the password of a URL with ``***`` so it can be printed (each of a ``;``-separated list)."""
+    if ";" in url:
+        return ";".join(mask_url(part) for part in url.split(";"))
     parts = urlsplit(url)
     if parts.password is None:
         return url

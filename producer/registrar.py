@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import redis
 from celery import Celery
 
 from darkroom import catalog
@@ -31,6 +30,7 @@ from producer.files import inside
 from storage import files, ledger
 from storage.blobs import BlobStore, OversizeFile, hash_file
 from storage.db import make_engine, read_only, session_factory, transaction
+from worker.broker import for_settings
 from worker.originals import describe
 from worker.queues import messages, queue_depths, send_runs
 
@@ -96,9 +96,11 @@ class Registrar:
         if self.rescan not in RESCANS:
             raise ValueError(f"rescan must be one of {', '.join(RESCANS)}, not {self.rescan!r}")
         self.roots = [Path(r).resolve() for r in self.roots]
-        self.sessions = session_factory(make_engine(self.settings.db_url))
+        self.sessions = session_factory(make_engine(
+            self.settings.db_url, pool_size=self.settings.db_pool_size, max_overflow=self.settings.db_max_overflow,
+            application_name=f"darkroom-producer {os.getpid()}"))
         self.blobs = BlobStore(self.settings.blob_dir)
-        self.redis = redis.Redis.from_url(self.settings.redis_url)
+        self.redis = for_settings(self.settings)
         self.work = catalog.planned_work(self.settings)
 
     @property

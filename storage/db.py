@@ -21,8 +21,16 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def make_engine(url: str, **kwargs) -> Engine:
-    """An engine for ``url``; for SQLite the file's folder is created and pragmas are set."""
+def make_engine(url: str, *, pool_size: int | None = None, max_overflow: int | None = None,
+                application_name: str | None = None, **kwargs) -> Engine:
+    """An engine for ``url``; for SQLite the file's folder is created and pragmas are set.
+
+    PostgreSQL: ``pool_size`` and ``max_overflow`` bound the connections this process opens (a worker
+    process needs one at a time: DARKROOM_DB_POOL_SIZE, DARKROOM_DB_MAX_OVERFLOW); ``application_name``
+    names them in ``pg_stat_activity``. Nothing session-scoped is used, so that a pooler in transaction
+    mode (pgbouncer's ``pool_mode=transaction``) may hand each transaction another server connection:
+    psycopg prepares no statements (``prepare_threshold=None``: a prepared statement lives in one server
+    session), and the only locks are transaction-level advisory locks."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -35,7 +43,16 @@ def make_engine(url: str, **kwargs) -> Engine:
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)
+    if pool_size is not None:
+        kwargs.setdefault("pool_size", pool_size)
+    if max_overflow is not None:
+        kwargs.setdefault("max_overflow", max_overflow)
+    connect_args = dict(kwargs.pop("connect_args", {}))
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg":
+        connect_args.setdefault("prepare_threshold", None)
+    if application_name and parsed.get_backend_name() == "postgresql":
+        connect_args.setdefault("application_name", application_name[:63])  # PostgreSQL keeps 63 bytes
+    return create_engine(url, connect_args=connect_args, **kwargs)
 
 
 _READ_ONLY = "darkroom_read_only"
@@ -112,16 +129,16 @@ def schema_is_current(engine: Engine) -> bool:
 
 @contextlib.contextmanager
 def _migration_lock(engine: Engine) -> Iterator[None]:
+    """One migrating process at a time. PostgreSQL: a transaction-level advisory lock, taken in a
+    transaction of its own that stays open while the migration runs on another connection (a
+    session-level lock would not survive a pooler in transaction mode, which may hand the unlock to
+    another server session); it ends with that transaction, also when this process dies."""
     backend = engine.url.get_backend_name()
     if backend == "postgresql":
         key = int.from_bytes(hashlib.sha256(b"darkroom-migrate").digest()[:4], "big")
-        with engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
+        with engine.connect() as conn, conn.begin():
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+            yield
     elif backend == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         lock_path = Path(engine.url.database + ".migrate-lock")
         with open(lock_path, "w") as fh:

@@ -303,10 +303,51 @@ def release_runs(session: Session, run_ids: Iterable[int]) -> list[RunRef]:
     return [RunRef(*row) for row in rows]
 
 
+def running_holders(session: Session, *, after: str | None = None, limit: int = 1000) -> list[str]:
+    """The distinct holders of ``running`` runs, in order, up to ``limit`` after ``after`` (keyset
+    pages). The running runs are found through the (status, ...) indexes: they are what live workers
+    hold (processes x batch), and those of the dead until they are taken over — never the store."""
+    query = (select(TaskRun.worker).where(TaskRun.status == RUNNING, TaskRun.worker.is_not(None))
+             .group_by(TaskRun.worker).order_by(TaskRun.worker).limit(limit))
+    if after is not None:
+        query = query.where(TaskRun.worker > after)
+    return list(session.scalars(query))
+
+
+def release_holders(session: Session, holders: Sequence[str]) -> int:
+    """Give back every ``running`` run of ``holders`` (dead processes): ``queued`` and unsent, for the
+    producer to send again. A :data:`BATCH` of ids at a time (keyset), changed in bounded chunks;
+    returns how many."""
+    released = 0
+    for some in chunks(list(holders), 100):
+        query = (select(TaskRun.id).where(TaskRun.status == RUNNING, TaskRun.worker.in_(some))
+                 .order_by(TaskRun.id).limit(BATCH))
+        last = 0
+        while True:
+            ids = list(session.scalars(query.where(TaskRun.id > last)))
+            if not ids:
+                break
+            for chunk in chunks(ids):
+                session.execute(update(TaskRun).where(TaskRun.id.in_(chunk), TaskRun.status == RUNNING)
+                                .values(status=QUEUED, enqueued_at=None))
+            released += len(ids)
+            last = ids[-1]
+    return released
+
+
 def orphaned_runs(session: Session, holder_alive: Callable[[str], bool]) -> list[int]:
-    """Runs marked ``running`` whose holding process is known to be dead."""
-    rows = session.execute(select(TaskRun.id, TaskRun.worker).where(TaskRun.status == RUNNING))
-    return [run_id for run_id, worker in rows if worker and not holder_alive(worker)]
+    """Runs marked ``running`` whose holding process is known to be dead (each holder asked once)."""
+    dead: list[str] = []
+    after = None
+    while holders := running_holders(session, after=after):
+        dead += [holder for holder in holders if not holder_alive(holder)]
+        after = holders[-1]
+    if not dead:
+        return []
+    out: list[int] = []
+    for some in chunks(dead, 100):
+        out += session.scalars(select(TaskRun.id).where(TaskRun.status == RUNNING, TaskRun.worker.in_(some)))
+    return sorted(out)
 
 
 def note_retry(session: Session, run_id: int, error: str) -> None:

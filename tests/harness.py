@@ -368,3 +368,162 @@ class PrivatePostgres:
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+
+class PrivatePgbouncer:
+    """Debian's pgbouncer of the test's own, in front of a PostgreSQL at ``host:port``, in transaction
+    mode (``pool_mode=transaction``: each transaction may get another server connection), on a free
+    port, its ini and userlist in a temp folder. ``pool_size``: server connections per (database, user).
+    Runs as the postgres user when the test runs as root (pgbouncer refuses root)."""
+
+    def __init__(self, folder: Path, host: str, port: int, *, pool_size: int = 4) -> None:
+        import shutil
+
+        binary = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None)
+        if binary is None:
+            missing("pgbouncer (Debian's package pgbouncer)")
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:
+            self.prefix = ["runuser", "-u", "postgres", "--"]
+        (folder / "userlist.txt").write_text('"postgres" ""\n')
+        self.ini = folder / "pgbouncer.ini"
+        self.ini.write_text("\n".join([
+            "[databases]",
+            f"* = host={host} port={port}",
+            "[pgbouncer]",
+            "listen_addr = 127.0.0.1",
+            f"listen_port = {self.port}",
+            "unix_socket_dir =",
+            "auth_type = trust",
+            f"auth_file = {folder / 'userlist.txt'}",
+            "admin_users = postgres",
+            "pool_mode = transaction",
+            f"default_pool_size = {pool_size}",
+            "max_client_conn = 500",
+            "server_reset_query =",
+            "ignore_startup_parameters = extra_float_digits,options",
+            f"logfile = {folder / 'pgbouncer.log'}",
+            "",
+        ]))
+        if self.prefix:
+            shutil.chown(folder, "postgres")
+            for name in ("userlist.txt", "pgbouncer.ini"):
+                shutil.chown(folder / name, "postgres")
+        self.proc = subprocess.Popen([*self.prefix, binary, str(self.ini)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        log = folder / "pgbouncer.log"
+        raise RuntimeError(f"pgbouncer did not start: {log.read_text()[-2000:] if log.exists() else ''}")
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def show(self, what: str) -> list[dict]:
+        """``SHOW what`` on pgbouncer's admin console (POOLS, CLIENTS, SERVERS, ...)."""
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} dbname=pgbouncer user=postgres", autocommit=True,
+                             prepare_threshold=None) as conn, conn.cursor() as cur:
+            cur.execute(f"SHOW {what}")
+            names = [c.name for c in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+class PrivateSentinel:
+    """Redis Sentinel of the test's own: a master and a replica (two private redis-servers) watched by
+    ``sentinels`` redis-sentinel processes, all on free ports, in a temp folder. The master is known to
+    them as ``name``; :meth:`failover` makes the replica the master (SENTINEL FAILOVER)."""
+
+    def __init__(self, folder: Path, *, sentinels: int = 1, name: str = "darkroom") -> None:
+        import shutil
+
+        import redis
+
+        binary = shutil.which("redis-sentinel") or shutil.which("redis-server")
+        if binary is None or not shutil.which("redis-server"):
+            missing("redis-sentinel and redis-server (Debian's packages redis-sentinel, redis-server)")
+        self.name = name
+        self.master = PrivateRedis(folder / "a")
+        self.replica = PrivateRedis(folder / "b", "--replicaof", "127.0.0.1", str(self.master.port))
+        self.ports: list[int] = []
+        self.procs: list[subprocess.Popen] = []
+        for i in range(sentinels):
+            port = free_port()
+            conf = folder / f"sentinel-{i}.conf"
+            conf.write_text("\n".join([
+                f"port {port}", "bind 127.0.0.1", f"dir {folder}",
+                f"sentinel monitor {name} 127.0.0.1 {self.master.port} {sentinels // 2 + 1}",
+                f"sentinel down-after-milliseconds {name} 1000",
+                f"sentinel failover-timeout {name} 5000",
+                f"sentinel parallel-syncs {name} 1", "",
+            ]))
+            args = [binary, str(conf)] if binary.endswith("sentinel") else [binary, str(conf), "--sentinel"]
+            self.procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                               start_new_session=True))
+            self.ports.append(port)
+        self.client = redis.Redis(port=self.ports[0], socket_timeout=2, decode_responses=True)
+        # Ready when every sentinel knows the master and the replica, and the replica is in sync.
+        self._wait(lambda: all(
+            redis.Redis(port=p, socket_timeout=1, decode_responses=True).execute_command("SENTINEL", "REPLICAS", name)
+            for p in self.ports) and redis.Redis(port=self.replica.port, decode_responses=True).info(
+                "replication").get("master_link_status") == "up", 30, "the sentinels to see the replica")
+
+    @staticmethod
+    def _wait(predicate, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if predicate():
+                    return
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"timed out waiting for {what}")
+
+    def url(self, db: int = 0) -> str:
+        return ";".join(f"sentinel://127.0.0.1:{port}" + (f"/{db}" if i == 0 else "")
+                        for i, port in enumerate(self.ports))
+
+    def master_port(self) -> int:
+        return int(self.client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)[1])
+
+    def failover(self, timeout: float = 30) -> int:
+        """Promote the replica (SENTINEL FAILOVER) and wait until it answers as the master; returns
+        the new master's port."""
+        import redis
+
+        before = self.master_port()
+        self.client.execute_command("SENTINEL", "FAILOVER", self.name)
+        self._wait(lambda: self.master_port() != before, timeout, "the sentinels to name a new master")
+        port = self.master_port()
+        self._wait(lambda: redis.Redis(port=port, decode_responses=True).info("replication")["role"] == "master",
+                   timeout, "the new master to take writes")
+        return port
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        self.master.kill()
+        self.replica.kill()
+

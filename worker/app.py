@@ -16,10 +16,11 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, Task, current_app
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 
 from darkroom import catalog
 from darkroom.settings import Settings, load_settings
+from worker.broker import transport_options
 from worker.pipeline import execute, int_list
 from worker.runtime import PerProcess, Runtime
 
@@ -64,7 +65,8 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_prefetch_multiplier=settings.prefetch_multiplier,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        # The visibility timeout; with a sentinel:// URL, the master's name (DARKROOM_SENTINEL_MASTER).
+        broker_transport_options=transport_options(settings),
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         task_routes=catalog.routes(),
@@ -82,7 +84,11 @@ def create_app(settings: Settings | None = None) -> Celery:
 
     def make_runtime() -> Runtime:
         consumed = sorted(app.amqp.queues.consume_from or ()) if app.amqp.queues.consume_from else None
-        return Runtime.create(settings, consumed)
+        runtime = Runtime.create(settings, consumed)
+        # The process's heartbeat (the reconciler takes over its runs once it is gone), written
+        # before the runtime is handed out, so before the process claims anything.
+        runtime.start_heartbeat()
+        return runtime
 
     runtimes = PerProcess(make_runtime)
     for task in catalog.TASKS:
@@ -95,6 +101,13 @@ def create_app(settings: Settings | None = None) -> Celery:
         model can take longer; tasks wait for the preload to finish."""
         if current_app._get_current_object() is app and settings.preload_models:
             runtimes.get().start_preload()
+
+    @worker_process_shutdown.connect(weak=False)
+    def stop_process(**_kwargs) -> None:
+        """A process that stops cleanly holds no run: its heartbeat key goes at once."""
+        runtime = runtimes.made()
+        if runtime is not None and runtime.heartbeat is not None:
+            runtime.heartbeat.stop()
 
     return app
 

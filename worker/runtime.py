@@ -9,11 +9,13 @@ so no connection or model is shared between processes. Tasks reach it as ``self.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +30,7 @@ from storage.db import make_engine, session_factory
 from storage.results import ArtifactData
 from tasks.base import InferenceModel, Output
 from tasks.imaging import encode
+from worker.broker import for_settings
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +127,8 @@ class Runtime:
     #: The queues this process consumes; None: all of them.
     queues: list[str] | None = None
     models: ModelCache = field(init=False)
+    #: This process's heartbeat, once started (:meth:`start_heartbeat`).
+    heartbeat: Heartbeat | None = None
     _ready: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -133,9 +138,23 @@ class Runtime:
     @classmethod
     def create(cls, settings: Settings, queues: Sequence[str] | None = None) -> Runtime:
         """This process's runtime: a new engine (its own pool), the blob store, no model loaded yet."""
-        return cls(settings=settings, sessions=session_factory(make_engine(settings.db_url)),
-                   blobs=BlobStore(settings.blob_dir), identity=f"{socket.gethostname()}:{os.getpid()}",
-                   queues=sorted(queues) if queues else None)
+        identity = str(Holder.mine())
+        engine = make_engine(settings.db_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow,
+                             application_name=f"darkroom-worker {identity}")
+        return cls(settings=settings, sessions=session_factory(engine), blobs=BlobStore(settings.blob_dir),
+                   identity=identity, queues=sorted(queues) if queues else None)
+
+    # --- the heartbeat -------------------------------------------------------------------------------
+
+    def start_heartbeat(self) -> Heartbeat:
+        """Keep this process's heartbeat key in Redis (see :class:`Heartbeat`) until it exits; the
+        first beat is written before this returns (or logged as failed), so before any claim."""
+        if self.heartbeat is None:
+            client = for_settings(self.settings, socket_timeout=5, socket_connect_timeout=5)
+            self.heartbeat = Heartbeat(client, self.identity, every=self.settings.heartbeat_seconds,
+                                       ttl=self.settings.heartbeat_ttl)
+            self.heartbeat.start()
+        return self.heartbeat
 
     def configure(self, settings: Settings) -> None:
         """Use other settings from now on. Loaded models stay: one is only reused where the settings
@@ -224,6 +243,11 @@ class PerProcess:
                 self._runtime, self._pid = self._make(), os.getpid()
             return self._runtime
 
+    def made(self) -> Runtime | None:
+        """This process's runtime if it has been made (none is made here)."""
+        with self._lock:
+            return self._runtime if self._pid == os.getpid() else None
+
     def set(self, runtime: Runtime) -> None:
         """Use ``runtime`` in this process (tests, and `darkroom.analyze`-style embedding)."""
         with self._lock:
@@ -239,32 +263,232 @@ def tf_device() -> str:
     return "GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"
 
 
-def holder_alive(holder: str, *, me: str | None = None) -> bool:
-    """Whether the process named ``host:pid`` may still be working on a run.
+# --- who holds a run, and whether it is alive ---------------------------------------------------------
+#
+# A run being worked on names its holder: ``hostname@host/start:pid`` — the process's hostname (for
+# people), ``host``, a key of the host *instance* the pid belongs to, the process's start time (clock
+# ticks after boot, from /proc/self/stat: a pid used again by another process is another holder), and
+# its pid (last, as in the old format, so ``worker.rsplit(":", 1)`` still gives it). ``host`` is a
+# hash of /etc/machine-id, the kernel's boot id and the process's PID namespace: containers (and the
+# tests' namespaced "hosts") on one machine share the machine id, the boot id and often the hostname,
+# but each has a PID namespace of its own; a reboot changes the boot id. So two processes have the
+# same ``host`` exactly when each sees the other in /proc (hosts that share a PID namespace, say
+# network namespaces alone, do), and only then is /proc asked.
+#
+# Every other holder is alive while its heartbeat is: a key in Redis (:func:`heartbeat_key`) that the
+# process refreshes every DARKROOM_HEARTBEAT_SECONDS with a time to live of DARKROOM_HEARTBEAT_TTL
+# (:class:`Heartbeat`). The producer's reconciler takes over the runs of holders whose key is gone.
+#
+# Holders written before this (``hostname:pid``) keep their old meaning: /proc decides when the
+# hostname is this one, and elsewhere the reconciler's lease.
 
-    Another machine's process is assumed alive (its lease, enforced by the reconciler, covers it);
-    on this machine the process table tells. The asking process itself is not "working" on a run
-    it is free to claim again (a retry of its own task).
-    """
-    host, _, pid = holder.rpartition(":")
-    if me is not None and holder == me:
-        return False
-    if host != socket.gethostname() or not pid.isdigit():
-        return True
+#: The prefix of each worker process's heartbeat key (the holder follows it).
+HEARTBEAT_PREFIX = "darkroom:alive:"
+
+
+def heartbeat_key(holder: str) -> str:
+    return HEARTBEAT_PREFIX + holder
+
+
+def _read(path: str) -> str:
     try:
-        with open(f"/proc/{int(pid)}/stat") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError, IndexError):
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def _start_ticks(pid: int | str) -> str | None:
+    """The process's start time in clock ticks after boot (field 22 of /proc/PID/stat), or None when
+    there is no such process (or it is a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if not fields or fields[0] in ("Z", "X"):
+        return None
+    return fields[19] if len(fields) > 19 else ""
+
+
+def _proc_is_mine() -> bool:
+    """Whether /proc shows this process's PID namespace (a container that kept its parent's /proc
+    would otherwise have other processes' pids read as its own)."""
+    try:
+        return int(os.readlink("/proc/self")) == os.getpid()
+    except (OSError, ValueError):
         return False
-    except OSError:  # no /proc (not Linux): fall back to a signal probe
-        try:
-            os.kill(int(pid), 0)
+
+
+_host_key: tuple[int, str] | None = None
+
+
+def host_key() -> str:
+    """This host instance's key (see above): 16 hex digits. Where /proc cannot be trusted (no /proc,
+    or not this PID namespace's), a random key per process, so that no other process is ever taken
+    for one of ours. Computed once per process (the pid is checked: a fork keeps the namespace)."""
+    global _host_key
+    if _host_key is None:
+        if _proc_is_mine():
+            pid_ns = ""
+            try:
+                pid_ns = os.readlink("/proc/self/ns/pid")
+            except OSError:
+                pass
+            seed = "\0".join(("darkroom-host", _read("/etc/machine-id"), _read("/proc/sys/kernel/random/boot_id"),
+                              pid_ns))
+            key = hashlib.sha256(seed.encode()).hexdigest()[:16] if pid_ns else uuid.uuid4().hex[:16]
+        else:
+            key = uuid.uuid4().hex[:16]
+        _host_key = (os.getpid(), key)
+    return _host_key[1]
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A run's holder, as written in ``task_runs.worker``."""
+
+    hostname: str
+    pid: int
+    #: Start time in clock ticks after boot ('' when /proc has none); '' with ``host`` '' in a
+    #: holder written before this format (``hostname:pid``).
+    start: str = ""
+    #: The host instance's key (:func:`host_key`); '' in a holder of the old format.
+    host: str = ""
+
+    def __str__(self) -> str:
+        if not self.host:
+            return f"{self.hostname}:{self.pid}"
+        return f"{self.hostname}@{self.host}/{self.start}:{self.pid}"
+
+    @classmethod
+    def mine(cls) -> Holder:
+        """This process."""
+        pid = os.getpid()
+        return cls(socket.gethostname(), pid, (_start_ticks(pid) or "") if _proc_is_mine() else "", host_key())
+
+    @classmethod
+    def parse(cls, text: str) -> Holder | None:
+        """A holder of either format; None for what is neither (never written by a worker)."""
+        where, _, pid = text.rpartition(":")
+        if not pid.isdigit():
+            return None
+        hostname, at, instance = where.rpartition("@")
+        if not at:
+            return cls(where, int(pid))
+        host, _, start = instance.partition("/")
+        return cls(hostname, int(pid), start, host) if host else None
+
+    @property
+    def legacy(self) -> bool:
+        return not self.host
+
+    @property
+    def local(self) -> bool:
+        """Whether /proc here can tell if it is alive: the same host instance (for an old-format
+        holder: the same hostname, as it was then)."""
+        return self.hostname == socket.gethostname() if self.legacy else self.host == host_key()
+
+    def process_alive(self) -> bool:
+        """For a :attr:`local` holder: whether its process is still there (and is the same process)."""
+        ticks = _start_ticks(self.pid)
+        if ticks is not None:
+            return self.legacy or not self.start or ticks == self.start
+        if os.path.isdir("/proc/self"):
+            return False
+        try:  # no /proc (not Linux): a signal probe
+            os.kill(self.pid, 0)
             return True
         except ProcessLookupError:
             return False
         except PermissionError:
             return True
+
+
+def holder_alive(holder: str, *, me: str | None = None) -> bool:
+    """Whether the process ``holder`` may still be working on a run, as far as this process can tell
+    without asking Redis: a holder on this host instance by /proc; any other is assumed alive (the
+    reconciler takes its runs over once its heartbeat is gone: :func:`dead_holders`). The asking process
+    itself is not "working" on a run it is free to claim again (a retry of its own task)."""
+    if me is not None and holder == me:
+        return False
+    parsed = Holder.parse(holder)
+    if parsed is None or not parsed.local:
+        return True
+    return parsed.process_alive()
+
+
+def dead_holders(client: Any, holders: Sequence[str], *, trust_missing: bool = True) -> list[str]:
+    """Those of ``holders`` known to be dead: on this host instance, by /proc; elsewhere (new-format
+    holders), by their heartbeat key, gone — every key read in one round trip (MGET). Old-format
+    holders of other hosts are left to the reconciler's lease. ``trust_missing``: False right after the
+    broker lost its data or failed over, when a missing key may only mean it was not written again yet."""
+    dead: list[str] = []
+    remote: list[str] = []
+    for holder in holders:
+        parsed = Holder.parse(holder)
+        if parsed is None:
+            continue
+        if parsed.local:
+            if not parsed.process_alive():
+                dead.append(holder)
+        elif not parsed.legacy:
+            remote.append(holder)
+    if remote and trust_missing:
+        beats = client.mget([heartbeat_key(h) for h in remote])
+        dead += [h for h, beat in zip(remote, beats) if beat is None]
+    return dead
+
+
+class Heartbeat:
+    """A worker process's heartbeat: ``SET darkroom:alive:<holder> <time> PX ttl`` now and every
+    ``every`` seconds, from a daemon thread, until :meth:`stop` (which deletes the key: a process that
+    stops cleanly holds nothing). A beat that fails (Redis away) is logged and tried again at the next
+    one; the key outlives ``ttl`` only through beats.
+
+    A Redis key with a time to live rather than Celery's worker heartbeat: it is per process (a
+    Celery heartbeat is per worker node, named by a hostname that two hosts may share), it needs no
+    event consumer in the producer, and the reconciler reads any number of them in one MGET."""
+
+    def __init__(self, client: Any, holder: str, *, every: float, ttl: float) -> None:
+        self.client, self.holder, self.every, self.ttl = client, holder, every, ttl
+        self.key = heartbeat_key(holder)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+
+    def beat(self) -> bool:
+        try:
+            self.client.set(self.key, f"{time.time():.3f}", px=max(1, int(self.ttl * 1000)))
+        except Exception as exc:  # noqa: BLE001 - Redis away: the next beat tries again
+            if not self._failing:
+                log.warning("process %s: heartbeat not written (%s); trying again every %.0f s", os.getpid(),
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self.every)
+            self._failing = True
+            return False
+        if self._failing:
+            log.info("process %s: heartbeat written again", os.getpid())
+        self._failing = False
+        return True
+
+    def start(self) -> None:
+        self.beat()
+
+        def run() -> None:
+            while not self._stop.wait(self.every):
+                self.beat()
+
+        self._thread = threading.Thread(target=run, name="darkroom-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.every + 5)
+        try:
+            self.client.delete(self.key)
+        except Exception:  # noqa: BLE001 - the key expires by itself
+            pass
 
 
 def _tf_threads(settings: Settings) -> int:

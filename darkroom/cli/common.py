@@ -93,7 +93,8 @@ def sessions(settings: Settings, *, migrate: bool = False, connect_timeout: int 
     kwargs: dict[str, Any] = {}
     if connect_timeout and settings.db_url.startswith("postgresql"):
         kwargs["connect_args"] = {"connect_timeout": connect_timeout}
-    engine = make_engine(settings.db_url, **kwargs)
+    engine = make_engine(settings.db_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow,
+                         application_name=f"darkroom-cli {os.getpid()}", **kwargs)
     try:
         if migrate:
             run_migrations(engine)
@@ -110,11 +111,17 @@ def broker_problem(settings: Settings) -> str | None:
     from darkroom.cli.services import ServiceError, redis_answers
 
     try:
-        answers = redis_answers(settings.redis_url)
+        answers = redis_answers(settings.redis_url, master_name=settings.sentinel_master)
     except ServiceError as exc:
         return str(exc)
     if answers:
         return None
+    from worker.broker import is_sentinel
+
+    if is_sentinel(settings.redis_url):
+        return (f"no Redis master named {settings.sentinel_master!r} answers through the sentinels at "
+                f"{settings.masked()['broker_url']}; check that they run and monitor it, or set "
+                "DARKROOM_BROKER_URL and DARKROOM_SENTINEL_MASTER")
     return (f"no Redis answers at {settings.masked()['broker_url']}; start it (or use `darkroom up`, "
             "which starts one), or set DARKROOM_BROKER_URL")
 

@@ -272,10 +272,11 @@ def status(
 def _queue_depths(settings: Settings) -> dict[str, int] | str:
     import redis as redis_lib
 
+    from worker.broker import for_settings
     from worker.queues import queue_depths
 
     try:
-        return queue_depths(redis_lib.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3))
+        return queue_depths(for_settings(settings, socket_timeout=3, socket_connect_timeout=3))
     except (redis_lib.RedisError, OSError) as exc:
         return f"unreachable ({type(exc).__name__})"
 

@@ -23,9 +23,12 @@ class ServiceError(RuntimeError):
     """A service is missing or refuses us; the message says what to do."""
 
 
-def redis_answers(url: str, timeout: float = 2.0) -> bool:
+def redis_answers(url: str, timeout: float = 2.0, *, master_name: str = "mymaster") -> bool:
+    """Whether Redis (or, with a sentinel:// URL, the master the sentinels name) answers at ``url``."""
+    from worker.broker import connect
+
     try:
-        redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping()
+        connect(url, master_name=master_name, socket_connect_timeout=timeout, socket_timeout=timeout).ping()
         return True
     except redis.AuthenticationError as exc:
         raise ServiceError(f"Redis at {mask_url(url)} refused the credentials ({exc}); "
@@ -45,8 +48,14 @@ def ensure_redis(settings: Settings) -> subprocess.Popen | None:
     Returns the ``redis-server`` process when this call started one (the caller stops it), else None.
     """
     url = settings.redis_url
-    if redis_answers(url):
+    if redis_answers(url, master_name=settings.sentinel_master):
         return None
+    from worker.broker import is_sentinel
+
+    if is_sentinel(url):
+        raise ServiceError(f"no Redis master named {settings.sentinel_master!r} answers through the sentinels at "
+                           f"{mask_url(url)}; check that they run and monitor it, or set DARKROOM_BROKER_URL and "
+                           "DARKROOM_SENTINEL_MASTER")
     parts = urlsplit(url)
     if not settings.start_local_redis or parts.hostname not in LOCAL_HOSTS:
         raise ServiceError(f"no Redis answers at {mask_url(url)}; start it, or point DARKROOM_BROKER_URL at one")
@@ -97,8 +106,10 @@ def _install_redis() -> str:
 def stop_redis(proc: subprocess.Popen | None, url: str) -> None:
     if proc is None:
         return
+    from worker.broker import connect
+
     try:
-        redis.Redis.from_url(url, socket_timeout=5).shutdown(nosave=False)
+        connect(url, socket_timeout=5).shutdown(nosave=False)
     except (redis.ConnectionError, redis.ResponseError):
         pass
     try:
