@@ -66,7 +66,7 @@ def register(sessions, blobs, path: Path, work) -> tuple[str, list[int]]:
 def fill_store(folder: Path, db_url: str, broker_url: str) -> Store:
     """A migrated store at ``db_url`` with the four shipped photos, a fifth named like an XSS attack
     and a text file named notes.jpg (rejected): normalize and phash run by the real pipeline; chelsea
-    labelled tabby, the astronaut with one face (its boxed photo and crop stored)."""
+    labelled tabby, the astronaut suit and with one face (its boxed photo and crop stored)."""
     from sqlalchemy import select
 
     from darkroom.settings import Settings
@@ -108,7 +108,8 @@ def fill_store(folder: Path, db_url: str, broker_url: str) -> Store:
         results.LABELS.save(s, "vgg16", [
             (ids["chelsea"], [{"rank": 0, "class_id": 281, "label": "tabby", "score": 0.71},
                               {"rank": 1, "class_id": 282, "label": "tiger_cat", "score": 0.2}]),
-            (ids["coffee"], [{"rank": 0, "class_id": 967, "label": "espresso", "score": 0.9}])])
+            (ids["coffee"], [{"rank": 0, "class_id": 967, "label": "espresso", "score": 0.9}]),
+            (ids["astronaut"], [{"rank": 0, "class_id": 834, "label": "suit", "score": 0.42}])])
         face = {"box": [170, 50, 110, 140], "confidence": 0.999,
                 "keypoints": {"left_eye": [200, 100], "right_eye": [250, 100], "nose": [225, 130],
                               "mouth_left": [205, 160], "mouth_right": [245, 160]}}
@@ -378,7 +379,10 @@ def test_every_response_forbids_inline_script(client, store):
                 "/photos/" + "0" * 64, "/static/style.css"):
         got = client.get(url)
         csp = got.headers["content-security-policy"]
-        assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "default-src 'self'" in csp, url
+        if got.headers["content-type"].startswith("image/"):  # a picture: no script at all, sandboxed
+            assert csp.startswith("default-src 'none'") and "script-src" not in csp and "sandbox" in csp, url
+        else:
+            assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "default-src 'self'" in csp, url
         assert got.headers["x-content-type-options"] == "nosniff"
         if got.headers["content-type"].startswith("text/html"):
             tags = Tags()

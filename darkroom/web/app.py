@@ -48,6 +48,8 @@ HERE = Path(__file__).resolve().parent
 #: Every response's Content-Security-Policy: this server's scripts, styles and images only; no inline script.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+#: A picture's: no script at all, sandboxed; the inline style of the browser's own image viewer allowed.
+PICTURE_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox; frame-ancestors 'none'"
 #: The session cookie the login form sets.
 COOKIE = "darkroom_session"
 #: Pictures named by their content never change: cached for a year.
@@ -56,7 +58,7 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 FOLD_SECONDS = 0.5
 #: Photos per gallery page unless asked.
 GALLERY_PAGE = 100
-OPEN_PATHS = ("/login", "/static/")
+OPEN_PATHS = ("/login", "/static/", "/favicon.ico")
 
 
 def session_value(token: str) -> str:
@@ -126,7 +128,8 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
                                         status_code=401, headers={"WWW-Authenticate": "Bearer"})
         else:
             response = await call_next(request)
-        response.headers["Content-Security-Policy"] = CSP
+        picture = response.headers.get("content-type", "").startswith("image/")
+        response.headers["Content-Security-Policy"] = PICTURE_CSP if picture else CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["X-Frame-Options"] = "DENY"
@@ -174,6 +177,11 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
             if found is None:
                 return page(request, "error.html", status_code=404, message=f"no photo has the sha256 {sha}")
             return page(request, "photo.html", photo=found, r=found.result)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():
+        return Response((HERE / "static" / "placeholder.svg").read_bytes(), media_type="image/svg+xml",
+                        headers={"Cache-Control": "public, max-age=86400"})
 
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     def docs_page(request: Request):
