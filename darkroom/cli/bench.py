@@ -215,6 +215,42 @@ def formats_command(
     out.print(formats.report(rows), highlight=False, markup=False, soft_wrap=True)
 
 
+def web_command(
+    images: Annotated[str, typer.Option(help="Sizes of the synthetic archive, in images (comma-separated); "
+                                             "1000000 takes a fill of several minutes on PostgreSQL.")] = "100000",
+    db: Annotated[str, typer.Option(help="postgres, sqlite or both.")] = "postgres",
+    postgres_url: Annotated[str, typer.Option(
+        help="A PostgreSQL database to connect to as an administrator: the scratch database (darkroom_bench_<pid>) "
+             "is made beside it and dropped at the end.")] = "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+    repeat: Annotated[int, typer.Option(min=1, help="Timed calls of each page (the median is printed), after one "
+                                                     "to warm up.")] = 3,
+    thumbs: Annotated[int, typer.Option(min=1, help="Photos given a real thumbnail, served in turn.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic archive.")] = 0,
+) -> None:
+    """`darkroom serve` over the synthetic archive of `bench ledger`: the server time of a gallery page and an
+    API page of 100 (first, deep in the archive, filtered by a label) and thumbnails served per second."""
+    backends = {"postgres": ["postgresql"], "postgresql": ["postgresql"], "sqlite": ["sqlite"],
+                "both": ["postgresql", "sqlite"]}
+    if db not in backends:
+        raise fail(f"--db takes postgres, sqlite or both; got {db!r}")
+    sizes = _ints(images, "--images")
+    if not sizes:
+        raise fail("--images needs at least one size")
+    try:
+        __import__("skimage")
+    except ImportError:
+        raise fail("`darkroom bench web` needs scikit-image for its thumbnail: pip install -e '.[bench]'") from None
+    from bench import web
+
+    opts = web.Options(sizes=sizes, dbs=backends[db], postgres_url=postgres_url, repeat=repeat, thumbs=thumbs,
+                       seed=seed)
+    try:
+        rows = web.run(opts, log=lambda msg: console.print(msg, highlight=False, soft_wrap=True, markup=False))
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    out.print(web.report(rows), highlight=False, markup=False, soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add `darkroom bench` (and `darkroom bench duplicates`, `darkroom bench ledger`) to the ``darkroom`` app."""
     group = typer.Typer(invoke_without_command=True, no_args_is_help=False)
@@ -222,4 +258,5 @@ def register(app: typer.Typer) -> None:
     group.command("duplicates")(duplicates_command)
     group.command("formats")(formats_command)
     group.command("ledger")(ledger_command)
+    group.command("web")(web_command)
     app.add_typer(group, name="bench")
