@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     settle_seconds: float = Field(1.0, ge=0.0, description="A file must be unchanged this long before it is taken.")
     watch_polling: bool = Field(False, description="Poll instead of inotify (network mounts).")
     rescan_seconds: float = Field(300.0, ge=0.0, description="Full rescan of the inbox every N seconds; 0 disables.")
+    ignore: Annotated[list[str], NoDecode] = Field(
+        [], description="Files the inbox watcher and `ingest` leave alone (counted in `status`), in gitignore syntax, "
+        "separated by commas or newlines: '*.png,drafts/' (a leading ! takes files back, even sidecars or videos). "
+        "A .darkroomignore file in the inbox or the ingested folder adds its lines.")
     reconcile_seconds: float = Field(
         30.0, ge=1.0, description="How often the producer compares the SQL ledger with the broker."
     )
@@ -195,6 +199,27 @@ class Settings(BaseSettings):
     def _split_csv(cls, value):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("ignore", mode="before")
+    @classmethod
+    def _split_patterns(cls, value):
+        if isinstance(value, str):
+            return [part.strip() for part in value.replace("\n", ",").split(",") if part.strip()]
+        return value
+
+    @field_validator("ignore")
+    @classmethod
+    def _check_ignore(cls, value: list[str]) -> list[str]:
+        import re
+
+        import pathspec
+
+        for pattern in value:
+            try:
+                pathspec.GitIgnoreSpec.from_lines([pattern])
+            except (ValueError, TypeError, re.error) as exc:
+                raise ValueError(f"{pattern!r} is not a gitignore pattern ({exc})") from None
         return value
 
     @field_validator("tasks")

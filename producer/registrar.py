@@ -26,8 +26,8 @@ from celery import Celery
 
 from darkroom import catalog
 from darkroom.settings import Settings
-from producer.files import inside
-from storage import files, ledger
+from producer.files import IgnoreRules, inside
+from storage import files, ignored, ledger
 from storage.blobs import BlobStore, OversizeFile, hash_file
 from storage.db import make_engine, read_only, session_factory, transaction
 from worker.broker import for_settings
@@ -51,6 +51,13 @@ class Outcome(enum.Enum):
     KNOWN = "known"  # this path is registered already (with this size and mtime, or this content)
     VANISHED = "vanished"  # gone before it could be read
     SKIPPED = "skipped"  # a directory or other non-file
+    IGNORED = "ignored"  # left alone: a sidecar, video, catalogue, system file, or an ignore pattern's
+
+
+@dataclass(frozen=True)
+class _Ignored:
+    path: Path
+    kind: str
 
 
 @dataclass(frozen=True)
@@ -96,12 +103,29 @@ class Registrar:
         if self.rescan not in RESCANS:
             raise ValueError(f"rescan must be one of {', '.join(RESCANS)}, not {self.rescan!r}")
         self.roots = [Path(r).resolve() for r in self.roots]
+        # What each root leaves alone (producer.files.IgnoreRules), deepest root first.
+        self.ignores = sorted((IgnoreRules(r, self.settings.ignore) for r in self.roots),
+                              key=lambda rules: len(rules.real_root.parts), reverse=True)
         self.sessions = session_factory(make_engine(
             self.settings.db_url, pool_size=self.settings.db_pool_size, max_overflow=self.settings.db_max_overflow,
             application_name=f"darkroom-producer {os.getpid()}"))
         self.blobs = BlobStore(self.settings.blob_dir)
         self.redis = for_settings(self.settings)
         self.work = catalog.planned_work(self.settings)
+
+    def ignore_rules(self, root: Path) -> IgnoreRules:
+        """The rules of ``root`` (one of :attr:`roots`): what its walk leaves alone."""
+        real = Path(os.path.realpath(root))
+        return next((r for r in self.ignores if r.real_root == real), IgnoreRules(root, self.settings.ignore))
+
+    def ignored_kind(self, path: Path, *, folder: bool = False) -> str | None:
+        """Why ``path`` is left alone (``producer.files.CLUTTER``'s kinds, or ``pattern``), by the
+        rules of the deepest root it is in; None when it is to be registered."""
+        for rules in self.ignores:
+            kind = rules.kind(path, folder=folder)
+            if kind is not None:
+                return kind
+        return None
 
     @property
     def by_reference(self) -> bool:
@@ -189,7 +213,10 @@ class Registrar:
         pending: list = []
         for path in batch:
             was = known.get(str(path))
-            if was is not None and self.rescan == "new":
+            kind = self.ignored_kind(path)
+            if kind is not None:
+                pending.append(_Ignored(path, kind))  # left alone: never opened, counted
+            elif was is not None and self.rescan == "new":
                 pending.append(Outcome.KNOWN)  # new files only: not even looked at
             elif len(batch) == 1:  # one file (the watcher's): nothing to overlap, no hand-over
                 pending.append(self._prepare(path, was))
@@ -205,6 +232,11 @@ class Registrar:
         outcomes: list[Outcome | None] = [item if isinstance(item, Outcome) else None for item in prepared]
         ready = [(i, item) for i, item in enumerate(prepared) if isinstance(item, files.FileRecord)]
         refused = [(i, item) for i, item in enumerate(prepared) if isinstance(item, _Refusal)]
+        left = [(i, item) for i, item in enumerate(prepared) if isinstance(item, _Ignored)]
+        if left:
+            self._record_ignored([item for _i, item in left])
+            for i, _item in left:
+                outcomes[i] = Outcome.IGNORED
         regs: list[files.Registration] = []
         if ready or refused:
             try:
@@ -244,7 +276,8 @@ class Registrar:
         try:
             st = os.lstat(path)
             if stat.S_ISDIR(st.st_mode):
-                return Outcome.SKIPPED
+                kind = self.ignored_kind(path, folder=True)  # a folder the walk did not enter
+                return _Ignored(path, kind) if kind is not None else Outcome.SKIPPED
             if stat.S_ISLNK(st.st_mode):
                 if not any(inside(path, root) for root in self.roots):
                     return _Refusal(path, "symbolic link that leads outside the watched folder: refused "
@@ -280,6 +313,18 @@ class Registrar:
             return Outcome.SKIPPED
         return describe(path, source, sha256=sha, size=size, mtime_ns=st.st_mtime_ns, settings=self.settings,
                         reference=self.by_reference)
+
+    def _record_ignored(self, items: list[_Ignored]) -> None:
+        """Record the files left alone, once per path (`status` counts them by kind): a read first,
+        so that files already recorded (the watcher's every rescan) cost no write."""
+        paths = {str(item.path): item.kind for item in items}
+        with read_only(self.sessions) as s:
+            new = ignored.new_paths(s, paths)
+        if new:
+            with transaction(self.sessions) as s:
+                added = ignored.record(s, [(p, paths[p]) for p in new])
+            if added:
+                log.info("left alone %d file(s) (%s)", added, ", ".join(sorted({paths[p] for p in new})))
 
     def _record_one(self, session, item: files.FileRecord) -> files.Registration:
         return files.register_file(session, **dataclasses.asdict(item), work=self.work)

@@ -4,7 +4,9 @@ Watchdog's observer thread only records *that* a path changed (into a queue); th
 decides *when* a file is complete: its size and mtime unchanged for ``settle_seconds`` and no event
 for it in that time. Files present at start, and any whose events the kernel dropped, are found by
 a scan (at start and every ``rescan_seconds``). The observer thread is supervised: if it dies it is
-started again and the inbox rescanned.
+started again and the inbox rescanned. Clutter and files the ignore patterns name are handed to the
+registrar like any file, which leaves them alone and counts them (``Outcome.IGNORED``); a folder
+left alone is not walked; a file left alone is not looked at again by this watcher's rescans.
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ class InboxWatcher:
         self.reconciler = reconciler
         self.reconcile_every = reconcile_seconds
         self._last_reconcile = float("-inf")
+        #: Paths the registrar left alone (recorded once; not handed over again on every rescan).
+        self.ignored: set[Path] = set()
 
     # --- life --------------------------------------------------------------------------------
 
@@ -124,7 +128,7 @@ class InboxWatcher:
         """Make every unregistered file below the root a candidate; returns how many were new."""
         self._last_scan = self.clock()
         found = 0
-        paths = walk(self.root)
+        paths = (p for p in walk(self.root, self.registrar.ignore_rules(self.root)) if p not in self.ignored)
         # A chunk of the walk at a time, each looked up in one query: the ledger may hold far more
         # files than the inbox (a whole archive ingested in place), and none of them is read here.
         while chunk := list(itertools.islice(paths, 500)):
@@ -193,3 +197,5 @@ class InboxWatcher:
                 self.candidates[path] = _Candidate(last_event=now)
                 continue
             self.counts[outcome] += 1
+            if outcome is Outcome.IGNORED:
+                self.ignored.add(path)

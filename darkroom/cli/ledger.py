@@ -217,13 +217,14 @@ def status(
     Exits 1 when the broker or the database is unreachable (after printing what it could)."""
     from sqlalchemy.exc import DBAPIError
 
-    from storage import ledger, progress
+    from storage import ignored, ledger, progress
     from storage.db import read_only
 
     settings = read_settings()
     unreachable: list[str] = []
     runs: dict[tuple[str, str], int] = {}
     images: dict[str, int] = {}
+    left_alone: dict[str, int] = {}
     uncounted = 0
     problems: list = []
     summary = None
@@ -236,6 +237,7 @@ def status(
         with read_only(factory) as s:
             runs = ledger.run_counts(s)
             images = dict(ledger.image_counts(s))
+            left_alone = ignored.counts(s)  # one row per kind
             if as_json:  # the newest (--all: every one)
                 problems = ledger.problems(s, limit=None if show_all else STATUS_PROBLEMS)
             summary = progress.problem_groups(s, limit=None if show_all else STATUS_GROUPS)
@@ -251,6 +253,7 @@ def status(
     if as_json:
         data = {
             "images": images,
+            "ignored": left_alone,
             "uncounted": uncounted,
             "runs": {f"{task}:{state}": n for (task, state), n in sorted(runs.items())},
             "queues": depths,
@@ -261,7 +264,7 @@ def status(
             data["unreachable"] = unreachable
         print_json(data)
     else:
-        _print_status(runs, images, depths, summary, show_all, uncounted)
+        _print_status(runs, images, depths, summary, show_all, uncounted, left_alone)
     if "broker" in unreachable:
         problem = broker_problem(settings) or f"the broker at {settings.masked()['broker_url']} did not answer"
         err.print(f"[bold red]darkroom:[/] {problem}", highlight=False, soft_wrap=True)
@@ -281,7 +284,8 @@ def _queue_depths(settings: Settings) -> dict[str, int] | str:
         return f"unreachable ({type(exc).__name__})"
 
 
-def _print_status(runs, images, depths, summary, show_all: bool, uncounted: int = 0) -> None:
+def _print_status(runs, images, depths, summary, show_all: bool, uncounted: int = 0,
+                  left_alone: dict[str, int] | None = None) -> None:
     if runs:
         table = Table(title="task runs")
         states = ["queued", "running", "done", "failed", "rejected"]
@@ -295,6 +299,10 @@ def _print_status(runs, images, depths, summary, show_all: bool, uncounted: int 
     out.print("images: " + (", ".join(f"{n} {st}" for st, n in sorted(images.items())) or "none")
               + (f" ({uncounted} more changed state a moment ago and are still being counted)" if uncounted else ""),
               highlight=False)
+    if left_alone:
+        out.print("ignored (left alone, not registered): " + ", ".join(
+            f"{n} {'by a pattern' if kind == 'pattern' else kind}" for kind, n in left_alone.items()),
+            highlight=False, soft_wrap=True)
     if isinstance(depths, dict):
         out.print("queues: " + ", ".join(f"{q} {n}" for q, n in depths.items()), highlight=False)
     else:

@@ -290,7 +290,12 @@ def ingest(
     registrar = Registrar(settings=settings, app=celery_app, roots=roots,
                           rescan="force" if force else "changed" if changed else "new", stop=stop)
     counts = {o: 0 for o in Outcome}
-    counter = _Counter(paths, stop)
+    try:
+        for root in roots:
+            registrar.ignore_rules(root).check()  # a broken .darkroomignore: said before anything is read
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    counter = _Counter(paths, stop, registrar.ignore_rules)
 
     def on_interrupt(_signum, _frame):
         stop.set()
@@ -305,7 +310,8 @@ def ingest(
             counter.start()
             # Registered a chunk at a time as the walk finds them (one transaction, then their runs
             # are sent): the workers start on the first chunk at once, and nothing holds the tree.
-            for chunk in registrar.register_stream(_files_of(paths), chunk=INGEST_CHUNK, stop=stop):
+            for chunk in registrar.register_stream(_files_of(paths, registrar.ignore_rules), chunk=INGEST_CHUNK,
+                                                   stop=stop):
                 for outcome in chunk.outcomes:
                     counts[outcome] += 1
                 progress.update(bar, advance=len(chunk.paths), read=progress.tasks[0].fields["read"] + chunk.bytes_read)
@@ -335,13 +341,14 @@ def ingest(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def _files_of(paths: list[Path]):
-    """The files to ingest, as the walk finds them (no list of them)."""
+def _files_of(paths: list[Path], rules=None):
+    """The files to ingest, as the walk finds them (no list of them); ``rules(root)``: what the walk
+    of ``root`` leaves alone (``producer.files.IgnoreRules``: a folder left alone is not entered)."""
     from producer.files import walk
 
     for p in paths:
         if p.is_dir():
-            yield from walk(p)
+            yield from walk(p, rules(p) if rules is not None else None)
         else:
             yield p
 
@@ -349,13 +356,13 @@ def _files_of(paths: list[Path]):
 class _Counter(threading.Thread):
     """Counts the files to ingest in the background (the walk again, names only), for the ETA."""
 
-    def __init__(self, paths: list[Path], stop: threading.Event) -> None:
+    def __init__(self, paths: list[Path], stop: threading.Event, rules=None) -> None:
         super().__init__(name="darkroom-count", daemon=True)
-        self.paths, self.stop, self.total = paths, stop, None
+        self.paths, self.stop, self.total, self.rules = paths, stop, None, rules
 
     def run(self) -> None:
         n = 0
-        for _path in _files_of(self.paths):
+        for _path in _files_of(self.paths, self.rules):
             n += 1
             if self.stop.is_set():
                 return
