@@ -13,12 +13,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
+import json
 import os
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.dialects import postgresql
@@ -27,7 +28,7 @@ from sqlalchemy.orm import Session, selectinload
 from storage import capture
 from storage.blobs import BlobStore
 from storage.db import chunks
-from storage.ledger import image_status
+from storage.ledger import state_of
 from storage.models import (
     DONE,
     FAILED,
@@ -46,6 +47,22 @@ from storage.models import (
     TaskRun,
     hamming,
 )
+
+
+def ids_in(session: Session, column: Any, ids: Sequence[int]) -> Iterator[Any]:
+    """Conditions ``column IN ids``, as few as the database allows: on PostgreSQL one array
+    parameter per 50,000 ids (``= ANY(:ids)``: one value to bind, not one per id), elsewhere an
+    ``IN`` list per chunk of :func:`storage.db.chunks`."""
+    ids = list(ids)
+    if session.get_bind().dialect.name == "postgresql":
+        for start in range(0, len(ids), 50_000):
+            # As the array's text ('{1,2,3}', cast in SQL): made by one join, not dumped id by id.
+            text = "{" + ",".join(map(str, map(int, ids[start:start + 50_000]))) + "}"
+            yield column == sa.any_(sa.cast(sa.bindparam("ids", text, type_=sa.Text, unique=True),
+                                            postgresql.ARRAY(sa.Integer)))
+    else:
+        for chunk in chunks(ids):
+            yield column.in_(chunk)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +123,10 @@ class TaskResults:
     def save(self, session: Session, model: str, items: Sequence[tuple[int, Any]]) -> None:
         """Replace the results of each ``(image_id, data)``: ``data`` is the step's plain output."""
 
-    def read(self, session: Session, image_ids: Sequence[int], ctx: ReadContext) -> dict[int, dict[str, Any]]:
-        """The JSON fields of each image that has a result (image id -> fields)."""
+    def read(self, session: Session, image_ids: Sequence[int], ctx: ReadContext,
+             artifacts: Artifacts | None = None) -> dict[int, dict[str, Any]]:
+        """The JSON fields of each image that has a result (image id -> fields). ``artifacts``,
+        when given, holds every artifact key of these images (read once for the page)."""
         return {}
 
     def to_json(self, by_model: dict[str, Any], artifacts: Sequence[tuple[str, int]], ctx: ReadContext) -> dict[str, Any]:
@@ -130,11 +149,30 @@ def save_artifacts(session: Session, image_id: int, kinds: Sequence[str], artifa
         session.add(Artifact(image_id=image_id, **dataclasses.asdict(art)))
 
 
-def _artifact_keys(session: Session, image_ids: Sequence[int], kinds: Sequence[str]) -> dict[int, list[tuple[str, int]]]:
+#: The artifact kinds whose indices the Results JSON names (a face's ``crop``); of the others it
+#: only counts them.
+INDEXED_KINDS = ("face_crop",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifacts:
+    """A page's artifacts, read once by :func:`results_json`: per image, how many of each kind, and
+    the (kind, idx) of those of :data:`INDEXED_KINDS`."""
+
+    counts: dict[int, dict[str, int]]
+    keys: dict[int, list[tuple[str, int]]]
+
+
+def _artifact_keys(session: Session, image_ids: Sequence[int], kinds: Sequence[str],
+                   known: Artifacts | None = None) -> dict[int, list[tuple[str, int]]]:
+    """The (kind, idx) of the images' artifacts of ``kinds``: from ``known`` when it holds them,
+    else read here."""
+    if known is not None and set(kinds) <= set(INDEXED_KINDS):
+        return {i: mine for i, arts in known.keys.items() if (mine := [a for a in arts if a[0] in kinds])}
     out: dict[int, list[tuple[str, int]]] = {}
-    for chunk in chunks(list(image_ids)):
+    for ids in ids_in(session, Artifact.image_id, image_ids):
         rows = session.execute(select(Artifact.image_id, Artifact.kind, Artifact.idx)
-                               .where(Artifact.image_id.in_(chunk), Artifact.kind.in_(list(kinds))))
+                               .where(ids, Artifact.kind.in_(list(kinds))))
         for image_id, kind, idx in rows:
             out.setdefault(image_id, []).append((kind, idx))
     return out
@@ -155,15 +193,16 @@ class NormalizationResults(TaskResults):
                 session.add(Normalization(image_id=image_id, mode=report["mode"],
                                           per_channel=bool(report["per_channel"]), dtype=report["dtype"], report=report))
 
-    def read(self, session: Session, image_ids: Sequence[int], ctx: ReadContext) -> dict[int, dict[str, Any]]:
+    def read(self, session: Session, image_ids: Sequence[int], ctx: ReadContext,
+             artifacts: Artifacts | None = None) -> dict[int, dict[str, Any]]:
         reports: dict[int, dict[tuple[str, bool], dict[str, Any]]] = {}
-        for chunk in chunks(list(image_ids)):
+        for ids in ids_in(session, Normalization.image_id, image_ids):
             # Columns, not ORM objects: a stream reads a million of them.
             rows = session.execute(select(Normalization.image_id, Normalization.mode, Normalization.per_channel,
-                                          Normalization.report).where(Normalization.image_id.in_(chunk))
+                                          sa.cast(Normalization.report, sa.Text)).where(ids)
                                    .order_by(Normalization.id))
             for image_id, mode, per_channel, report in rows:
-                reports.setdefault(image_id, {})[(mode, per_channel)] = report
+                reports.setdefault(image_id, {})[(mode, per_channel)] = _json(report)
         return {image_id: self.to_json({"": list(norms.values())}, (), ctx) for image_id, norms in reports.items()}
 
     def to_json(self, by_model: dict[str, Any], artifacts: Sequence[tuple[str, int]], ctx: ReadContext) -> dict[str, Any]:
@@ -173,6 +212,15 @@ class NormalizationResults(TaskResults):
 
     def empty(self) -> dict[str, Any]:
         return {"normalize": None, "normalizations": []}
+
+
+def _json(text: str) -> Any:
+    """A stored JSON document read as text (orjson: a few times faster than json; the standard
+    library's for what orjson refuses, such as a NaN that SQLite kept)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def _contract_normalize(report: dict[str, Any]) -> dict[str, Any]:
@@ -205,11 +253,12 @@ class LabelResults(TaskResults):
         if rows:
             session.execute(insert(Label), rows)
 
-    def read(self, session: Session, image_ids: Sequence[int], ctx: ReadContext) -> dict[int, dict[str, Any]]:
+    def read(self, session: Session, image_ids: Sequence[int], ctx: ReadContext,
+             artifacts: Artifacts | None = None) -> dict[int, dict[str, Any]]:
         by_image: dict[int, dict[str, list[dict[str, Any]]]] = {}
-        for chunk in chunks(list(image_ids)):
+        for ids in ids_in(session, Label.image_id, image_ids):
             rows = session.execute(select(Label.image_id, Label.model, Label.rank, Label.class_id, Label.label,
-                                          Label.score).where(Label.image_id.in_(chunk))
+                                          Label.score).where(ids)
                                    .order_by(Label.image_id, Label.model, Label.rank))
             for image_id, model, rank, class_id, label, score in rows:
                 by_image.setdefault(image_id, {}).setdefault(model, []).append(
@@ -234,7 +283,11 @@ class AugmentationResults(TaskResults):
     fields = ("augmentations",)
     artifact_kinds = ("augmented", "contact_sheet")
 
-    def read(self, session: Session, image_ids: Sequence[int], ctx: ReadContext) -> dict[int, dict[str, Any]]:
+    def read(self, session: Session, image_ids: Sequence[int], ctx: ReadContext,
+             artifacts: Artifacts | None = None) -> dict[int, dict[str, Any]]:
+        if artifacts is not None:
+            return {image_id: {"augmentations": n} for image_id, kinds in artifacts.counts.items()
+                    if (n := kinds.get("augmented", 0))}
         keys = _artifact_keys(session, image_ids, ("augmented",))
         return {image_id: self.to_json({}, arts, ctx) for image_id, arts in keys.items()}
 
@@ -259,12 +312,13 @@ class FaceResults(TaskResults):
                 session.add(Face(image_id=image_id, model=model, idx=idx, x=x, y=y, w=w, h=h,
                                  confidence=float(face["confidence"]), keypoints=face["keypoints"]))
 
-    def read(self, session: Session, image_ids: Sequence[int], ctx: ReadContext) -> dict[int, dict[str, Any]]:
-        crops = _artifact_keys(session, image_ids, ("face_crop",))
+    def read(self, session: Session, image_ids: Sequence[int], ctx: ReadContext,
+             artifacts: Artifacts | None = None) -> dict[int, dict[str, Any]]:
+        crops = _artifact_keys(session, image_ids, ("face_crop",), artifacts)
         found: dict[int, dict[str, list[dict[str, Any]]]] = {}
-        for chunk in chunks(list(image_ids)):
+        for ids in ids_in(session, Face.image_id, image_ids):
             rows = session.execute(select(Face.image_id, Face.model, Face.x, Face.y, Face.w, Face.h, Face.confidence,
-                                          Face.keypoints).where(Face.image_id.in_(chunk))
+                                          Face.keypoints).where(ids)
                                    .order_by(Face.image_id, Face.model, Face.idx))
             for image_id, model, x, y, w, h, confidence, keypoints in rows:
                 found.setdefault(image_id, {}).setdefault(model, []).append(
@@ -383,12 +437,13 @@ class PHashResults(TaskResults):
             session.execute(sa.update(PHash).where(PHash.image_id.in_(chunk)).values(paired_within=PAIR_DISTANCE))
         return len(rows)
 
-    def read(self, session: Session, image_ids: Sequence[int], ctx: ReadContext) -> dict[int, dict[str, Any]]:
+    def read(self, session: Session, image_ids: Sequence[int], ctx: ReadContext,
+             artifacts: Artifacts | None = None) -> dict[int, dict[str, Any]]:
         hashes: dict[int, int] = {}
         paired: set[int] = set()
-        for chunk in chunks(list(image_ids)):
+        for ids in ids_in(session, PHash.image_id, image_ids):
             for image_id, value, within in session.execute(
-                    select(PHash.image_id, PHash.hash, PHash.paired_within).where(PHash.image_id.in_(chunk))):
+                    select(PHash.image_id, PHash.hash, PHash.paired_within).where(ids)):
                 hashes[image_id] = value
                 if within is not None and within >= ctx.near_distance:
                     paired.add(image_id)
@@ -417,9 +472,9 @@ class PHashResults(TaskResults):
         """The stored near-duplicates (image ids) within ``distance`` of each of ``image_ids`` (whose
         pairs are stored up to at least that distance): one indexed statement per chunk of ids."""
         out: dict[int, list[int]] = {}
-        for chunk in chunks(list(image_ids)):
+        for ids in ids_in(session, NearPair.image_id, image_ids):
             for image_id, other in session.execute(select(NearPair.image_id, NearPair.other_id).where(
-                    NearPair.image_id.in_(chunk), NearPair.distance <= distance)):
+                    ids, NearPair.distance <= distance)):
                 out.setdefault(image_id, []).append(other)
         return out
 
@@ -467,8 +522,8 @@ class PHashResults(TaskResults):
         :attr:`LIMIT` by image id, as sorted sha256s, read for every photo at once."""
         first = {image_id: sorted(others)[: self.LIMIT] for image_id, others in near.items()}
         shas: dict[int, str] = {}
-        for chunk in chunks(sorted({o for others in first.values() for o in others})):
-            shas.update(session.execute(select(Image.id, Image.sha256).where(Image.id.in_(chunk))).tuples().all())
+        for ids in ids_in(session, Image.id, sorted({o for others in first.values() for o in others})):
+            shas.update(session.execute(select(Image.id, Image.sha256).where(ids)).tuples().all())
         return {image_id: sorted(shas[o] for o in others if o in shas) for image_id, others in first.items()}
 
     def all_hashes(self, session: Session, batch: int = 10_000) -> Iterable[tuple[int, int]]:
@@ -719,12 +774,17 @@ def _page_ids(session: Session, search: _Search, after: int, limit: int) -> list
     return ids[:limit]
 
 
-def _load(session: Session, ids: Sequence[int]) -> list[Image]:
-    """The images of ``ids`` in that order, with their runs and files."""
-    query = select(Image).options(selectinload(Image.runs), selectinload(Image.files))
+def _load(session: Session, ids: Sequence[int], *, relations: bool = True) -> list[Any]:
+    """The images of ``ids`` in that order: objects with their runs and files (``relations``), or
+    rows of the ``images`` columns (a stream, whose Results JSON reads runs and files as columns)."""
+    # A stream's images as rows of the table's columns (read as image.sha256 like the objects, at a
+    # third of the cost of mapping them).
+    query = select(Image).options(selectinload(Image.runs), selectinload(Image.files)) if relations \
+        else select(*Image.__table__.columns)
+    execute = session.scalars if relations else session.execute
     images = {}
-    for chunk in chunks(list(ids)):
-        images.update((image.id, image) for image in session.scalars(query.where(Image.id.in_(chunk))))
+    for cond in ids_in(session, Image.id, ids):
+        images.update((image.id, image) for image in execute(query.where(cond)))
     return [images[i] for i in ids if i in images]
 
 
@@ -739,9 +799,11 @@ def select_page(session: Session, flt: ResultFilter = ResultFilter(), *, after: 
 
 
 def iter_pages(session: Session, flt: ResultFilter = ResultFilter(), *, after: int | None = None,
-               limit: int | None = None, batch: int = 500) -> Iterator[list[Image]]:
+               limit: int | None = None, batch: int = 500) -> Iterator[list[Any]]:
     """Every image matching ``flt`` (at most ``limit``; above ``after``), a page of ``batch`` at a
-    time, in id order, in constant memory.
+    time, in id order, in constant memory. Each image is a row of the ``images`` table's columns
+    (``image.id``, ``image.sha256``, ... as on :class:`~storage.models.Image`, without its
+    relationships), which :func:`results_json` takes.
 
     The session is for reading: between pages the previous page's images are let go and its
     transaction ended (so a stream of a million images holds no snapshot and no lock for its whole
@@ -752,7 +814,7 @@ def iter_pages(session: Session, flt: ResultFilter = ResultFilter(), *, after: i
     left = limit
     while left is None or left > 0:
         n = batch if left is None else min(batch, left)
-        page = _load(session, _page_ids(session, search, cursor, n))
+        page = _load(session, _page_ids(session, search, cursor, n), relations=False)
         if not page:
             return
         yield page
@@ -833,13 +895,26 @@ def results_json(session: Session, images: Sequence[Image], stores: Sequence[Tas
     """Each image's results in the documented JSON shape, the tasks' fields read for all of
     ``images`` at once (a few statements per task, not per image)."""
     ids = [image.id for image in images]
-    per_store = [(store, store.read(session, ids, ctx)) for store in stores]
-    art_counts = {image_id: Counter(kind for kind, _ in arts)
-                  for image_id, arts in _all_artifact_kinds(session, ids).items()}
+    arts = _page_artifacts(session, ids)
+    per_store = [(store, store.read(session, ids, ctx, arts)) for store in stores]
+    # Paths and runs as columns, a statement each for the whole page (not ORM objects: a stream
+    # reads a million images' worth).
+    paths_of: dict[int, list[str]] = {}
+    for cond in ids_in(session, SourceFile.image_id, ids):
+        for image_id, path in session.execute(select(SourceFile.image_id, SourceFile.path).where(cond)
+                                              .order_by(SourceFile.image_id, SourceFile.id)):
+            paths_of.setdefault(image_id, []).append(path)
+    runs_of: dict[int, list[tuple[str, str, str, str | None]]] = {}
+    for cond in ids_in(session, TaskRun.image_id, ids):
+        for image_id, task, model, status, error in session.execute(
+                select(TaskRun.image_id, TaskRun.task, TaskRun.model, TaskRun.status, TaskRun.error).where(cond)
+                .order_by(TaskRun.image_id, TaskRun.id)):
+            runs_of.setdefault(image_id, []).append((task, model, status, error))
     out = []
     for image in images:
-        paths = [f.path for f in image.files]
-        errors = {run.task: run.error for run in image.runs if run.status in (FAILED, REJECTED) and run.error}
+        paths = paths_of.get(image.id, [])
+        runs = runs_of.get(image.id, [])
+        errors = {task: error for task, _m, status, error in runs if status in (FAILED, REJECTED) and error}
         if image.rejected_reason and not errors:
             errors["image"] = image.rejected_reason
         item: dict[str, Any] = {
@@ -855,24 +930,32 @@ def results_json(session: Session, images: Sequence[Image], stores: Sequence[Tas
             "width": image.width,
             "height": image.height,
             "size_bytes": image.size_bytes,
-            "status": image_status(image),
-            "tasks": {f"{r.task}:{r.model}" if r.model else r.task: r.status for r in image.runs},
+            "status": state_of(image.rejected_reason, [status for _t, _m, status, _e in runs]),
+            "tasks": {f"{task}:{model}" if model else task: status for task, model, status, _e in runs},
         }
         for store, values in per_store:
             item.update(values.get(image.id) or store.empty())
-        item["artifacts"] = dict(art_counts.get(image.id, {}))
+        item["artifacts"] = dict(arts.counts.get(image.id, {}))
         item["errors"] = errors
         out.append(item)
     return out
 
 
-def _all_artifact_kinds(session: Session, image_ids: Sequence[int]) -> dict[int, list[tuple[str, int]]]:
-    out: dict[int, list[tuple[str, int]]] = {}
-    for chunk in chunks(list(image_ids)):
+def _page_artifacts(session: Session, image_ids: Sequence[int]) -> Artifacts:
+    """The images' artifacts (not their thumbnails): counted per kind in SQL, and the keys of those
+    of :data:`INDEXED_KINDS` (two statements a chunk, a few rows per image instead of one per artifact)."""
+    counts: dict[int, dict[str, int]] = {}
+    keys: dict[int, list[tuple[str, int]]] = {}
+    for ids in ids_in(session, Artifact.image_id, image_ids):
+        for image_id, kind, n in session.execute(select(Artifact.image_id, Artifact.kind, func.count())
+                                                 .where(ids, Artifact.kind != THUMB)
+                                                 .group_by(Artifact.image_id, Artifact.kind)):
+            counts.setdefault(image_id, {})[kind] = n
+    for ids in ids_in(session, Artifact.image_id, image_ids):
         for image_id, kind, idx in session.execute(select(Artifact.image_id, Artifact.kind, Artifact.idx)
-                                                   .where(Artifact.image_id.in_(chunk), Artifact.kind != THUMB)):
-            out.setdefault(image_id, []).append((kind, idx))
-    return out
+                                                   .where(ids, Artifact.kind.in_(INDEXED_KINDS))):
+            keys.setdefault(image_id, []).append((kind, idx))
+    return Artifacts(counts, keys)
 
 
 #: The gallery's thumbnail of a photo (`darkroom serve`): an artifact no task owns, made once by the

@@ -28,9 +28,14 @@ def test_ordinary_names_are_candidates(name):
 
 
 @pytest.mark.parametrize("name", [".hidden.jpg", ".photo.jpg.Xa12bc", "photo.jpg.part", "photo.jpg.crdownload",
-                                  "photo.jpg~", "photo.jpg.tmp", "#photo.jpg#", ".DS_Store", "x.swp"])
+                                  "photo.jpg~", "photo.jpg.tmp", "#photo.jpg#", "x.swp"])
 def test_temporary_and_hidden_names_are_not(name):
     assert not is_candidate_name(name)
+
+
+@pytest.mark.parametrize("name", [".DS_Store", "._IMG_0001.JPG"])
+def test_hidden_clutter_is_taken_to_be_ignored_and_counted(name):
+    assert is_candidate_name(name)  # the registrar leaves it alone and counts it (tests/test_clutter.py)
 
 
 def test_walk_skips_hidden_folders_and_temp_files(tmp_path):
