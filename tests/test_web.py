@@ -499,6 +499,10 @@ def test_serve_refuses_a_non_loopback_address_without_a_token(tmp_path):
         assert done.returncode == 1, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "DARKROOM_SERVE_TOKEN" in lines[0] and host in lines[0]
+    env["DARKROOM_SERVE_TOKEN"] = ""  # compose's default when none is set
+    done = subprocess.run([sys.executable, "-m", "darkroom", "serve", "--host", "0.0.0.0"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "DARKROOM_SERVE_TOKEN is empty" in done.stderr
     assert not (tmp_path / "none.db").exists()  # refused before anything was opened
 
 

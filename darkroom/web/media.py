@@ -19,7 +19,7 @@ import re
 import threading
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from darkroom import catalog
@@ -90,12 +90,14 @@ class Media:
     def thumb(self, session: Session, sha256: str) -> Picture | None:
         """The photo's thumbnail; None when no photo has this sha256. :class:`NoOriginal` when it has
         none and none can be made (a rejected file, an original gone)."""
-        row = session.execute(select(Image.id, Image.rejected_reason).where(Image.sha256 == sha256)).first()
+        # One statement: the image and its thumbnail, if it has one.
+        row = session.execute(select(Image.id, Image.rejected_reason, Artifact)
+                              .outerjoin(Artifact, and_(Artifact.image_id == Image.id, Artifact.kind == results.THUMB,
+                                                        Artifact.idx == 0))
+                              .where(Image.sha256 == sha256)).first()
         if row is None:
             return None
-        image_id, rejected = row
-        art = session.scalar(select(Artifact).where(Artifact.image_id == image_id, Artifact.kind == results.THUMB,
-                                                    Artifact.idx == 0))
+        image_id, rejected, art = row
         if art is not None:
             return _picture(results.artifact_bytes(art, self.blobs), art.mime)
         if rejected:
