@@ -35,6 +35,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.datastructures import MutableHeaders
 
 from darkroom import __version__, catalog
 from darkroom.settings import Settings
@@ -117,23 +118,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
         return templates.TemplateResponse(request, name, {"version": __version__, "login": token is not None, **context},
                                           status_code=status_code)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        path = request.url.path
-        if token is not None and not path.startswith(OPEN_PATHS) and not _authorized(request, token):
-            if "text/html" in request.headers.get("accept", ""):
-                response: Response = RedirectResponse("/login?" + urlencode({"next": _local(path)}), status_code=303)
-            else:
-                response = JSONResponse({"detail": "a token is needed: Authorization: Bearer TOKEN, or log in at /login"},
-                                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        else:
-            response = await call_next(request)
-        picture = response.headers.get("content-type", "").startswith("image/")
-        response.headers["Content-Security-Policy"] = PICTURE_CSP if picture else CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["X-Frame-Options"] = "DENY"
-        return response
+    app.add_middleware(Guard, token=token)
 
     # --- pages ----------------------------------------------------------------------------------
 
@@ -314,6 +299,43 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
         return JSONResponse({"detail": detail}, status_code=404)
 
     return app
+
+
+class Guard:
+    """The ASGI middleware every request passes: the token (when one is set: else a redirect to the
+    login form for a page, 401 for anything else) and the security headers of every response."""
+
+    def __init__(self, app: Any, token: str | None) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                picture = headers.get("content-type", "").startswith("image/")
+                headers["Content-Security-Policy"] = PICTURE_CSP if picture else CSP
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["Referrer-Policy"] = "no-referrer"
+                headers["X-Frame-Options"] = "DENY"
+            await send(message)
+
+        path = scope["path"]
+        if self.token is not None and not path.startswith(OPEN_PATHS):
+            request = Request(scope)
+            if not _authorized(request, self.token):
+                if "text/html" in request.headers.get("accept", ""):
+                    response: Response = RedirectResponse("/login?" + urlencode({"next": _local(path)}), status_code=303)
+                else:
+                    response = JSONResponse({"detail": "a token is needed: Authorization: Bearer TOKEN, or log in at "
+                                                       "/login"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send_with_headers)
+                return
+        await self.app(scope, receive, send_with_headers)
 
 
 def _sha(text: str) -> str:
