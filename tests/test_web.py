@@ -270,6 +270,27 @@ def test_api_images_are_the_results_json_with_filters_and_keyset_pages(client, s
     assert client.get("/api/images", params={"limit": 100000}).status_code == 422
 
 
+def test_the_stores_other_filters_are_offered_and_passed_on(client, store):
+    """Filters ResultFilter has beyond status, label, faces and since (capture dates, a camera) appear
+    in the gallery's form and work in the API; the test photos carry no capture metadata."""
+    from darkroom.web import reads
+
+    extra = reads.extra_filters()
+    if not extra:
+        pytest.skip("this store's ResultFilter has no other filters")
+    html = client.get("/gallery").text
+    for name in extra:
+        assert f'name="{name}"' in html
+    for name in reads.date_filters():
+        assert f'type="date" name="{name}"' in html
+        assert client.get("/api/images", params={name: "2020-01-01"}).status_code == 200
+        bad = client.get("/api/images", params={name: "yesterday"})
+        assert bad.status_code == 400 and name in bad.json()["detail"]
+    if "camera" in extra:
+        assert client.get("/api/images", params={"camera": "Canon"}).json()["items"] == []
+        assert names_in(client.get("/gallery", params={"camera": "Canon"}).text) == []
+
+
 def test_api_image_by_sha256(client, store):
     sha = store.shas["xss"]
     assert client.get(f"/api/images/{sha}").json() == results_cli_json(store, sha)[0]

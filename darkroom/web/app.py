@@ -147,12 +147,12 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
                 models = results.label_models(s)
         except reads.BadFilter as exc:
             return page(request, "gallery.html", status_code=400, error=str(exc), cells=[], form=form, extra=extra,
-                        models=[], states=reads.STATES, next_url=None, first_url=None)
+                        dates=reads.date_filters(), models=[], states=reads.STATES, next_url=None, first_url=None)
         given = {k: v for k, v in {**form, **extra}.items() if v}
         next_url = "/gallery?" + urlencode({**given, "after": next_after, "limit": limit}) if next_after else None
         first_url = "/gallery?" + urlencode(given) if after else None
         return page(request, "gallery.html", error=None, cells=cells, form=form, extra=extra, models=models,
-                    states=reads.STATES, next_url=next_url, first_url=first_url)
+                    dates=reads.date_filters(), states=reads.STATES, next_url=next_url, first_url=first_url)
 
     @app.get("/photos/{sha256}", response_class=HTMLResponse, include_in_schema=False)
     def photo_page(request: Request, sha256: str):

@@ -96,6 +96,11 @@ def _when(text: str, name: str) -> dt.datetime:
         raise BadFilter(f"{name} is a date (2026-12-03) or a time (2026-12-03T14:00), not {text!r}") from None
 
 
+def date_filters() -> set[str]:
+    """The filters of :func:`extra_filters` that take a date or a time."""
+    return {f.name for f in dataclasses.fields(results.ResultFilter) if "date" in str(f.type)}
+
+
 def extra_filters() -> list[str]:
     """Filters the store's ResultFilter has beyond those :func:`make_filter` names (they appear in
     the gallery's form and the API as text fields)."""
