@@ -43,6 +43,7 @@ from darkroom.web import media, metrics, reads
 from storage import ledger, results
 from storage.blobs import BlobStore
 from storage.db import make_engine, read_only, session_factory
+from worker import broker
 from worker.queues import queue_depths
 
 HERE = Path(__file__).resolve().parent
@@ -57,6 +58,8 @@ COOKIE = "darkroom_session"
 IMMUTABLE = "public, max-age=31536000, immutable"
 #: At most this long is spent bringing the image counts up to date on an overview or /api/status.
 FOLD_SECONDS = 0.5
+#: ... at most this often.
+FOLD_EVERY = 2.0
 #: Photos per gallery page unless asked.
 GALLERY_PAGE = 100
 OPEN_PATHS = ("/login", "/static/", "/favicon.ico")
@@ -77,6 +80,7 @@ class State:
         self.primary_model = catalog.get("classify").model_key(settings)
         self._redis: redis_lib.Redis | None = None
         self._fold_lock = threading.Lock()
+        self._folded = -FOLD_EVERY
         self.registry = metrics.registry(metrics.LedgerCollector(self.read, self.queues, settings))
 
     def read(self):
@@ -84,19 +88,27 @@ class State:
 
     def queues(self) -> dict[str, int] | str:
         try:
-            if self._redis is None:
-                self._redis = redis_lib.Redis.from_url(self.settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+            if self._redis is None:  # a plain Redis, or the master the sentinels of a sentinel:// URL name
+                self._redis = broker.for_settings(self.settings, socket_timeout=2, socket_connect_timeout=2)
             return queue_depths(self._redis)
         except (redis_lib.RedisError, OSError) as exc:
             return f"unreachable ({type(exc).__name__})"
 
     def fold(self) -> None:
-        """Count the photos whose state changed a moment ago (one fold at a time in this process)."""
-        if self._fold_lock.acquire(blocking=False):
-            try:
+        """Count the photos whose state changed a moment ago: one fold at a time in this process, at
+        most every :data:`FOLD_EVERY` seconds, and only when a read finds photos to count (a fold
+        is a write: however many pages poll, the workers are not held up)."""
+        now = time.monotonic()
+        if now - self._folded < FOLD_EVERY or not self._fold_lock.acquire(blocking=False):
+            return
+        try:
+            self._folded = now
+            with self.read() as s:
+                waiting = reads.uncounted(s, most=1)
+            if waiting:
                 ledger.fold_pending(self.sessions, seconds=FOLD_SECONDS)
-            finally:
-                self._fold_lock.release()
+        finally:
+            self._fold_lock.release()
 
 
 def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None) -> FastAPI:

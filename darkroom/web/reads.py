@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from darkroom import catalog
 from darkroom.settings import Settings
-from storage import ledger, progress, results
+from storage import ignored, ledger, progress, results
 from storage.db import chunks
 from storage.models import (
     DONE,
@@ -227,11 +227,14 @@ class Overview:
     eta_seconds: float | None
     groups: list[progress.ProblemGroup]
     problems: list[ledger.Problem]
+    #: Files left alone by the ignore patterns, per kind.
+    ignored: dict[str, int] = dataclasses.field(default_factory=dict)
     window_seconds: int = THROUGHPUT_SECONDS
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "images": self.images,
+            "ignored": self.ignored,
             "uncounted": self.uncounted,
             "runs": {f"{task}:{state}": n for (task, state), n in sorted(self.runs.items())},
             "queues": self.queues,
@@ -269,7 +272,7 @@ def overview(session: Session, queues: dict[str, int] | str) -> Overview:
         runs=runs, images=dict(ledger.image_counts(session)), uncounted=uncounted(session), queues=queues,
         runs_per_second=per_second, registered_per_second=registered, pending_runs=pending,
         eta_seconds=(pending / per_second) if pending and per_second > 0 else None,
-        groups=summary.groups, problems=ledger.problems(session, limit=OVERVIEW_PROBLEMS))
+        groups=summary.groups, problems=ledger.problems(session, limit=OVERVIEW_PROBLEMS), ignored=ignored.counts(session))
 
 
 def uncounted(session: Session, most: int = 100_000) -> int:
