@@ -565,3 +565,17 @@ def test_a_thumbnail_stored_twice_keeps_the_first(store):
     with store.sessions() as s:
         after = s.scalar(select(Artifact.data).where(Artifact.image_id == image_id, Artifact.kind == "thumb"))
     assert after == before and after != b"other"
+
+
+def test_bench_web_runs_at_a_tiny_size():
+    """`darkroom bench web` at 500 photos on SQLite: every page answers and thumbnails are served (the
+    README's figures are from the full sizes)."""
+    from bench import web
+
+    rows = web.run(web.Options(sizes=[500], dbs=["sqlite"], postgres_url="", repeat=1, thumbs=50, thumb_seconds=0.5,
+                               connections=2), log=lambda _msg: None)
+    (row,) = rows
+    assert row["db"] == "sqlite" and row["images"] == 500
+    assert all(row[k] > 0 for k in row if k not in ("db", "images"))
+    text = web.report(rows)
+    assert "gallery, first page" in text and "thumbs/s" in text and "sqlite | 500" in text
