@@ -81,6 +81,8 @@ class State:
         self._redis: redis_lib.Redis | None = None
         self._fold_lock = threading.Lock()
         self._folded = -FOLD_EVERY
+        self._overview_lock = threading.Lock()
+        self._overview: tuple[float, reads.Overview] | None = None
         self.registry = metrics.registry(metrics.LedgerCollector(self.read, self.queues, settings))
 
     def read(self):
@@ -93,6 +95,16 @@ class State:
             return queue_depths(self._redis)
         except (redis_lib.RedisError, OSError) as exc:
             return f"unreachable ({type(exc).__name__})"
+
+    def overview(self) -> reads.Overview:
+        """The overview, read at most every :data:`FOLD_EVERY` seconds however many pages poll it (its
+        problem groups cost a few hundred milliseconds at a million photos)."""
+        with self._overview_lock:
+            if self._overview is None or time.monotonic() - self._overview[0] >= FOLD_EVERY:
+                self.fold()
+                with self.read() as s:
+                    self._overview = (time.monotonic(), reads.overview(s, self.queues()))
+            return self._overview[1]
 
     def fold(self) -> None:
         """Count the photos whose state changed a moment ago: one fold at a time in this process, at
@@ -136,10 +148,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def overview_page(request: Request):
-        state.fold()
-        with state.read() as s:
-            view = reads.overview(s, state.queues())
-        return page(request, "overview.html", view=view, states=reads.STATES)
+        return page(request, "overview.html", view=state.overview(), states=reads.STATES)
 
     @app.get("/gallery", response_class=HTMLResponse, include_in_schema=False)
     def gallery_page(request: Request, status: str | None = None, label: str | None = None, model: str | None = None,
@@ -294,9 +303,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     def api_status() -> dict[str, Any]:
         """What `darkroom status --json` says (counts of runs and photos, queue depths, the newest
         problems and problem groups), with the throughput over the last minutes and an ETA."""
-        state.fold()
-        with state.read() as s:
-            return reads.overview(s, state.queues()).to_dict()
+        return state.overview().to_dict()
 
     @app.get("/metrics", tags=["metrics"], summary="Prometheus metrics, read from the ledger now",
              response_class=PlainTextResponse)
