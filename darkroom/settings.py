@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from darkroom import catalog
+from storage.blobs import check_url
 from tasks.augment import parse_spec
 from tasks.faces import BOXED
 from tasks.normalize import format_mode, parse_mode
@@ -113,6 +114,12 @@ class Settings(BaseSettings):
         "'link' (a hard link where the filesystem allows, else a copy), or 'reference': nothing copied, the "
         "original is read where it lies and must stay there (`darkroom ingest --in-place` does this for one "
         "ingest); a worker checks it is unchanged before using it.")
+
+    blob_url: str | None = Field(
+        None, description="Where originals (and DARKROOM_ARTIFACT_STORE=blobs artifacts) are kept, by sha256: "
+        "file:///path (default: DATA_DIR/blobs) or s3://bucket/prefix?endpoint=http://host:port[&region=R] "
+        "(S3, MinIO, SeaweedFS; credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, never in the URL). "
+        "Every producer and worker host needs the same store.")
 
     artifact_store: Literal["sql", "blobs"] = Field(
         "sql", description="Where the images Darkroom makes (boxed faces, augmentations, contact sheets) are "
@@ -242,6 +249,13 @@ class Settings(BaseSettings):
                 modes.append(mode)
         return modes or ["scale"]
 
+    @field_validator("blob_url")
+    @classmethod
+    def _check_blob_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return check_url(value.strip())  # raises ValueError saying what is wrong (never echoing a secret)
+
     @field_validator("augment")
     @classmethod
     def _check_augment(cls, value: str) -> str:
@@ -262,6 +276,11 @@ class Settings(BaseSettings):
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def blob_location(self) -> str:
+        """The blob store's URL: DARKROOM_BLOB_URL, or ``file://`` DATA_DIR/blobs (absolute)."""
+        return self.blob_url or (self.blob_dir.absolute()).as_uri()
 
     def masked(self) -> dict[str, object]:
         """Settings as plain data with every password replaced by ``***`` (for `darkroom config`)."""

@@ -27,9 +27,10 @@ from celery import Celery
 from darkroom import catalog
 from darkroom.settings import Settings
 from producer.files import IgnoreRules, inside
-from storage import files, ignored, ledger
+from storage import cluster, files, ignored, ledger
 from storage.blobs import BlobStore, OversizeFile, hash_file
 from storage.db import make_engine, read_only, session_factory, transaction
+from storage.stores import open_store
 from worker.broker import for_settings
 from worker.originals import describe
 from worker.queues import messages, queue_depths, send_runs
@@ -83,6 +84,24 @@ class Chunk:
     bytes_read: int
 
 
+def record_identity(sessions, client, blob_url: str) -> cluster.Identity:
+    """Record the cluster's identity in SQL when it has none, and mirror it in Redis (``client``),
+    where a worker compares it with its own database's as it starts (storage.cluster,
+    worker.cluster). Every producer does, as its Registrar is made; `darkroom up` before it starts
+    its worker."""
+    with read_only(sessions) as s:
+        identity = cluster.read(s)
+    if identity is None:
+        with transaction(sessions) as s:
+            identity = cluster.ensure(s, blob_url)
+    try:
+        cluster.mirror(client, identity)
+    except Exception as exc:  # noqa: BLE001 - the broker away: the next producer start mirrors it
+        log.warning("could not mirror the cluster identity in Redis (%s); workers started now are not "
+                    "checked against it", type(exc).__name__)
+    return identity
+
+
 @dataclass
 class Registrar:
     settings: Settings
@@ -98,6 +117,8 @@ class Registrar:
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
     _pool_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _folded_at: float = field(default=0.0, init=False, repr=False)
+    _store_marked: bool = field(default=False, init=False, repr=False)
+    _mark_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.rescan not in RESCANS:
@@ -109,9 +130,27 @@ class Registrar:
         self.sessions = session_factory(make_engine(
             self.settings.db_url, pool_size=self.settings.db_pool_size, max_overflow=self.settings.db_max_overflow,
             application_name=f"darkroom-producer {os.getpid()}"))
-        self.blobs = BlobStore(self.settings.blob_dir)
+        self.blobs: BlobStore = open_store(self.settings.blob_location)  # DARKROOM_BLOB_URL: a folder or a bucket
         self.redis = for_settings(self.settings)
         self.work = catalog.planned_work(self.settings)
+        self._record_identity()
+
+    def _record_identity(self) -> None:
+        self.identity = record_identity(self.sessions, self.redis, self.blobs.url)
+
+    def _mark_store(self) -> None:
+        """With the first blob this process stores: mark the store as this cluster's (a worker's store
+        must then hold the mark) and note it in SQL. Once per process."""
+        if self._store_marked:
+            return
+        with self._mark_lock:
+            if self._store_marked:
+                return
+            self.blobs.mark_cluster(self.identity.uuid)
+            if self.identity.blobs_at is None:
+                with transaction(self.sessions) as s:
+                    cluster.note_blobs(s)
+            self._store_marked = True
 
     def ignore_rules(self, root: Path) -> IgnoreRules:
         """The rules of ``root`` (one of :attr:`roots`): what its walk leaves alone."""
@@ -300,8 +339,11 @@ class Registrar:
                 sha, size = hash_file(path, max_bytes=limit)
                 source = path
             else:
-                sha, size = self.blobs.put_file(path, link=self.settings.blob_mode == "link", max_bytes=limit)
-                source = self.blobs.path_for(sha)
+                # Hashed here, stored (uploaded) under its hash before the SQL commit; probed from
+                # what was stored (the file may change the next moment).
+                sha, size, source = self.blobs.store_file(path, link=self.settings.blob_mode == "link",
+                                                          max_bytes=limit)
+                self._mark_store()
         except FileNotFoundError:
             return Outcome.VANISHED
         except OversizeFile as exc:

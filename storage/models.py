@@ -399,3 +399,23 @@ class DirtyImage(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     image_id: Mapped[int] = mapped_column(Integer)
+
+
+class Cluster(Base):
+    """This Darkroom's identity (one row, ``id`` 1), recorded by its first producer and mirrored in
+    Redis (``darkroom:cluster``): a worker whose database or blob store is not the producer's refuses
+    to start (storage.cluster)."""
+
+    __tablename__ = "cluster"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: 32 hex digits.
+    uuid: Mapped[str] = mapped_column(String(32), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: The blob store the producer that recorded it used (DARKROOM_BLOB_URL; never holds a secret).
+    blob_url: Mapped[str] = mapped_column(Text)
+    #: The host that recorded it.
+    host: Mapped[str] = mapped_column(String(255))
+    #: When a producer first stored a blob (and marked its store ``clusters/<uuid>``); NULL while it has
+    #: stored none (originals held in place): a worker's store must then hold the mark.
+    blobs_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

@@ -106,11 +106,11 @@ def artifact_bytes(artifact: Artifact, blobs: BlobStore) -> bytes:
     if artifact.blob is None:
         raise ValueError(f"artifact {artifact.kind}-{artifact.idx} of image {artifact.image_id} holds no bytes")
     try:
-        return blobs.path_for(artifact.blob).read_bytes()
+        return blobs.read(artifact.blob, what=f"the {artifact.kind} image")
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"the {artifact.kind} image {artifact.blob} is missing from the blob store {blobs.root}: "
-            "`darkroom rerun --task TASK` makes it again") from None
+            f"the {artifact.kind} image {artifact.blob} is missing from the blob store {blobs.url} "
+            "(DARKROOM_BLOB_URL): `darkroom rerun --task TASK` makes it again") from None
 
 
 class TaskResults:

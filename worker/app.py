@@ -16,11 +16,13 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, Task, current_app
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
 from darkroom import catalog
 from darkroom.settings import Settings, load_settings
+from storage.stores import open_store
 from worker.broker import transport_options
+from worker.cluster import check_or_exit
 from worker.pipeline import execute, int_list
 from worker.runtime import PerProcess, Runtime
 
@@ -85,6 +87,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     def make_runtime() -> Runtime:
         consumed = sorted(app.amqp.queues.consume_from or ()) if app.amqp.queues.consume_from else None
         runtime = Runtime.create(settings, consumed)
+        runtime.blobs = open_store(settings.blob_location)  # DARKROOM_BLOB_URL: a folder or a bucket
         # The process's heartbeat (the reconciler takes over its runs once it is gone), written
         # before the runtime is handed out, so before the process claims anything.
         runtime.start_heartbeat()
@@ -93,6 +96,14 @@ def create_app(settings: Settings | None = None) -> Celery:
     runtimes = PerProcess(make_runtime)
     for task in catalog.TASKS:
         app.task(name=task.celery_name, bind=True, base=PipelineTask, runtimes=runtimes)(_run_message)
+
+    @worker_init.connect(weak=False)
+    def check_setup(sender=None, **_kwargs) -> None:
+        """In the worker's main process, before any child or message: refuse to start, with one line
+        naming the setting to fix, when the database, the broker or the blob store is not the
+        producer's (worker.cluster)."""
+        if getattr(sender, "app", None) is app:
+            check_or_exit(settings)
 
     @worker_process_init.connect(weak=False)
     def start_process(**_kwargs) -> None:

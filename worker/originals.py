@@ -29,7 +29,8 @@ from sqlalchemy import select
 
 from darkroom import catalog
 from darkroom.settings import Settings
-from storage import files, ledger
+from storage import cluster, files, ledger
+from storage.blobs import BlobCorrupt, BlobMissing
 from storage.db import read_only, transaction
 from storage.models import FAILED, ORIGINAL_BLOB, ORIGINAL_MISSING, QUEUED, TaskRun
 from tasks.imaging import BadImage, probe
@@ -42,6 +43,11 @@ log = logging.getLogger(__name__)
 class OriginalGone(Exception):
     """An image held by reference has no file that still holds its content: its runs fail with
     this message (it names the file and what to do), without retries."""
+
+
+class OriginalUnusable(OriginalGone):
+    """The blob store answers as this cluster's (it holds the cluster's mark) and its copy of the
+    original is missing, or holds other bytes: failed at once, naming DARKROOM_BLOB_URL, never retried."""
 
 
 class OriginalBusy(TimeoutError):
@@ -67,23 +73,39 @@ def describe(path: Path | str, source: Path | bytes, *, sha256: str, size: int, 
                             decoder=decoder, color_profile=profile, frames=frames, capture=capture)
 
 
-def read_original(rt: Runtime, app: Celery | None, image_id: int, sha256: str) -> bytes:
-    """The image's bytes: the blob store's copy when it has one, else (an image held by reference)
-    the first of its files that still holds its content.
+def read_original(rt: Runtime, app: Celery | None, image_id: int, sha256: str, *, give_up: bool = True) -> bytes:
+    """The image's bytes: the blob store's copy when it has one (an S3 store's checked against its
+    sha256), else (an image held by reference) the first of its files that still holds its content.
+
+    ``give_up``: an original held by reference that is gone or edited is recorded so (the image
+    marked missing and its queued runs failed, or its new content registered); False for runs a
+    message only gathered, which are given back instead.
 
     Raises:
         OriginalGone: held by reference, and no file holds it any more (its queued runs are failed
             with the same message here; the caller records its own).
-        FileNotFoundError: the blob store's copy is missing (the store away for a moment: retried).
+        OriginalUnusable: the store holds this cluster's mark, and its copy is missing or damaged.
+        FileNotFoundError: the blob store's copy is missing from a store without this cluster's mark
+            (a store away for a moment, an unmounted folder: retried).
+        BlobStoreUnavailable: the store did not answer (a ConnectionError: retried).
     """
     try:
-        return rt.blobs.path_for(sha256).read_bytes()
-    except FileNotFoundError:
+        return rt.blobs.read(sha256)
+    except BlobMissing:
         pass
+    except BlobCorrupt as exc:
+        raise OriginalUnusable(str(exc)) from None
     with read_only(rt.sessions) as s:
         where, recorded = files.originals(s, image_id)
     if where == ORIGINAL_BLOB:
-        return rt.blobs.read(sha256)  # raises the store's own FileNotFoundError
+        try:
+            return rt.blobs.read(sha256)
+        except BlobCorrupt as exc:
+            raise OriginalUnusable(str(exc)) from None
+        except BlobMissing as exc:
+            if _store_is_ours(rt):
+                raise OriginalUnusable(str(exc)) from None
+            raise
     gone: list[str] = []
     unreadable: list[str] = []
     changed: list[str] = []
@@ -102,11 +124,28 @@ def read_original(rt: Runtime, app: Celery | None, image_id: int, sha256: str) -
                 with transaction(rt.sessions) as s:
                     files.mark_found(s, image_id)
             return data
+        if not give_up:
+            changed.append(f"{original.path} changed since it was registered")
+            continue
         changed.append(_register_anew(rt, app, original, data))
+    if not give_up:
+        raise OriginalGone((changed or unreadable or [f"original moved or deleted: {', '.join(gone)}"])[0])
     reason = changed[0] if changed else unreadable[0] if unreadable else _gone(rt, image_id, sha256, gone, where)
     if not unreadable:
         _give_up(rt, image_id, reason)
     raise OriginalGone(reason)
+
+
+def _store_is_ours(rt: Runtime) -> bool:
+    """Whether the blob store holds this cluster's mark: then a blob missing from it is missing for
+    good. False when it cannot be told (no identity yet, the store not answering)."""
+    try:
+        with read_only(rt.sessions) as s:
+            identity = cluster.read(s)
+        return identity is not None and rt.blobs.has_cluster(identity.uuid)
+    except Exception:  # noqa: BLE001 - not known: the missing blob is treated as trouble that passes
+        log.warning("could not tell whether the blob store %s is this cluster's", rt.blobs.url, exc_info=True)
+        return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,4 +248,4 @@ def _give_up(rt: Runtime, image_id: int, reason: str) -> None:
         ledger.finish_runs(s, queued, status=FAILED, error=reason)
 
 
-__all__ = ["OriginalBusy", "OriginalGone", "describe", "read_original"]
+__all__ = ["OriginalBusy", "OriginalGone", "OriginalUnusable", "describe", "read_original"]

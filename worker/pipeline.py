@@ -36,17 +36,21 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from darkroom import catalog
-from storage import ledger
+from storage import cluster, ledger
 from storage.db import read_only, transaction
 from storage.models import DONE, FAILED, REJECTED, Artifact
 from storage.results import THUMB, ArtifactData, save_artifacts
 from tasks.base import ModelUnavailable, one_line
 from tasks.imaging import BadImage, decode
+from worker.cluster import UnknownRuns
 from worker.originals import OriginalGone, read_original
 from worker.queues import send_run
 from worker.runtime import Runtime, Step
 
 log = logging.getLogger(__name__)
+
+#: Seconds before a message whose runs this worker's database does not know is sent again.
+UNKNOWN_RUN_RETRY = 30
 
 #: Trouble that passes: the database or the blob store away for a moment.
 TRANSIENT = (OperationalError, DBAPIError, FileNotFoundError, ConnectionError, TimeoutError)
@@ -76,6 +80,12 @@ def execute(task: Task, run_id: int, takeover: bool = False, run_ids: list[int] 
     ids = list(dict.fromkeys([run_id, *(run_ids or [])]))
     try:
         return Message(rt, task.app, ids, takeover).run()
+    except UnknownRuns as exc:
+        # Never acknowledged as done: sent again for a worker whose database knows the runs (this
+        # one's is not the producer's; `darkroom worker` refuses to start so, see worker.cluster).
+        log.error("%s; the message is sent again in %d s", exc, UNKNOWN_RUN_RETRY)
+        kwargs = {"run_id": ids[0], "takeover": takeover, **({"run_ids": ids} if len(ids) > 1 else {})}
+        raise task.retry(exc=exc, countdown=UNKNOWN_RUN_RETRY, kwargs=kwargs) from None
     except TRANSIENT as exc:
         ids = list(dict.fromkeys([*ids, *getattr(exc, "darkroom_runs", [])]))  # members it could not give back
         retries = task.request.retries
@@ -124,6 +134,10 @@ class Message:
             with transaction(rt.sessions) as s:
                 self.own = ledger.claim_runs(s, claimable, rt.identity, holder_alive)
         if not self.own:
+            with read_only(rt.sessions) as s:
+                unknown = cluster.unknown_runs(s, self.run_ids)
+            if unknown:
+                raise UnknownRuns(unknown, rt.settings)
             log.info("run %s: nothing to do (finished, or in another worker's batch)", _ids_text(self.run_ids))
             return "skipped"
         started = time.perf_counter()
@@ -227,18 +241,16 @@ class Message:
         for image_id, group in by_image.items():
             sizes = [steps[c.task, c.model].decode_size for c in group] if rt.settings.fast_decode else [None]
             at_least = None if None in sizes else (max(w for w, _ in sizes), max(h for _, h in sizes))
+            original = self._read(image_id, group)
+            if original is None:
+                continue
             try:
-                original = read_original(rt, self.app, image_id, group[0].sha256)
                 images[image_id] = decode(original, max_pixels=rt.settings.max_image_pixels, at_least=at_least, **raw)
                 if image_id not in have_thumb:
                     self._thumb(image_id, original, images[image_id])
-            except (BadImage, OriginalGone) as exc:
+            except BadImage as exc:
                 for c in group:
                     self._fail(c, exc)
-            except FileNotFoundError:
-                if any(c in self.own for c in group):
-                    raise
-                self._release(group)  # another message's run: it is given back, not failed for us
         return images
 
     def _thumb(self, image_id: int, original: bytes, pixels: Any) -> None:
@@ -250,6 +262,31 @@ class Message:
             self.thumbs[image_id] = thumb
         except Exception:  # noqa: BLE001 - a thumbnail is never worth a run
             log.warning("image %s: no thumbnail made", image_id, exc_info=True)
+
+    def _read(self, image_id: int, group: list[ledger.Claim]) -> bytes | None:
+        """The photo's original, or None when it cannot be had now. For a photo of the message's
+        own runs, trouble for good (an original gone, a blob missing from the cluster's store) fails
+        them and the photo's other runs taken with them, and trouble that passes is retried. A photo
+        the message only gathered (another photo's runs filling a batch) is given back whatever the
+        trouble, never failed for it: its own message tries again, maybe on a worker that can read it."""
+        mine = any(c in self.own for c in group)
+        try:
+            return read_original(self.rt, self.app, image_id, group[0].sha256, give_up=mine)
+        except OriginalGone as exc:
+            if not mine:
+                self._release(group)
+                return None
+            for c in group:
+                self._fail(c, exc)
+        except TRANSIENT:
+            if mine:
+                raise
+            self._release(group)
+        except Exception as exc:  # noqa: BLE001 - e.g. the store refused us: recorded, with what it said
+            log.exception("image %s: its original could not be read", image_id)
+            for c in group:
+                self._fail(c, exc)  # a gathered run is given back (the trouble may not be its own)
+        return None
 
     def _store(self, results: list[tuple[Step, list[ledger.Claim], list[Any]]]) -> None:
         """Every result and the runs' ``done`` in one transaction (artifacts encoded first)."""

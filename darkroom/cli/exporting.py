@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from darkroom import catalog
 from darkroom.settings import Settings
 from storage import results
-from storage.blobs import BlobStore
+from storage.stores import open_store
 
 _EXT = {"image/jpeg": "jpg", "image/png": "png"}
 
@@ -32,7 +32,7 @@ def export_images(sessions: sessionmaker[Session], directory: Path, selectors: S
                   settings: Settings) -> tuple[int, int]:
     root = directory.resolve()
     root.mkdir(parents=True, exist_ok=True)
-    blobs = BlobStore(settings.blob_dir)
+    blobs = open_store(settings.blob_location)
     n_images = n_files = 0
     with sessions() as s:
         # Everything: a page at a time (constant memory at a million photos); else each named one.

@@ -76,6 +76,7 @@ def up(
     logs: IO[bytes] | None = None
     try:
         factory = sessions(settings, migrate=True)
+        _record_identity(settings, factory)  # before the worker, which compares it with the broker's
         argv = [sys.executable, "-m", "darkroom", "worker", "--queues", ",".join(settings.queues)]
         if concurrency:
             argv += ["--concurrency", str(concurrency)]
@@ -94,6 +95,18 @@ def up(
         stop_redis(redis_proc, settings.redis_url)
     if code:
         raise typer.Exit(code)
+
+
+def _record_identity(settings: Settings, factory) -> None:
+    from producer.registrar import record_identity
+    from storage.stores import open_store
+    from worker.broker import for_settings
+
+    client = for_settings(settings, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        record_identity(factory, client, open_store(settings.blob_location).url)
+    finally:
+        client.close()
 
 
 def _stop_worker(proc: subprocess.Popen) -> None:
