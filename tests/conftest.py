@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from tests import photos as pictures
-from tests.harness import PrivatePostgres, PrivateRedis
+from tests.harness import PrivatePostgres, PrivateRedis, PrivateSeaweed
 from tests.harness import missing as _missing
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -134,6 +134,19 @@ def private_postgres():
         server.stop()
     except Exception:  # noqa: BLE001 - already stopped
         pass
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    """A SeaweedFS (its S3 gateway) of this test session's own, shared by every test that needs an
+    S3 blob store (each uses buckets of its own: ``seaweed.url(bucket)``); stopped and removed at the end."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("seaweed")
+    server = PrivateSeaweed(folder)
+    yield server
+    server.stop()
     shutil.rmtree(folder, ignore_errors=True)
 
 
