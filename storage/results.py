@@ -49,6 +49,12 @@ from storage.models import (
 )
 
 
+def _rows(session: Session, statement: Any) -> Any:
+    """The rows of a SELECT of columns, run on the session's connection: the same rows as
+    ``session.execute`` gives, without the ORM's per-row loading (a stream reads millions)."""
+    return session.connection().execute(statement)
+
+
 def ids_in(session: Session, column: Any, ids: Sequence[int]) -> Iterator[Any]:
     """Conditions ``column IN ids``, as few as the database allows: on PostgreSQL one array
     parameter per 50,000 ids (``= ANY(:ids)``: one value to bind, not one per id), elsewhere an
@@ -171,7 +177,7 @@ def _artifact_keys(session: Session, image_ids: Sequence[int], kinds: Sequence[s
         return {i: mine for i, arts in known.keys.items() if (mine := [a for a in arts if a[0] in kinds])}
     out: dict[int, list[tuple[str, int]]] = {}
     for ids in ids_in(session, Artifact.image_id, image_ids):
-        rows = session.execute(select(Artifact.image_id, Artifact.kind, Artifact.idx)
+        rows = _rows(session, select(Artifact.image_id, Artifact.kind, Artifact.idx)
                                .where(ids, Artifact.kind.in_(list(kinds))))
         for image_id, kind, idx in rows:
             out.setdefault(image_id, []).append((kind, idx))
@@ -198,7 +204,7 @@ class NormalizationResults(TaskResults):
         reports: dict[int, dict[tuple[str, bool], dict[str, Any]]] = {}
         for ids in ids_in(session, Normalization.image_id, image_ids):
             # Columns, not ORM objects: a stream reads a million of them.
-            rows = session.execute(select(Normalization.image_id, Normalization.mode, Normalization.per_channel,
+            rows = _rows(session, select(Normalization.image_id, Normalization.mode, Normalization.per_channel,
                                           sa.cast(Normalization.report, sa.Text)).where(ids)
                                    .order_by(Normalization.id))
             for image_id, mode, per_channel, report in rows:
@@ -257,7 +263,7 @@ class LabelResults(TaskResults):
              artifacts: Artifacts | None = None) -> dict[int, dict[str, Any]]:
         by_image: dict[int, dict[str, list[dict[str, Any]]]] = {}
         for ids in ids_in(session, Label.image_id, image_ids):
-            rows = session.execute(select(Label.image_id, Label.model, Label.rank, Label.class_id, Label.label,
+            rows = _rows(session, select(Label.image_id, Label.model, Label.rank, Label.class_id, Label.label,
                                           Label.score).where(ids)
                                    .order_by(Label.image_id, Label.model, Label.rank))
             for image_id, model, rank, class_id, label, score in rows:
@@ -317,7 +323,7 @@ class FaceResults(TaskResults):
         crops = _artifact_keys(session, image_ids, ("face_crop",), artifacts)
         found: dict[int, dict[str, list[dict[str, Any]]]] = {}
         for ids in ids_in(session, Face.image_id, image_ids):
-            rows = session.execute(select(Face.image_id, Face.model, Face.x, Face.y, Face.w, Face.h, Face.confidence,
+            rows = _rows(session, select(Face.image_id, Face.model, Face.x, Face.y, Face.w, Face.h, Face.confidence,
                                           Face.keypoints).where(ids)
                                    .order_by(Face.image_id, Face.model, Face.idx))
             for image_id, model, x, y, w, h, confidence, keypoints in rows:
@@ -442,7 +448,7 @@ class PHashResults(TaskResults):
         hashes: dict[int, int] = {}
         paired: set[int] = set()
         for ids in ids_in(session, PHash.image_id, image_ids):
-            for image_id, value, within in session.execute(
+            for image_id, value, within in _rows(session,
                     select(PHash.image_id, PHash.hash, PHash.paired_within).where(ids)):
                 hashes[image_id] = value
                 if within is not None and within >= ctx.near_distance:
@@ -473,7 +479,7 @@ class PHashResults(TaskResults):
         pairs are stored up to at least that distance): one indexed statement per chunk of ids."""
         out: dict[int, list[int]] = {}
         for ids in ids_in(session, NearPair.image_id, image_ids):
-            for image_id, other in session.execute(select(NearPair.image_id, NearPair.other_id).where(
+            for image_id, other in _rows(session, select(NearPair.image_id, NearPair.other_id).where(
                     ids, NearPair.distance <= distance)):
                 out.setdefault(image_id, []).append(other)
         return out
@@ -523,7 +529,7 @@ class PHashResults(TaskResults):
         first = {image_id: sorted(others)[: self.LIMIT] for image_id, others in near.items()}
         shas: dict[int, str] = {}
         for ids in ids_in(session, Image.id, sorted({o for others in first.values() for o in others})):
-            shas.update(session.execute(select(Image.id, Image.sha256).where(ids)).tuples().all())
+            shas.update(_rows(session, select(Image.id, Image.sha256).where(ids)).tuples().all())
         return {image_id: sorted(shas[o] for o in others if o in shas) for image_id, others in first.items()}
 
     def all_hashes(self, session: Session, batch: int = 10_000) -> Iterable[tuple[int, int]]:
@@ -781,7 +787,7 @@ def _load(session: Session, ids: Sequence[int], *, relations: bool = True) -> li
     # third of the cost of mapping them).
     query = select(Image).options(selectinload(Image.runs), selectinload(Image.files)) if relations \
         else select(*Image.__table__.columns)
-    execute = session.scalars if relations else session.execute
+    execute = session.scalars if relations else (lambda q: _rows(session, q))
     images = {}
     for cond in ids_in(session, Image.id, ids):
         images.update((image.id, image) for image in execute(query.where(cond)))
@@ -901,12 +907,12 @@ def results_json(session: Session, images: Sequence[Image], stores: Sequence[Tas
     # reads a million images' worth).
     paths_of: dict[int, list[str]] = {}
     for cond in ids_in(session, SourceFile.image_id, ids):
-        for image_id, path in session.execute(select(SourceFile.image_id, SourceFile.path).where(cond)
+        for image_id, path in _rows(session, select(SourceFile.image_id, SourceFile.path).where(cond)
                                               .order_by(SourceFile.image_id, SourceFile.id)):
             paths_of.setdefault(image_id, []).append(path)
     runs_of: dict[int, list[tuple[str, str, str, str | None]]] = {}
     for cond in ids_in(session, TaskRun.image_id, ids):
-        for image_id, task, model, status, error in session.execute(
+        for image_id, task, model, status, error in _rows(session,
                 select(TaskRun.image_id, TaskRun.task, TaskRun.model, TaskRun.status, TaskRun.error).where(cond)
                 .order_by(TaskRun.image_id, TaskRun.id)):
             runs_of.setdefault(image_id, []).append((task, model, status, error))
@@ -947,12 +953,12 @@ def _page_artifacts(session: Session, image_ids: Sequence[int]) -> Artifacts:
     counts: dict[int, dict[str, int]] = {}
     keys: dict[int, list[tuple[str, int]]] = {}
     for ids in ids_in(session, Artifact.image_id, image_ids):
-        for image_id, kind, n in session.execute(select(Artifact.image_id, Artifact.kind, func.count())
+        for image_id, kind, n in _rows(session, select(Artifact.image_id, Artifact.kind, func.count())
                                                  .where(ids, Artifact.kind != THUMB)
                                                  .group_by(Artifact.image_id, Artifact.kind)):
             counts.setdefault(image_id, {})[kind] = n
     for ids in ids_in(session, Artifact.image_id, image_ids):
-        for image_id, kind, idx in session.execute(select(Artifact.image_id, Artifact.kind, Artifact.idx)
+        for image_id, kind, idx in _rows(session, select(Artifact.image_id, Artifact.kind, Artifact.idx)
                                                    .where(ids, Artifact.kind.in_(INDEXED_KINDS))):
             keys.setdefault(image_id, []).append((kind, idx))
     return Artifacts(counts, keys)
