@@ -808,6 +808,42 @@ def time_rerun(factory) -> dict[str, Any]:
             "statements": STATEMENTS.n - before}
 
 
+def time_pairing(factory, plan: Plan, photos: int = 200) -> dict[str, Any]:
+    """What the phash task's save costs with its near-duplicate pairing (a band look-up a photo,
+    under the pairing lock): new hashes for ``photos`` hashed photos spread over the store, half of
+    them a bit away from another photo's (so pairs are written too), saved in batches of 16 as a
+    worker saves them; rolled back."""
+    from sqlalchemy import func, select
+
+    from storage import results
+    from storage.models import NearPair, PHash
+
+    t = [w[0] for w in WORK].index("phash")
+    done = [i for i in range(1, plan.n + 1, max(1, plan.n // (4 * photos))) if _done(plan, i, t)][:photos]
+    rng = np.random.default_rng(3)
+    items = []
+    for k, i in enumerate(done):
+        if k % 2:
+            other = plan.hashes[done[k - 1] - 1] & (2**64 - 1)
+            value = other ^ (1 << int(rng.integers(0, 64)))
+        else:
+            value = int(rng.integers(0, 2**63)) << 1
+        items.append((i, f"{value:016x}"))
+    with factory() as s:
+        s.begin()
+        before = STATEMENTS.n
+        start = time.perf_counter()
+        for b in range(0, len(items), 16):
+            results.PHASHES.save(s, "", items[b:b + 16])
+        seconds = time.perf_counter() - start
+        statements = STATEMENTS.n - before
+        pairs = s.scalar(select(func.count()).select_from(NearPair).where(NearPair.image_id.in_([i for i, _ in items])))
+        assert s.scalar(select(func.count()).select_from(PHash).where(PHash.image_id.in_(done))) == len(done)
+        s.rollback()
+    return {"seconds": seconds, "photos": len(items), "ms_per_photo": 1000 * seconds / max(1, len(items)),
+            "pairs": pairs, "statements": statements}
+
+
 # --- real files: registration against sha256sum ----------------------------------------------------------
 
 
@@ -985,6 +1021,10 @@ def measure_size(backend: str, url: str, plan: Plan, opts: Options, redis_url: s
         seconds[RERUN], statements[RERUN] = rerun["seconds"], rerun["statements"]
         extra["rerun"] = rerun
         log(f"  rerun phash: {rerun['requeued']:,} runs requeued in {rerun['seconds']:.1f} s")
+        pairing = time_pairing(factory, plan)
+        extra["pairing"] = pairing
+        log(f"  phash save with pairing: {pairing['ms_per_photo']:.1f} ms a photo ({pairing['photos']} photos, "
+            f"{pairing['pairs']} pairs, {pairing['statements']} statements)")
         if paths:
             reg = time_register(url, redis_url, paths, work / f"register-{backend}-{plan.n}", mode)
             shutil.rmtree(work / f"register-{backend}-{plan.n}", ignore_errors=True)
@@ -1155,6 +1195,8 @@ def report(data: dict[str, Any]) -> str:
                     f"{st['bytes'] / st['images'] if st['images'] else 0:,.0f} bytes of JSON each, "
                     f"+{st['memory_mb']:.0f} MB; reconciler {rec['resent']:,} runs resent in {rec['messages']:,} "
                     f"messages, +{rec['memory_mb']:.0f} MB; rerun {rr['requeued']:,} runs requeued")
+            if "pairing" in r:
+                text += f"; phash save with pairing {r['pairing']['ms_per_photo']:.1f} ms a photo"
             if "register" in r:
                 reg = r["register"]
                 text += (f"; register {reg['files_s']:.1f} files/s, {reg['mb_s']:.0f} MB/s = "

@@ -231,6 +231,8 @@ def test_bench_ledger_times_every_command_on_both_databases_and_drops_its_scratc
             assert re.search(rf"^{table}\s+[\d,]+\s+[\d.,]+\s+[\d,]+\s+[\d.,]+$", sizes, re.M), table
     assert "SQLite against PostgreSQL at 200 images" in out
     assert re.search(r"registration in (reference|copy) mode", out)
+    # the phash task's save with its near-duplicate pairing, per photo, at each size and database
+    assert len(re.findall(r"phash save with pairing \d+\.\d ms a photo", out)) == 4, out
 
     dropped = re.findall(r"scratch database (darkroom_bench_\d+) dropped", done.stderr)
     assert len(dropped) == 2, done.stderr[-2000:]  # one per size
