@@ -579,3 +579,27 @@ def test_bench_web_runs_at_a_tiny_size():
     assert all(row[k] > 0 for k in row if k not in ("db", "images"))
     text = web.report(rows)
     assert "gallery, first page" in text and "thumbs/s" in text and "sqlite | 500" in text
+
+
+def test_a_thumbnail_in_the_blob_store_is_served_and_made_again_when_gone(client, store):
+    """DARKROOM_ARTIFACT_STORE=blobs: the thumbnail's bytes are in the blob store by their hash."""
+    from sqlalchemy import select, update
+
+    from storage.blobs import BlobStore
+    from storage.db import transaction
+    from storage.models import Artifact, Image
+
+    sha = store.shas["coffee"]
+    blobs = BlobStore(store.settings.blob_dir)
+    with transaction(store.sessions) as s:
+        image_id = s.scalar(select(Image.id).where(Image.sha256 == sha))
+        where = (Artifact.image_id == image_id, Artifact.kind == "thumb")
+        data = s.scalar(select(Artifact.data).where(*where))
+        key = blobs.put_bytes(data)
+        s.execute(update(Artifact).where(*where).values(data=None, blob=key))
+    got = client.get(f"/thumbs/{sha}")
+    assert got.status_code == 200 and got.content == data
+    blobs.path_for(key).unlink()
+    again = client.get(f"/thumbs/{sha}")
+    assert again.status_code == 200 and again.headers["content-type"] == "image/jpeg"
+    assert max(Image_open(again.content).size) == 320

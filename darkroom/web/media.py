@@ -90,16 +90,23 @@ class Media:
     def thumb(self, session: Session, sha256: str) -> Picture | None:
         """The photo's thumbnail; None when no photo has this sha256. :class:`NoOriginal` when it has
         none and none can be made (a rejected file, an original gone)."""
-        # One statement: the image and its thumbnail, if it has one.
-        row = session.execute(select(Image.id, Image.rejected_reason, Artifact)
+        # One statement, of columns: the image and its thumbnail, if it has one.
+        row = session.execute(select(Image.id, Image.rejected_reason, Artifact.id, Artifact.data, Artifact.blob,
+                                     Artifact.mime)
                               .outerjoin(Artifact, and_(Artifact.image_id == Image.id, Artifact.kind == results.THUMB,
                                                         Artifact.idx == 0))
                               .where(Image.sha256 == sha256)).first()
         if row is None:
             return None
-        image_id, rejected, art = row
-        if art is not None:
-            return _picture(results.artifact_bytes(art, self.blobs), art.mime)
+        image_id, rejected, art_id, data, blob, mime = row
+        if art_id is not None:
+            if data is None and blob is not None:
+                try:
+                    data = self.blobs.read(blob)
+                except FileNotFoundError:  # gone from the blob store: made again below, from the original
+                    data = None
+            if data is not None:
+                return _picture(data, mime)
         if rejected:
             raise NoOriginal("a rejected file has no picture")
         made = self.thumbs.get(sha256)
