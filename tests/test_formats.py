@@ -442,3 +442,122 @@ def test_bench_formats_times_every_kind_and_says_its_decoder():
     assert "x JPEG" in formats.report(rows)
     if KDC.is_file():
         assert {row.decoder for row in rows if row.kind == "Kodak DC50 KDC"} == {"raw:preview", "raw:full"}
+
+
+# --- several frames, tiny and extreme images, files that change --------------------------------------
+
+
+def frames_of(kind: str, pixels: np.ndarray) -> bytes:
+    """``pixels`` as the first of several frames (the others darker) in a multi-frame ``kind``."""
+    first = Image.fromarray(pixels)
+    rest = [Image.fromarray((pixels // (i + 2)).astype(np.uint8)) for i in range(2)]
+    out = io.BytesIO()
+    options = {"GIF": {"duration": 100, "loop": 0}, "PNG": {"duration": 100}, "WEBP": {"duration": 100, "lossless": True},
+               "TIFF": {}}[kind]
+    first.save(out, format=kind, save_all=True, append_images=rest, **options)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["GIF", "PNG", "WEBP", "TIFF"])
+def test_animations_and_multi_page_files_give_their_first_frame(kind, astronaut):
+    pixels = np.ascontiguousarray(astronaut[100:164, 150:246])
+    data = frames_of(kind, pixels)
+    info = probe(data, **LIMITS)
+    assert (info.format, info.frames, info.width, info.height) == (kind, 3, 96, 64)
+    got = decode(data)
+    assert got.shape == (64, 96, 3)
+    assert mean_abs(got, pixels) < (12 if kind == "GIF" else 1)  # the first frame (a GIF's palette aside)
+
+
+def test_tiny_extreme_and_multi_frame_photos_go_through_every_task(tmp_path, astronaut):
+    """A 1x1 photo, 6000x200 and 200x6000 panoramas, a 1-pixel-high strip, an animated GIF and a
+    multi-page TIFF, registered as the producer does and run through every task a worker runs
+    (normalize, classify's resize, augment, MTCNN faces, phash): none crashes, each is done."""
+    import dataclasses
+
+    from darkroom import catalog
+    from storage import files as registry
+    from storage.db import transaction
+    from tests.harness import Pipeline
+    from worker.originals import describe
+
+    rng = np.random.default_rng(3)
+    pipe = Pipeline(tmp_path / "store")
+    pipe.configure(classifier_model="mobilenet_v2", classifier_weights="none")
+    work = catalog.planned_work(pipe.rt.settings)
+    assert {task for task, _key in work} == set(catalog.NAMES)
+    face = np.ascontiguousarray(astronaut[:256, 100:356])
+    made = {
+        "dot.png": encoded(rng.integers(0, 256, (1, 1, 3), dtype=np.uint8), "PNG"),
+        "wide.jpg": encoded(rng.integers(0, 256, (200, 6000, 3), dtype=np.uint8), "JPEG"),
+        "tall.jpg": encoded(rng.integers(0, 256, (6000, 200, 3), dtype=np.uint8), "JPEG"),
+        "strip.png": encoded(rng.integers(0, 256, (1, 700, 3), dtype=np.uint8), "PNG"),
+        "moving.gif": frames_of("GIF", face),
+        "pages.tif": frames_of("TIFF", face[::-1]),
+    }
+    shas = {}
+    for name, data in made.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        sha, size = pipe.blobs.put_file(path)
+        record = describe(path, pipe.blobs.path_for(sha), sha256=sha, size=size, mtime_ns=1,
+                          settings=pipe.rt.settings, reference=False)
+        assert record.rejected_reason is None, record.rejected_reason
+        with transaction(pipe.sessions) as s:
+            reg = registry.register_file(s, **dataclasses.asdict(record), work=work)
+        for run_id in reg.run_ids:
+            assert pipe.execute(run_id) in ("done", "skipped"), name
+        shas[name] = sha
+    for name, sha in shas.items():
+        r = pipe.results(sha)
+        assert r["status"] == "done" and r["errors"] == {}, (name, r["errors"])
+        assert set(r["tasks"].values()) == {"done"} and len(r["tasks"]) == len(work), (name, r["tasks"])
+        assert len(r["phash"]) == 16 and r["augmentations"] == 9 and r["labels"], name
+        multi = name in ("moving.gif", "pages.tif")
+        assert (r["frames"], r["first_frame"]) == ((3, True) if multi else (1, False)), name
+    sizes = {name: (pipe.results(sha)["width"], pipe.results(sha)["height"]) for name, sha in shas.items()}
+    assert sizes == {"dot.png": (1, 1), "wide.jpg": (6000, 200), "tall.jpg": (200, 6000), "strip.png": (700, 1),
+                     "moving.gif": (256, 256), "pages.tif": (256, 256)}
+    assert len(pipe.results(shas["moving.gif"])["faces"]) == 1  # the first frame's face
+
+
+@pytest.mark.e2e
+def test_a_photo_saved_over_itself_is_registered_anew(tmp_path, redis_url, astronaut):
+    """In the inbox and in an archive ingested in place: the path then holds the new content, whose
+    results are computed; the old content's results stay under its sha256."""
+    import hashlib
+    import json
+    import os
+
+    from tests.harness import Darkroom
+
+    dr = Darkroom(tmp_path, redis_url, f"sqlite:///{tmp_path / 'darkroom.db'}", tasks="phash")
+    archive = tmp_path / "archive"
+    dr.inbox.mkdir()
+    archive.mkdir()
+    inbox_photo, archive_photo = dr.inbox / "edit.jpg", archive / "edit.jpg"
+    Image.fromarray(astronaut).save(inbox_photo, quality=90)
+    Image.fromarray(astronaut[::-1]).save(archive_photo, quality=90)
+    old = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (inbox_photo, archive_photo)}
+    assert dr.run("ingest", "--in-place", str(archive)).returncode == 0
+    first = dr.run("up", str(dr.inbox), "--exit-when-idle", timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+
+    for path, pixels in ((inbox_photo, astronaut[:, ::-1]), (archive_photo, astronaut[::-1, ::-1])):
+        Image.fromarray(np.ascontiguousarray(pixels)).save(path, quality=90)  # edited and saved over itself
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))  # as an editor's save a moment later
+    new = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (inbox_photo, archive_photo)}
+    again = dr.run("ingest", "--in-place", "--changed", str(archive))
+    assert again.returncode == 0 and "1 changed" in again.stdout, again.stdout + again.stderr
+    second = dr.run("up", str(dr.inbox), "--exit-when-idle", timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+
+    everything = {r["sha256"]: r for r in json.loads(dr.run("results", "--json").stdout)}
+    assert set(everything) == {*old.values(), *new.values()}
+    assert all(r["status"] == "done" and r["phash"] for r in everything.values()), everything
+    for path in (inbox_photo, archive_photo):
+        (now,) = dr.results(str(path))
+        assert now["sha256"] == new[path] and str(path) in now["paths"]  # the path holds the new content
+        (before,) = dr.results(old[path])
+        assert before["phash"] and before["phash"] != now["phash"] and str(path) not in before["paths"]
