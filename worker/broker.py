@@ -18,12 +18,42 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
+from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport.redis import SentinelChannel
+from kombu.transport.redis import SentinelTransport as KombuSentinelTransport
 from redis.sentinel import Sentinel
 
 from darkroom.settings import Settings, sentinel_hosts
 
 #: Socket options that also apply to the connections to the sentinels themselves.
 _SENTINEL_SOCKET_OPTIONS = ("socket_timeout", "socket_connect_timeout", "socket_keepalive")
+
+
+class _SentinelChannel(SentinelChannel):
+    """kombu's Sentinel channel, but one whose connection was closed under it says so with a
+    connection error. When the master dies, Celery closes the broker connection; closing its channel
+    gives the unacknowledged messages back, which needs a new pool, made from the connection's
+    parameters — gone by then, so kombu 5.7 raises AttributeError, which Celery takes for an
+    unrecoverable error and stops the worker (it exits 0). A connection error is what Celery expects
+    there: it reconnects through the sentinels. The messages stay in Redis's unacked set (restored
+    after the visibility timeout); their runs are taken over by the reconciler once their holders
+    are gone (Celery stops the tasks it can no longer acknowledge)."""
+
+    def _connparams(self, asynchronous: bool = False) -> dict:
+        if self.connection.client is None:
+            raise redis.ConnectionError("the broker connection was closed (a failover?)")
+        return super()._connparams(asynchronous)
+
+
+class SentinelTransport(KombuSentinelTransport):
+    """The transport of ``sentinel://`` broker URLs in Darkroom's processes (see :class:`_SentinelChannel`)."""
+
+    Channel = _SentinelChannel
+
+
+# Every sentinel:// connection kombu makes in this process, including after Celery switches to the
+# URL's next sentinel (which resolves the scheme again), uses the transport above.
+TRANSPORT_ALIASES["sentinel"] = f"{__name__}:SentinelTransport"
 
 
 def is_sentinel(url: str) -> bool:
