@@ -38,6 +38,7 @@ MOV = b"\x00\x00\x00\x14ftypqt  \x00\x00\x00\x00qt  " + bytes(64)  # a QuickTime
 
 def test_the_rules_say_what_is_left_alone_and_why(tmp_path):
     rules = IgnoreRules(tmp_path, ["*.png", "!keep.png"])
+    rules.RELOAD_SECONDS = 0  # the file below is looked at again on every call
     kinds = {rel: rules.kind(tmp_path / rel) for rel in (
         "IMG_1.JPG", "IMG_1.XMP", "IMG_1.AAE", "MVI_1.THM", "clip.MOV", "a/b/holiday.mp4", "x.3gp", "Thumbs.db",
         "sub/.DS_Store", "._IMG_1.JPG", "desktop.ini", "Catalog.lrcat", "Catalog.lrcat-wal", "scan.png",
