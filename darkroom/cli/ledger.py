@@ -193,8 +193,9 @@ def reconcile() -> None:
     check_broker(settings)
     sessions(settings)
     result = Reconciler(Registrar(settings=settings, app=celery_app, roots=[])).check()
-    out.print(f"broker lost its queue: {'yes' if result.broker_lost else 'no'}; resent {result.resent}, "
-              f"expired leases {result.expired}", highlight=False)
+    out.print(f"broker lost its queue: {'yes' if result.broker_lost else 'no'}; "
+              f"failed over to a new master: {'yes' if result.failover else 'no'}; resent {result.resent}, "
+              f"taken over from dead workers {result.taken_over}, expired leases {result.expired}", highlight=False)
 
 
 def migrate() -> None:
