@@ -41,8 +41,8 @@ from darkroom import __version__, catalog
 from darkroom.settings import Settings
 from darkroom.web import media, metrics, reads
 from storage import ledger, results
-from storage.blobs import BlobStore
 from storage.db import make_engine, read_only, session_factory
+from storage.stores import open_store
 from worker import broker
 from worker.queues import queue_depths
 
@@ -76,7 +76,7 @@ class State:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
         self.settings = settings
         self.sessions = sessions
-        self.media = media.Media(settings, BlobStore(settings.blob_dir))
+        self.media = media.Media(settings, open_store(settings.blob_location))  # DARKROOM_BLOB_URL: a folder or a bucket
         self.primary_model = catalog.get("classify").model_key(settings)
         self._redis: redis_lib.Redis | None = None
         self._fold_lock = threading.Lock()

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from darkroom import catalog
 from darkroom.settings import Settings
 from storage import files, results
-from storage.blobs import BlobStore
+from storage.blobs import BlobStore, BlobStoreDenied
 from storage.models import Artifact, Image
 from tasks import imaging
 
@@ -154,7 +154,9 @@ class Media:
         try:
             return self.blobs.read(sha256)
         except (FileNotFoundError, ValueError):
-            pass
+            pass  # not in the store: held by reference, or gone
+        except (ConnectionError, BlobStoreDenied) as exc:  # the store away, or refusing us: say so, no picture
+            raise NoOriginal(f"the blob store did not give it: {exc}") from None
         _where, recorded = files.originals(session, image_id)
         for found in recorded:
             data = _read_bounded(Path(found.path), self.settings.max_image_bytes)
