@@ -209,23 +209,42 @@ class Host:
     def up(self) -> bool:
         return bool(self.init_pid) and _alive(self.init_pid) and self.init is not None and self.init.poll() is None
 
-    def kill_all(self) -> None:
+    def kill_all(self, *, wait: bool = True) -> None:
         """kill -9 of every process of the host at once: its PID namespace's init dies, and with it
-        everything in the namespace (the kernel's doing). Its tmpfs goes with its last process."""
+        everything in the namespace (the kernel's doing). Its tmpfs goes with its last process.
+        The ``nsenter`` of each command (outside the namespace, waiting for it) is killed too: one
+        whose command was stopped has stopped itself, and would wait for ever. ``wait=False``: the
+        kills are sent, :meth:`reap` waits for the processes (several hosts killed at once)."""
         if self.init_pid and _alive(self.init_pid):
             os.kill(self.init_pid, signal.SIGKILL)
-        if self.init is not None:
-            try:
-                self.init.wait(30)
-            except subprocess.TimeoutExpired:
-                self.init.kill()
-                self.init.wait(10)
         for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.kill(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if wait:
+            self.reap()
+
+    def reap(self) -> None:
+        """Wait for the processes :meth:`kill_all` killed."""
+        for proc in [*self.procs, *([self.init] if self.init else [])]:
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait(10)
         self.init_pid = 0
+
+    def freeze(self, frozen: bool = True) -> None:
+        """SIGSTOP (or SIGCONT) every process of the host but its init: a host that hangs, holding
+        whatever it held, or that goes on. (The ``nsenter`` waiting for a command stops itself when
+        the command stops; it is continued here too.)"""
+        self.sh(f"kill -{'STOP' if frozen else 'CONT'} -1")
+        if not frozen:
+            for proc in self.procs:
+                if proc.poll() is None:
+                    os.kill(proc.pid, signal.SIGCONT)
 
     # --- its network -----------------------------------------------------------------------------------
 
@@ -432,7 +451,7 @@ class Services:
             [str(weed), "server", f"-dir={DATA}/weed", f"-ip={a}", f"-ip.bind={a}", "-s3",
              f"-s3.port={self.S3_PORT}", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-master.port={self.WEED_MASTER_PORT}",
              f"-volume.port={self.WEED_VOLUME_PORT}", f"-filer.port={self.WEED_FILER_PORT}",
-             "-master.volumeSizeLimitMB=64", "-volume.max=8"], log=self.logs / "seaweed.log")
+             "-master.volumeSizeLimitMB=64", "-volume.max=16"], log=self.logs / "seaweed.log")
         self._wait("seaweed", lambda: self.host.sh(
             [sys.executable, "-c", "import sys, urllib.request as u;"
              f"sys.exit(u.urlopen('http://{a}:{self.S3_PORT}/status', timeout=2).status != 200)"]).returncode == 0,
@@ -450,8 +469,10 @@ class Services:
     def s3_endpoint(self) -> str:
         return f"http://{self.host.address}:{self.S3_PORT}"
 
-    def s3_url(self, bucket: str = "darkroom") -> str:
-        return f"s3://{bucket}?endpoint={self.s3_endpoint}"
+    def s3_url(self, bucket: str = "darkroom", prefix: str = "") -> str:
+        """DARKROOM_BLOB_URL for ``bucket`` (and a ``prefix`` in it). Cases share one bucket: each new
+        bucket is a SeaweedFS collection with volumes of its own, and the server's are few."""
+        return f"s3://{bucket}{'/' + prefix if prefix else ''}?endpoint={self.s3_endpoint}"
 
     # --- queries, from the svc host --------------------------------------------------------------------
 
