@@ -184,6 +184,7 @@ def test_overview_shows_counts_queues_and_problems(client, store):
     assert re.search(r'<span class="pill">cpu \d+</span>', html)
     status = client.get("/api/status").json()
     assert status["images"] == {"done": 5, "rejected": 1}
+    assert status["tasks"] == ["normalize", "faces", "phash"]  # the catalog's order
     assert status["runs"]["normalize:done"] == 5 and status["runs"]["phash:done"] == 5
     assert set(status["queues"]) == {"cpu", "gpu"}
     assert status["throughput"]["runs_per_second"] > 0  # ten runs just ended

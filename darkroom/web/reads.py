@@ -237,6 +237,7 @@ class Overview:
             "ignored": self.ignored,
             "uncounted": self.uncounted,
             "runs": {f"{task}:{state}": n for (task, state), n in sorted(self.runs.items())},
+            "tasks": self.tasks(),
             "queues": self.queues,
             "throughput": {"window_seconds": self.window_seconds, "runs_per_second": round(self.runs_per_second, 3),
                            "registered_per_second": round(self.registered_per_second, 3)},

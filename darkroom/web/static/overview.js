@@ -21,10 +21,10 @@
     return td;
   }
 
-  function runsTable(runs) {
+  function runsTable(runs, order) {
     const body = document.querySelector("#runs tbody");
     if (!body) return;
-    const tasks = [];
+    const tasks = (order || []).slice();  // the catalog's order, as the page was first drawn
     for (const key of Object.keys(runs)) {
       const task = key.slice(0, key.lastIndexOf(":"));
       if (!tasks.includes(task)) tasks.push(task);
@@ -53,7 +53,7 @@
     text(document.getElementById("total-images"), total);
     text(document.getElementById("uncounted"), status.uncounted ?
       status.uncounted + " more changed state a moment ago and are still being counted" : "");
-    runsTable(status.runs);
+    runsTable(status.runs, status.tasks);
     const queues = document.getElementById("queues");
     if (queues) {
       if (typeof status.queues === "string") {
