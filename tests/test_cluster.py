@@ -71,7 +71,7 @@ def _refused(env: dict[str, str], celery: bool = False) -> str:
     output = done.stdout + done.stderr
     assert done.returncode != 0, output
     lines = [line for line in output.splitlines() if "refusing to start" in line]
-    assert len(lines) == 1, output
+    assert len(lines) == 1 and "Traceback" not in output, output
     assert lines[0].startswith(PREFIX) and done.stderr.strip().splitlines()[-1] == lines[0], output
     assert time.monotonic() - started < 60
     return lines[0]
@@ -212,3 +212,37 @@ def test_a_batchs_extra_runs_whose_original_cannot_be_read_are_given_back(tmp_pa
     with rt.sessions() as s:
         error = s.get(TaskRun, extra).error
     assert f"original {extra_sha} is missing from the blob store" in error and "DARKROOM_BLOB_URL" in error
+
+
+def test_a_worker_that_cannot_read_in_place_originals_says_so_as_it_starts(tmp_path, redis_url, photos, caplog):
+    """Originals held in place must be at the same path on every host: a worker that cannot read the
+    newest one logs it, naming the file and its host, and is not refused (a file may be gone for good)."""
+    import logging
+    import socket
+
+    from darkroom.settings import Settings
+    from producer.registrar import Registrar
+    from storage.db import make_engine, migrate
+    from worker.app import create_app
+    from worker.cluster import refusal
+
+    settings = Settings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'ledger.db'}",
+                        broker_url=redis_url, tasks=["normalize"], blob_mode="reference")
+    engine = make_engine(settings.db_url)
+    migrate(engine)
+    engine.dispose()
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "rocket.jpg").write_bytes(photos["rocket"].read_bytes())
+    registrar = Registrar(settings=settings, app=create_app(settings), roots=[archive])
+    registrar.register(archive / "rocket.jpg", send=False)
+    registrar.close()
+    with caplog.at_level(logging.ERROR, logger="worker.cluster"):
+        assert refusal(settings) is None
+    assert not caplog.records  # readable here: nothing said
+    (archive / "rocket.jpg").rename(tmp_path / "elsewhere.jpg")  # as if the archive were not mounted here
+    with caplog.at_level(logging.ERROR, logger="worker.cluster"):
+        assert refusal(settings) is None
+    (record,) = caplog.records
+    assert "in-place originals cannot be read on this host" in record.getMessage()
+    assert str(archive / "rocket.jpg") in record.getMessage() and socket.gethostname() in record.getMessage()
