@@ -111,11 +111,23 @@ def alembic_config(engine: Engine):
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision. Safe when several processes start at once."""
+    """Bring the schema to the newest revision. Safe when several processes start at once.
+
+    PostgreSQL: one connection, one transaction: a transaction-level advisory lock (a session-level
+    lock would not survive a pooler in transaction mode, which may hand the unlock to another server
+    session), then every migration, committed together; the lock ends with the transaction, also
+    when this process dies. So migrating needs no more than DARKROOM_DB_POOL_SIZE=1."""
     from alembic import command
 
+    config = alembic_config(engine)
+    if engine.url.get_backend_name() == "postgresql":
+        with engine.connect() as conn, conn.begin():
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+        return
     with _migration_lock(engine):
-        command.upgrade(alembic_config(engine), "head")
+        command.upgrade(config, "head")
 
 
 def schema_is_current(engine: Engine) -> bool:
@@ -127,19 +139,15 @@ def schema_is_current(engine: Engine) -> bool:
         return set(MigrationContext.configure(conn).get_current_heads()) == heads
 
 
+#: The PostgreSQL advisory lock that makes one migration at a time.
+MIGRATION_LOCK = int.from_bytes(hashlib.sha256(b"darkroom-migrate").digest()[:4], "big")
+
+
 @contextlib.contextmanager
 def _migration_lock(engine: Engine) -> Iterator[None]:
-    """One migrating process at a time. PostgreSQL: a transaction-level advisory lock, taken in a
-    transaction of its own that stays open while the migration runs on another connection (a
-    session-level lock would not survive a pooler in transaction mode, which may hand the unlock to
-    another server session); it ends with that transaction, also when this process dies."""
-    backend = engine.url.get_backend_name()
-    if backend == "postgresql":
-        key = int.from_bytes(hashlib.sha256(b"darkroom-migrate").digest()[:4], "big")
-        with engine.connect() as conn, conn.begin():
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
-            yield
-    elif backend == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+    """One migrating process at a time on SQLite (a lock file beside the database; PostgreSQL's lock
+    is taken in :func:`migrate`'s transaction)."""
+    if engine.url.get_backend_name() == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         lock_path = Path(engine.url.database + ".migrate-lock")
         with open(lock_path, "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from pydantic import ValidationError
 from sqlalchemy import func, select
 
-from darkroom.settings import Settings
+from darkroom.settings import Settings, settings_error
 from producer.reconciler import Reconciler
 from producer.registrar import Registrar
 from storage import ledger
@@ -108,6 +109,13 @@ def test_a_holder_names_its_host_instance_and_process():
     assert not holder_alive(f"{me.hostname}:{dead.pid}") and holder_alive(f"{me.hostname}:{os.getpid()}")
     assert holder_alive("some-other-host:1")
     assert Holder.parse("not a holder") is None and holder_alive("not a holder")
+
+
+def test_a_heartbeat_ttl_under_two_beats_is_refused():
+    with pytest.raises(ValidationError) as caught:
+        Settings(heartbeat_seconds=10, heartbeat_ttl=15, _env_file=None)
+    assert "DARKROOM_HEARTBEAT_TTL: " in settings_error(caught.value)
+    assert "at least twice DARKROOM_HEARTBEAT_SECONDS" in settings_error(caught.value)
 
 
 def test_dead_holders_reads_every_heartbeat_in_one_round_trip(redis_url):

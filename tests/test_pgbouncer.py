@@ -81,8 +81,10 @@ def _activity(direct_url: str, like: str = "%") -> list[tuple[str, str]]:
 
 
 def test_migrations_run_through_pgbouncer_two_at_once_and_hold_no_lock(database):
+    """Two processes migrate at once, each with one connection (DB_POOL_SIZE=1, DB_MAX_OVERFLOW=0):
+    the lock's transaction is the migration's."""
     through, direct = database
-    engines = [make_engine(through, pool_size=1, max_overflow=2) for _ in range(2)]
+    engines = [make_engine(through, pool_size=1, max_overflow=0, pool_timeout=10) for _ in range(2)]
     errors: list[BaseException] = []
 
     def run(engine) -> None:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from pydantic import ValidationError
 from sqlalchemy import func, select
 
-from darkroom.settings import Settings, mask_url
+from darkroom.settings import Settings, mask_url, settings_error
 from producer.reconciler import Reconciler
 from producer.registrar import Registrar
 from storage.db import make_engine, migrate
@@ -47,6 +48,19 @@ def _settings(sentinel: PrivateSentinel, tmp_path: Path, **more) -> Settings:
                     _env_file=None, **more)
 
 
+@pytest.mark.parametrize("url, says", [
+    ("http://127.0.0.1:6379/0", "must be a Redis URL"),
+    ("sentinel://:pw@h1:2x6379;sentinel://h2:26379", "port that is not a number"),
+    ("sentinel://:pw@h1:26379;redis://h2:6379", "part 2 of a sentinel URL list is not sentinel://"),
+    ("sentinel://:pw@h1:26379/zero", "the database after the port must be a number"),
+])
+def test_a_bad_broker_url_is_refused_in_one_line_without_its_password(url, says):
+    with pytest.raises(ValidationError) as caught:
+        Settings(broker_url=url, _env_file=None)
+    line = settings_error(caught.value)
+    assert line.startswith("invalid settings: DARKROOM_BROKER_URL:") and says in line and "pw" not in line
+
+
 def test_sentinel_urls_are_settings_and_the_client_finds_the_master(sentinel, tmp_path):
     settings = _settings(sentinel, tmp_path)
     assert settings.redis_url.count("sentinel://") == 2
@@ -61,6 +75,7 @@ def test_sentinel_urls_are_settings_and_the_client_finds_the_master(sentinel, tm
     # A password in the first part is the master's, and is never printed
     assert mask_url("sentinel://:s3cret@127.0.0.1:1/0;sentinel://127.0.0.1:2") == \
         "sentinel://:***@127.0.0.1:1/0;sentinel://127.0.0.1:2"
+    assert "s3cret" not in str(Settings(broker_url="sentinel://:s3cret@h:1;sentinel://h:2", _env_file=None).masked())
     client.delete("darkroom:test-key")
 
 
