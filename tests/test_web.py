@@ -604,3 +604,28 @@ def test_a_thumbnail_in_the_blob_store_is_served_and_made_again_when_gone(client
     again = client.get(f"/thumbs/{sha}")
     assert again.status_code == 200 and again.headers["content-type"] == "image/jpeg"
     assert max(Image_open(again.content).size) == 320
+
+
+def test_a_database_that_does_not_answer_is_a_503_that_says_so(tmp_path, redis_server):
+    """The app on a PostgreSQL nothing listens on: pages and the API say the database did not answer,
+    never its URL (which may hold a password); /metrics says so in darkroom_scrape_error."""
+    from fastapi.testclient import TestClient
+
+    from darkroom.settings import Settings
+    from darkroom.web import create_app
+    from storage.db import make_engine, session_factory
+
+    url = f"postgresql+psycopg://darkroom:pw-secret@127.0.0.1:{free_port()}/none"
+    settings = Settings(data_dir=tmp_path, database_url=url, broker_url=redis_server)
+    engine = make_engine(url, connect_args={"connect_timeout": 2})
+    with TestClient(create_app(settings, session_factory(engine))) as c:
+        for path in ("/api/status", "/api/images", "/api/images/" + "a" * 64):
+            got = c.get(path)
+            assert got.status_code == 503 and "database did not answer" in got.json()["detail"], path
+            assert "pw-secret" not in got.text
+        page = c.get("/gallery", headers={"Accept": "text/html"})
+        assert page.status_code == 503 and "database did not answer" in page.text and "pw-secret" not in page.text
+        families = {f.name: f for f in text_string_to_metric_families(c.get("/metrics").text)}
+        errors = {s.labels["part"]: s.value for s in families["darkroom_scrape_error"].samples}
+        assert errors == {"database": 1, "broker": 0}
+    engine.dispose()

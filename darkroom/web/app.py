@@ -34,6 +34,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Red
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.datastructures import MutableHeaders
 
@@ -309,6 +310,14 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
              response_class=PlainTextResponse)
     def prometheus() -> Response:
         return Response(metrics.exposition(state.registry), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.exception_handler(DBAPIError)
+    async def database_away(request: Request, exc: DBAPIError):
+        """The database did not answer: 503, saying so (the type of error only: never the URL)."""
+        message = f"the database did not answer ({type(exc.orig or exc).__name__}); try again in a moment"
+        if "text/html" in request.headers.get("accept", "") and not request.url.path.startswith("/api/"):
+            return page(request, "error.html", status_code=503, message=message)
+        return JSONResponse({"detail": message}, status_code=503)
 
     @app.exception_handler(404)
     async def not_found(request: Request, exc: Exception):
