@@ -253,11 +253,12 @@ THUMB_SIDE = 320
 def thumbnail(original: bytes, pixels: np.ndarray | None, settings: Settings) -> results.ArtifactData:
     """A photo's thumbnail, at most :data:`THUMB_SIDE` pixels on its longest side, as a JPEG artifact.
 
-    From a draft-mode decode of ``original`` when it is a JPEG (the codec's 1/8 scaling: a few
-    milliseconds for 12 MP) or when no ``pixels`` are at hand; otherwise from ``pixels``, the photo a
-    worker decoded for its tasks (a HEIC or a RAW is not decoded twice)."""
+    From a draft-mode decode of ``original`` when it is a JPEG (the codec's 1/8 scaling: about a tenth
+    of a full decode of 12 MP) or when no ``pixels`` are at hand; otherwise from ``pixels``, the photo a
+    worker decoded for its tasks (a HEIC or a RAW is not decoded twice). A JPEG's ``pixels`` are used
+    as they are when already between one and two thumbnails' size (a small decode for classify)."""
     is_jpeg = original[:3] == b"\xff\xd8\xff"
-    if pixels is None or (is_jpeg and max(pixels.shape[:2]) > 2 * THUMB_SIDE):
+    if pixels is None or (is_jpeg and not THUMB_SIDE <= max(pixels.shape[:2]) <= 2 * THUMB_SIDE):
         pixels = imaging.decode(original, max_pixels=settings.max_image_pixels, at_least=(THUMB_SIDE, THUMB_SIDE),
                                 **raw_options(settings))
     small = imaging.fit_within(pixels, THUMB_SIDE)

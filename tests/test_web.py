@@ -629,3 +629,23 @@ def test_a_database_that_does_not_answer_is_a_503_that_says_so(tmp_path, redis_s
         errors = {s.labels["part"]: s.value for s in families["darkroom_scrape_error"].samples}
         assert errors == {"database": 1, "broker": 0}
     engine.dispose()
+
+
+def test_thumbnails_are_320_px_from_a_draft_decode_or_the_pixels_at_hand(astronaut):
+    from darkroom import catalog
+    from darkroom.settings import Settings
+    from tasks import imaging
+
+    settings = Settings()
+    big = np.asarray(Image.fromarray(astronaut).resize((2000, 1500)))
+    jpeg = imaging.encode(big)
+    small = imaging.fit_within(big, 250)  # what a decode for classify gives: smaller than a thumbnail
+    for pixels in (None, small, big):
+        thumb = catalog.thumbnail(jpeg, pixels, settings)
+        assert (thumb.kind, thumb.width, thumb.height) == ("thumb", 320, 240)
+        assert Image_open(thumb.data).size == (320, 240)
+    png = io.BytesIO()
+    Image.fromarray(big).save(png, "PNG")
+    assert catalog.thumbnail(png.getvalue(), big, settings).width == 320  # from the pixels: no second decode
+    tiny = imaging.encode(np.ascontiguousarray(astronaut[:100, :80]))
+    assert (catalog.thumbnail(tiny, None, settings).width, catalog.thumbnail(tiny, None, settings).height) == (80, 100)
