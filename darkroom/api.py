@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import numpy as np
 
 from darkroom import catalog
 from darkroom.settings import Settings, get_settings
+from storage import capture
 from storage.models import DONE, FAILED, REJECTED
 from tasks.base import Output
 from tasks.imaging import BadImage, decode, probe
@@ -117,6 +119,8 @@ class Analyzer:
             "path": photo.path, "paths": [photo.path] if photo.path else [], "sha256": photo.sha256,
             "format": photo.format, "width": photo.width, "height": photo.height, "size_bytes": photo.size_bytes,
             "decoder": photo.decoder, "color_profile": photo.color_profile, "original": None,
+            # As a worker stores them (storage.capture): the frames and the capture metadata.
+            **capture.frames_json(photo.described), "capture": capture.capture_json(photo.described),
             "status": REJECTED if photo.rejected else (FAILED if reasons else DONE), "tasks": states,
         }
         for task in catalog.TASKS:
@@ -147,6 +151,8 @@ class _Photo:
         self.decoder: str | None = None
         self.color_profile: str | None = None
         self.width = self.height = None
+        #: The images columns a registration would store of it (frames, capture metadata).
+        self.described = types.SimpleNamespace(**capture.columns(None, 1 if array is not None else None))
         if array is not None:
             self.sha256 = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
             self.size_bytes = int(array.nbytes)
@@ -176,6 +182,8 @@ class _Photo:
                          **catalog.raw_options(settings))
             photo.format, photo.width, photo.height = info.format, info.width, info.height
             photo.decoder, photo.color_profile = info.decoder, info.color_profile
+            photo.described = types.SimpleNamespace(**capture.columns(
+                info.capture.values() if info.capture is not None else None, info.frames))
         except BadImage as exc:
             photo.rejected = f"{photo.name}: {exc}"
         return photo

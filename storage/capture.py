@@ -63,9 +63,8 @@ def model_key(model: str | None, make: str | None = None) -> str | None:
 def columns(values: Mapping[str, Any] | None, frames: int | None = None) -> dict[str, Any]:
     """The ``images`` columns for a photo's capture metadata (``tasks.metadata.Capture.values()``)
     and frame count."""
+    values = values or {}
     out: dict[str, Any] = {"frames": frames}
-    if not values:
-        return out
     local, offset = values.get("taken_local"), values.get("taken_offset")
     make, model = values.get("make"), values.get("model")
     out.update(

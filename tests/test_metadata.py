@@ -239,3 +239,16 @@ def test_capture_columns_are_what_the_json_shows():
     assert cols["taken_at"] == dt.datetime(2024, 1, 1, 13, tzinfo=dt.timezone.utc)
     assert (cols["camera_make_key"], cols["camera_model_key"], cols["frames"]) == ("sony", "ilce-7m3", 3)
     assert dataclasses.asdict(metadata.Capture()) == {k: None for k in values}
+
+
+def test_analyze_gives_the_capture_a_worker_stores(tmp_path, astronaut):
+    import darkroom
+
+    settings = Settings(data_dir=tmp_path, _env_file=None)
+    path = tmp_path / "paris.jpg"
+    path.write_bytes(photo("JPEG", astronaut[:64, :64], exif_block()))
+    result = darkroom.analyze(path, tasks=["phash"], settings=settings)
+    assert result["capture"]["taken"] == "2024-05-01T14:30:15.250000+02:00" and result["capture"]["make"] == "Canon"
+    assert (result["frames"], result["first_frame"]) == (1, False)
+    bare = darkroom.analyze(astronaut[:32, :32], tasks=["phash"], settings=settings)
+    assert bare["capture"] is None and bare["frames"] == 1
