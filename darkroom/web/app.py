@@ -198,7 +198,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
 
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
     def login_form(request: Request, next: str = "/"):  # noqa: A002 - the parameter's name in the URL
-        return page(request, "login.html", next=_local(next), error=None)
+        return page(request, "login.html", login=False, next=_local(next), error=None)
 
     @app.post("/login", include_in_schema=False)
     def login(request: Request, token_given: Annotated[str, Form(alias="token")] = "",
@@ -207,7 +207,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
             return RedirectResponse(_local(next), status_code=303)
         if not hmac.compare_digest(token_given.encode(), token.encode()):
             time.sleep(0.5)  # a guess costs time
-            return page(request, "login.html", status_code=401, next=_local(next), error="that is not the token")
+            return page(request, "login.html", login=False, status_code=401, next=_local(next), error="that is not the token")
         response = RedirectResponse(_local(next), status_code=303)
         response.set_cookie(COOKIE, session_value(token), httponly=True, samesite="strict",
                             secure=request.url.scheme == "https", path="/")
