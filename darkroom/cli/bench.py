@@ -78,7 +78,8 @@ def bench_command(
 ) -> None:
     """Benchmark Darkroom against a naive Celery peer and an in-process reference, on real photos
     (`darkroom bench duplicates`: the near-duplicate grouping against comparing all pairs;
-    `darkroom bench ledger`: the ledger's commands at 10,000 to 1,000,000 photos)."""
+    `darkroom bench ledger`: the ledger's commands at 10,000 to 1,000,000 photos; `darkroom bench web`:
+    `darkroom serve`'s pages and thumbnails over the same archives)."""
     if ctx.invoked_subcommand is not None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
