@@ -20,7 +20,8 @@ are on the machine's disk, which every host sees, as a deployment would install 
 - :meth:`Host.link_down` takes its link down for some seconds, :meth:`Host.path` reads and writes
   its files from outside (``/proc/<init>/root``);
 - :class:`Services` runs, on one "svc" host, a PostgreSQL, a redis-server and a SeaweedFS server
-  (``weed server`` with its S3 gateway), each on its standard port: the host's network is its own.
+  (``weed server`` with its S3 gateway), each on its standard port: the host's network is its own;
+  :class:`SentinelRedis` adds a Redis master, its replica and three Redis Sentinels there.
 
 Everything is torn down by :meth:`Network.close` (a test's finalizer), even after a failure, and
 :func:`sweep` removes what a test process that died left behind (names carry the creator's pid).

@@ -5,8 +5,9 @@ One "svc" host runs PostgreSQL, Redis and SeaweedFS (S3); a "producer" host runs
 own network address, hostname, process table and private disk (``/tmp``, where its data folder
 is): the only things they share are the code and the network, as separate machines do.
 
-Each case says what it takes on this machine (2 cores, shared); the plumbing cases run the
-normalize task alone (no TensorFlow), one case runs every task. The servers are shared by the
+Each case says what it took on this machine (2 cores shared with other test runs, load 6-10);
+the whole module 4.5-6.5 min, of which ~20 s to start the svc host and make the photos. The
+plumbing cases run the normalize task alone (no TensorFlow); one case runs every task. The servers are shared by the
 module; every case has a database, a Redis database and a prefix in the bucket of its own, and
 fresh producer and worker hosts (booted again, with empty disks).
 """
@@ -284,7 +285,7 @@ def host_of(run: dict, *hosts: Host) -> str | None:
 
 def test_both_worker_hosts_work_and_no_blob_lands_on_their_disks(cluster, small_photos):
     """Both worker hosts take work, every run ends done with one result, and neither worker host
-    keeps an original on its disk (they read them from the S3 store). ~25 s."""
+    keeps an original on its disk (they read them from the S3 store). 15-20 s here."""
     lab = cluster.lab
     cluster.start_producer()
     workers = [cluster.start_worker(lab.w1), cluster.start_worker(lab.w2)]
@@ -324,7 +325,7 @@ def one_result_each(cluster: Cluster, n_images: int) -> None:
 def test_kill_9_of_a_worker_host_its_runs_taken_over_in_about_a_minute(cluster, large_photos):
     """Every process of a worker host killed at once (kill -9 of its PID namespace) while it holds
     runs: another host does them within about a minute (the heartbeat's TTL, 30 s, and a
-    reconciler turn), one result each. ~60-80 s."""
+    reconciler turn of DARKROOM_RECONCILE_SECONDS=5; 25-31 s measured), one result each. ~40 s here."""
     lab = cluster.lab
     cluster.start_producer()
     workers = {h.name: cluster.start_worker(h) for h in (lab.w1, lab.w2)}
@@ -349,7 +350,7 @@ def test_kill_9_of_a_worker_host_its_runs_taken_over_in_about_a_minute(cluster, 
 
 def test_link_down_for_5_s_mid_run(cluster, large_photos, small_photos):
     """A worker host's link goes down for 5 s while it works: every run still ends done, one result
-    each, and the host works again once the link is back (its worker did not die). ~40 s."""
+    each, and the host works again once the link is back (its worker did not die). 22-36 s here."""
     lab = cluster.lab
     cluster.start_producer()
     workers = {h.name: cluster.start_worker(h) for h in (lab.w1, lab.w2)}
@@ -379,7 +380,7 @@ def _holder_host(worker: str) -> str:
 def test_two_worker_hosts_with_one_hostname_keep_each_others_runs(cluster, large_photos):
     """Two worker hosts with the same hostname (as containers often have): a run one of them holds
     while it hangs is not taken by the other, even when a second message for it reaches the other
-    (as a redelivery does), and each host's runs are told apart. ~45 s."""
+    (as a redelivery does), and each host's runs are told apart. 25-36 s here."""
     lab = cluster.lab
     lab.w1.reboot("darkroom-worker")
     lab.w2.reboot("darkroom-worker")
@@ -423,7 +424,7 @@ def test_two_worker_hosts_with_one_hostname_keep_each_others_runs(cluster, large
 def test_a_worker_with_the_wrong_database_or_no_blob_store_refuses_to_start(cluster, small_photos):
     """A worker on the default SQLite, on another database, on its own file store, or with an S3
     endpoint it cannot reach, refuses to start with one line naming the setting; nothing it would
-    have taken is lost: a worker set up right then does all of it. ~30 s."""
+    have taken is lost: a worker set up right then does all of it. 12-26 s here."""
     lab = cluster.lab
     cluster.start_producer()
     assert cluster.ingest(small_photos[:4]).returncode == 0
@@ -469,7 +470,7 @@ def test_postgres_connections_stay_within_the_budget(cluster, small_photos, larg
     """2 worker hosts x 3 processes with exactly one connection per process (DARKROOM_DB_POOL_SIZE=1,
     DB_MAX_OVERFLOW=0): they start (migrating on that one connection) and do all the work, no process
     ever holds more than one connection, the hosts together no more than 2 x 4 (3 pool processes
-    and Celery's main process each), and at rest one per worker process. ~35 s."""
+    and Celery's main process each), and at rest one per worker process. 18-25 s here."""
     lab = cluster.lab
     processes, pool, overflow = 3, 1, 0
     budget = {"db_pool_size": str(pool), "db_max_overflow": str(overflow)}
@@ -504,7 +505,8 @@ def test_postgres_connections_stay_within_the_budget(cluster, small_photos, larg
 
 def test_sentinel_failover_mid_run(cluster, large_photos):
     """The broker behind Redis Sentinel (a master, a replica, three sentinels on the svc host): the
-    master killed mid-run, the replica promoted, and every run still ends done, one result each. ~60 s."""
+    master killed mid-run, the replica promoted, and every run still ends done, one result each.
+    35-62 s here (every run done 16-41 s after the kill)."""
     from tests.hosts import SentinelRedis
 
     lab = cluster.lab
@@ -550,7 +552,8 @@ def tiny_classifier(tmp_path_factory) -> tuple[Path, Path]:
 def test_every_task_on_two_worker_hosts(cluster, photos, tiny_classifier):
     """All the tasks (classify with a small saved model on each worker host's own disk, faces with
     MTCNN, augment, phash, normalize) on two worker hosts: every photo done with every result, the
-    astronaut's face found, no original on a worker's disk. ~90 s (TensorFlow starts on each host)."""
+    astronaut's face found, no original on a worker's disk. 21-46 s here, and 10-18 s to make the
+    model (TensorFlow starts on each host; the plumbing cases never import it)."""
     lab = cluster.lab
     model, names = tiny_classifier
     for host in (lab.w1, lab.w2):
