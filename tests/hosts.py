@@ -388,6 +388,11 @@ class Services:
     PG_PORT, REDIS_PORT, S3_PORT, WEED_MASTER_PORT, WEED_VOLUME_PORT, WEED_FILER_PORT = 5432, 6379, 8333, 9333, 8080, 8888
 
     def __init__(self, host: Host, logs: Path, *, seaweed: bool = True, max_connections: int = 100) -> None:
+        from tests.harness import missing
+
+        for tool in ("redis-server", "redis-cli", "psql", "runuser"):
+            if not shutil.which(tool):
+                missing(f"`{tool}` (for the svc host)")
         self.host = host
         self.logs = logs
         self.procs: dict[str, HostProcess] = {}
@@ -501,6 +506,10 @@ class SentinelRedis:
 
     def __init__(self, host: Host, logs: Path, *, ports: tuple[int, int] = (6380, 6381),
                  sentinel_ports: tuple[int, ...] = (26379, 26380, 26381), down_after_ms: int = 2000) -> None:
+        if not shutil.which("redis-sentinel"):
+            from tests.harness import missing
+
+            missing("`redis-sentinel` (Debian's redis-sentinel)")
         self.host = host
         self.ports = ports
         self.sentinel_ports = sentinel_ports
