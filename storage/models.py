@@ -145,6 +145,8 @@ class Image(Base):
         Index("ix_images_taken_at", "taken_at"),
         # `results --camera` (a make, a model, or both).
         Index("ix_images_camera", "camera_make_key", "camera_model_key"),
+        # `results --format`: a format's images in id order (keyset pages).
+        Index("ix_images_format", "format", "id"),
         Index("ix_images_camera_model", "camera_model_key"),
     )
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

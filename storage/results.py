@@ -600,6 +600,11 @@ class ResultFilter:
       (:func:`storage.capture.taken_conditions`: naive is the camera's clock, aware an instant).
     - ``camera``: taken with this camera: its make, its model, or both, any case
       (:func:`storage.capture.camera_condition`).
+    - ``format``: the file's format as registered (JPEG, PNG, HEIF, AVIF, RAW, ...; any case, and
+      ``jpg``, ``heic`` and ``tif`` for JPEG, HEIF and TIFF).
+    - ``near``: the image has a near-duplicate within this many bits (0 to
+      :data:`PAIR_DISTANCE`), read from the stored pairs (a hash saved before pairs were stored
+      counts once the producer has paired it).
 
     Every filter is read through an index (migration 0004): a page costs the same in a store of any size.
     """
@@ -614,8 +619,23 @@ class ResultFilter:
     taken_since: dt.datetime | None = None
     taken_until: dt.datetime | None = None
     camera: str | None = None
+    format: str | None = None
+    near: int | None = None
 
     def __post_init__(self) -> None:
+        if self.format is not None:
+            name = self.format.strip().upper().lstrip(".")
+            if not name:
+                raise ValueError("an empty format matches nothing: give one, e.g. JPEG or HEIC")
+            object.__setattr__(self, "format", _FORMAT_ALIASES.get(name, name))
+        if self.near is not None:
+            try:
+                near = int(self.near)  # a web form gives text
+            except (TypeError, ValueError):
+                raise ValueError(f"near is a number of bits, 0 to {PAIR_DISTANCE}, not {self.near!r}") from None
+            if not 0 <= near <= PAIR_DISTANCE:
+                raise ValueError(f"near is a number of bits, 0 to {PAIR_DISTANCE} (the pairs stored), not {near}")
+            object.__setattr__(self, "near", near)
         if self.status is not None and self.status not in IMAGE_STATES:
             raise ValueError(f"unknown status {self.status!r}: one of {', '.join(IMAGE_STATES)}")
         if self.label is not None and not self.label.strip():
@@ -624,6 +644,10 @@ class ResultFilter:
             raise ValueError("min_score and model qualify a label: give label too")
         if self.faces is not None and self.faces < 0:
             raise ValueError(f"a number of faces is 0 or more, not {self.faces}")
+
+
+#: Names people give a format for the name it is registered under.
+_FORMAT_ALIASES = {"JPG": "JPEG", "JPE": "JPEG", "HEIC": "HEIF", "TIF": "TIFF"}
 
 
 def _since_utc(since: dt.datetime) -> dt.datetime:
@@ -692,6 +716,11 @@ def _conditions(flt: ResultFilter, label_models: Sequence[str] | None) -> list[A
     conds += capture.taken_conditions(flt.taken_since, flt.taken_until)
     if flt.camera is not None:
         conds.append(capture.camera_condition(flt.camera))
+    if flt.format is not None:
+        conds.append(Image.format == flt.format)
+    if flt.near is not None:
+        conds.append(select(NearPair.other_id).where(NearPair.image_id == Image.id, NearPair.distance <= flt.near)
+                     .exists())
     return conds
 
 
@@ -734,6 +763,11 @@ def _search(session: Session, flt: ResultFilter) -> _Search:
         drivers = [runs_in(FAILED), runs_in(REJECTED)]
     elif flt.faces == 0:
         drivers = [runs_in(DONE, TaskRun.task == FACES_TASK)]
+    elif flt.near is not None:
+        # near_pairs' primary key (image_id, other_id): the few photos that have a near-duplicate
+        drivers = [(select(NearPair.image_id).where(NearPair.distance <= flt.near).distinct(), NearPair.image_id)]
+    elif flt.format is not None:
+        drivers = [(select(Image.id).where(Image.format == flt.format), Image.id)]  # ix_images_format
     else:
         # Every image (or those since a time), in id order: the primary key (or the planner's
         # choice of ix_images_created_at when few are that recent).

@@ -21,7 +21,7 @@ from darkroom.cli import app
 from darkroom.settings import get_settings
 from storage import files, ledger, results
 from storage.db import make_engine, migrate, read_only, session_factory, transaction
-from storage.models import DONE, FAILED, QUEUED, REJECTED, RUNNING, Face, Image, Label, TaskRun
+from storage.models import DONE, FAILED, QUEUED, REJECTED, RUNNING, Face, Image, Label, PHash, TaskRun
 
 WORK = [("normalize", ""), ("classify", "vgg16"), ("faces", "mtcnn")]
 N_PHOTOS = 40
@@ -47,7 +47,7 @@ def build(sessions) -> None:
     - done classify runs: vgg16's labels, the top one ``LABELS[i % 4]`` scoring (i % 7) / 7 and
       "golden_retriever" second at 0.01; every third image also mobilenet_v2's, "tabby" at 0.8;
     - done faces runs: i % 4 faces;
-    - registered i hours after ``BASE_TIME``;
+    - registered i hours after ``BASE_TIME``; a PNG when i % 4 == 1, else a JPEG;
     - perceptual hashes on two of every three: i % 3 == 0 ``HASH_A`` with its i % 12 low bits
       flipped, i % 3 == 1 the inverse of ``HASH_A`` with its i % 10 low bits flipped (so each is
       within 8 bits of some of its kind and of none of the other).
@@ -56,7 +56,7 @@ def build(sessions) -> None:
         for i in range(N_PHOTOS):
             rejected = "truncated JPEG" if i % 11 == 6 else None
             reg = files.register_file(s, path=path_of(i), size_bytes=1000 + i, mtime_ns=1, sha256=sha_of(i),
-                                      fmt="JPEG", width=640, height=480, rejected_reason=rejected,
+                                      fmt="PNG" if i % 4 == 1 else "JPEG", width=640, height=480, rejected_reason=rejected,
                                       work=[] if i == 1 else WORK)
             s.flush()
             s.execute(update(Image).where(Image.id == reg.image_id).values(created_at=BASE_TIME + dt.timedelta(hours=i)))
@@ -130,6 +130,7 @@ def oracle(sessions, flt: results.ResultFilter) -> list[str]:
         images = list(s.scalars(select(Image).order_by(Image.id)))
         labels = list(s.scalars(select(Label)))
         faces = list(s.scalars(select(Face)))
+        hashes = {p.image_id: p.hash for p in s.scalars(select(PHash))}
         wanted = []
         for image in images:
             if flt.status is not None and ledger.image_status(image) != flt.status:
@@ -147,6 +148,12 @@ def oracle(sessions, flt: results.ResultFilter) -> list[str]:
                 if (n < flt.faces) if flt.faces_or_more else (n != flt.faces):
                     continue
             if flt.since is not None and aware(image.created_at) < aware(flt.since):
+                continue
+            if flt.format is not None and image.format != {"jpg": "JPEG"}.get(flt.format.lower(), flt.format.upper()):
+                continue
+            if flt.near is not None and (image.id not in hashes or not any(
+                    other != image.id and bin((h ^ hashes[image.id]) & (2**64 - 1)).count("1") <= flt.near
+                    for other, h in hashes.items())):
                 continue
             wanted.append(image.sha256)
         return wanted
@@ -175,9 +182,17 @@ FILTERS = {
     "queued since (a naive time is UTC)": results.ResultFilter(status=QUEUED, since=dt.datetime(2024, 5, 1, 20)),
     "a label of done photos with faces": results.ResultFilter(label="tabby", status=DONE, faces=1,
                                                               faces_or_more=True),
+    "a format, any case, jpg for JPEG": results.ResultFilter(format="jpg"),
+    "another format": results.ResultFilter(format="png"),
+    "a format nobody has": results.ResultFilter(format="heic"),
+    "failed PNGs": results.ResultFilter(format="PNG", status=FAILED),
+    "a near-duplicate within 2 bits": results.ResultFilter(near=2),
+    "a near-duplicate within 8 bits": results.ResultFilter(near=8),
+    "done with a near-duplicate": results.ResultFilter(near=8, status=DONE),
+    "a label and a near-duplicate": results.ResultFilter(label="tabby", near=8),
 }
 #: Filters the ledger gives no image (the rest must find some, or the comparison proves little).
-EMPTY = {"a label nobody has"}
+EMPTY = {"a label nobody has", "a format nobody has"}
 
 
 @pytest.mark.parametrize("name", list(FILTERS))
@@ -365,6 +380,8 @@ def test_json_is_written_as_it_goes_and_is_valid(cli, store):
     (["--faces", "2"], results.ResultFilter(faces=2)),
     (["--faces", "2+"], results.ResultFilter(faces=2, faces_or_more=True)),
     (["--faces", "0"], results.ResultFilter(faces=0)),
+    (["--format", "jpg"], results.ResultFilter(format="JPEG")),
+    (["--near", "8", "--status", "done"], results.ResultFilter(near=8, status=DONE)),
     (["--since", "2024-05-02T06:00+00:00", "--status", "done"],
      results.ResultFilter(status=DONE, since=BASE_TIME + dt.timedelta(hours=30))),
 ])

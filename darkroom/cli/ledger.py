@@ -374,6 +374,12 @@ def results(
     camera: Annotated[str | None, typer.Option(
         "--camera", help="Only photos taken with this camera: its make (nikon, canon, apple), its model (d850, "
                          "'iPhone 15 Pro') or both ('nikon d850'); any case.")] = None,
+    file_format: Annotated[str | None, typer.Option(
+        "--format", help="Only photos of this format: JPEG (or jpg), PNG, GIF, WEBP, TIFF, BMP, HEIF (or heic), "
+                         "AVIF, RAW; any case.")] = None,
+    near: Annotated[int | None, typer.Option(
+        "--near", min=0, max=10, help="Only photos with a near-duplicate within this many bits (0: an identical "
+                                     "perceptual hash; DARKROOM_PHASH_DISTANCE is the usual choice).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most this many images.")] = None,
     after: Annotated[str | None, typer.Option(
         "--after", help="Start after this image: the sha256 of the last one of the previous page.")] = None,
@@ -388,12 +394,16 @@ def results(
     if as_json and as_jsonl:
         raise fail("give --json or --jsonl, not both", EXIT_USAGE)
     filtering = any(v is not None for v in (status, label, min_score, model, faces, since, taken_since, taken_until,
-                                            camera, limit, after))
+                                            camera, file_format, near, limit, after))
     if selectors and filtering:
         raise fail("give paths or sha256s, or filters (--status, --label, --faces, --since, --taken-since, "
-                   "--taken-until, --camera, --limit, --after), not both", EXIT_USAGE)
+                   "--taken-until, --camera, --format, --near, --limit, --after), not both", EXIT_USAGE)
     flt = _result_filter(settings, status, label, min_score, model, faces, since)
     flt = dataclasses.replace(flt, **_capture_filter(taken_since, taken_until, camera))
+    try:
+        flt = dataclasses.replace(flt, format=file_format, near=near)
+    except ValueError as exc:
+        raise fail(f"--format: {exc}", EXIT_USAGE) from None
     factory = sessions(settings)
     writer = _ResultsWriter("json" if as_json else "jsonl" if as_jsonl else "table")
     try:

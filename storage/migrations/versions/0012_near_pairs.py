@@ -1,4 +1,5 @@
-"""near-duplicate pairs stored when a hash is saved: a page's near-duplicates in one indexed read
+"""near-duplicate pairs stored when a hash is saved: a page's near-duplicates in one indexed read;
+images indexed by format
 
 ``near_pairs`` holds both directions of every pair of photos whose hashes are within
 ``storage.results.PAIR_DISTANCE`` bits; ``phashes.paired_within`` says up to which distance a
@@ -29,9 +30,12 @@ def upgrade() -> None:
     op.add_column("phashes", sa.Column("paired_within", sa.SmallInteger(), nullable=True))
     op.create_index("ix_phashes_unpaired", "phashes", ["image_id"],
                     postgresql_where=sa.text("paired_within IS NULL"), sqlite_where=sa.text("paired_within IS NULL"))
+    # `results --format` (and the gallery's): a format's images in id order.
+    op.create_index("ix_images_format", "images", ["format", "id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_images_format", table_name="images")
     op.drop_index("ix_phashes_unpaired", table_name="phashes")
     with op.batch_alter_table("phashes") as batch:
         batch.drop_column("paired_within")
