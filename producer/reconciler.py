@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass
 
 from storage import ledger
-from storage.db import transaction
+from storage.db import read_only, transaction
 from storage.models import QUEUED, RUNNING, utcnow
 from worker.broker import master
 from worker.runtime import dead_holders
@@ -76,7 +76,7 @@ class Reconciler:
         failover = self._master_changed(client)
         if lost or failover:
             self._trust_heartbeats_at = time.monotonic() + self.heartbeat_ttl
-        resent = expired = taken_over = 0
+        resent = expired = 0
         with transaction(self.registrar.sessions) as s:
             if lost:
                 resent = len(ledger.requeue_runs(s, statuses=[QUEUED, RUNNING]))
@@ -85,7 +85,6 @@ class Reconciler:
                 # running is held by a live worker (or taken over below when it dies).
                 resent = len(ledger.requeue_runs(s, statuses=[QUEUED]))
             expired = len(ledger.requeue_runs(s, statuses=[RUNNING], older_than=utcnow() - self.lease))
-        taken_over = self._take_over(client)
         if lost:
             self._epoch = uuid.uuid4().hex
             client.set(EPOCH_KEY, self._epoch)
@@ -94,6 +93,7 @@ class Reconciler:
                             "sending %d pending run(s) again", resent)
         elif self._epoch is None:
             self._epoch = current.decode()
+        taken_over = self._take_over(client)
         if failover and resent:
             log.warning("sent %d queued run(s) again after the broker's failover", resent)
         if expired:
@@ -126,7 +126,7 @@ class Reconciler:
         dead: list[str] = []
         after = None
         while True:
-            with self.registrar.sessions() as s:
+            with read_only(self.registrar.sessions) as s:
                 holders = ledger.running_holders(s, after=after, limit=HOLDER_PAGE)
             if not holders:
                 break
