@@ -819,13 +819,13 @@ def time_pairing(factory, plan: Plan, photos: int = 200) -> dict[str, Any]:
     from storage.models import NearPair, PHash
 
     t = [w[0] for w in WORK].index("phash")
-    done = [i for i in range(1, plan.n + 1, max(1, plan.n // (4 * photos))) if _done(plan, i, t)][:photos]
+    done = [i for i in range(2, plan.n + 1, max(2, plan.n // (4 * photos))) if _done(plan, i, t)][:photos]
     rng = np.random.default_rng(3)
     items = []
     for k, i in enumerate(done):
-        if k % 2:
-            other = plan.hashes[done[k - 1] - 1] & (2**64 - 1)
-            value = other ^ (1 << int(rng.integers(0, 64)))
+        # every other one a bit away from the hash of the photo just before it (one that keeps its hash)
+        if k % 2 and i - 1 not in done and _done(plan, i - 1, t):
+            value = (plan.hashes[i - 2] & (2**64 - 1)) ^ (1 << int(rng.integers(0, 64)))
         else:
             value = int(rng.integers(0, 2**63)) << 1
         items.append((i, f"{value:016x}"))

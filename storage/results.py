@@ -52,7 +52,7 @@ from storage.models import (
 def _rows(session: Session, statement: Any) -> Any:
     """The rows of a SELECT of columns, run on the session's connection: the same rows as
     ``session.execute`` gives, without the ORM's per-row loading (a stream reads millions)."""
-    return session.connection().execute(statement)
+    return session.connection().execute(statement).all()  # fetched at once: a fetch a row costs more than the row
 
 
 def ids_in(session: Session, column: Any, ids: Sequence[int]) -> Iterator[Any]:
@@ -324,11 +324,12 @@ class FaceResults(TaskResults):
         found: dict[int, dict[str, list[dict[str, Any]]]] = {}
         for ids in ids_in(session, Face.image_id, image_ids):
             rows = _rows(session, select(Face.image_id, Face.model, Face.x, Face.y, Face.w, Face.h, Face.confidence,
-                                          Face.keypoints).where(ids)
-                                   .order_by(Face.image_id, Face.model, Face.idx))
+                                         sa.cast(Face.keypoints, sa.Text)).where(ids)
+                         .order_by(Face.image_id, Face.model, Face.idx))
             for image_id, model, x, y, w, h, confidence, keypoints in rows:
                 found.setdefault(image_id, {}).setdefault(model, []).append(
-                    {"box": [x, y, w, h], "confidence": confidence, "keypoints": keypoints})
+                    {"box": [x, y, w, h], "confidence": confidence,
+                     "keypoints": None if keypoints is None else _json(keypoints)})
         return {image_id: self.to_json(by_model, crops.get(image_id, ()), ctx) for image_id, by_model in found.items()}
 
     def to_json(self, by_model: dict[str, Any], artifacts: Sequence[tuple[str, int]], ctx: ReadContext) -> dict[str, Any]:
@@ -529,7 +530,7 @@ class PHashResults(TaskResults):
         first = {image_id: sorted(others)[: self.LIMIT] for image_id, others in near.items()}
         shas: dict[int, str] = {}
         for ids in ids_in(session, Image.id, sorted({o for others in first.values() for o in others})):
-            shas.update(_rows(session, select(Image.id, Image.sha256).where(ids)).tuples().all())
+            shas.update((image_id, sha) for image_id, sha in _rows(session, select(Image.id, Image.sha256).where(ids)))
         return {image_id: sorted(shas[o] for o in others if o in shas) for image_id, others in first.items()}
 
     def all_hashes(self, session: Session, batch: int = 10_000) -> Iterable[tuple[int, int]]:
