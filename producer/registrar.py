@@ -409,25 +409,33 @@ class Registrar:
         group = max(1, min(50, self.settings.max_queue_depth // 10))
         per_message = {task.name: task.batch_size(self.settings) for task in catalog.TASKS if task.batched}
         while True:
-            with self.sessions() as s:
-                batch = ledger.unsent_runs(s, limit=200)
-            if not batch:
+            if not self._room(wait):
                 return sent
-            msgs = messages(batch, per_message)
-            for start in range(0, len(msgs), group):
-                if not self._room(wait):
+            # One group at a time: its runs read, sent and recorded sent in one transaction that holds
+            # the sending lock (PostgreSQL), so a second producer waits and then reads only what is
+            # still unsent instead of sending the same runs again.
+            with transaction(self.sessions) as s:
+                ledger.lock_sending(s)
+                batch = ledger.unsent_runs(s, limit=200)
+                if not batch:
                     return sent
+                msgs = messages(batch, per_message)[:group]
                 done: list[int] = []
+                failure: Exception | None = None
                 try:
                     with self.app.producer_or_acquire() as producer:
-                        for runs in msgs[start:start + group]:
+                        for runs in msgs:
                             send_runs(self.app, runs, producer=producer)
                             done.extend(r.id for r in runs)
-                finally:
-                    if done:
-                        with transaction(self.sessions) as s:
-                            ledger.mark_enqueued(s, done)
-                sent += len(done)
+                except Exception as exc:  # noqa: BLE001 - re-raised once what was sent is recorded
+                    failure = exc
+                # Recorded even when a send failed midway (those sent are in the broker); on a crash
+                # before the commit they are sent again, and their worker skips them.
+                if done:
+                    ledger.mark_enqueued(s, done)
+            sent += len(done)
+            if failure is not None:
+                raise failure
 
     def _room(self, wait: bool) -> bool:
         """Backpressure: False (or a wait) while any queue is at or over the bound."""

@@ -42,6 +42,19 @@ class RunRef:
     model: str
 
 
+#: The PostgreSQL advisory lock under which a producer reads unsent runs, sends them and records
+#: them sent: two producers (a watcher and an ingest, or two hosts) would otherwise both read, and
+#: send, the same unsent runs.
+SEND_LOCK = 0x64726B73  # "drks"
+
+
+def lock_sending(session: Session) -> None:
+    """Take :data:`SEND_LOCK` for the rest of the session's transaction (PostgreSQL; on SQLite the
+    producers of one store share a machine, and a run sent twice is only skipped by its worker)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(SEND_LOCK)))
+
+
 def unsent_runs(session: Session, limit: int = 1000) -> list[RunRef]:
     """Queued runs whose message has not been handed to the broker yet."""
     rows = session.execute(

@@ -17,7 +17,7 @@ from producer.files import is_candidate_name, walk
 from producer.registrar import Outcome, Registrar
 from producer.watcher import InboxWatcher
 from storage import files, ledger, results
-from storage.db import make_engine, migrate
+from storage.db import make_engine, migrate, session_factory, transaction
 from worker.app import create_app
 from worker.queues import queue_depths
 
@@ -392,3 +392,36 @@ def test_messages_group_batch_task_runs_by_model_up_to_the_batch_size():
     grouped = [[r.id for r in m] for m in messages(runs, {"classify": 2})]
     assert grouped == [[1], [2, 5], [3, 7], [4], [6]]
     assert [[r.id for r in m] for m in messages(runs, {})] == [[r.id] for r in runs]
+
+
+@pytest.mark.postgres
+def test_two_producers_sending_at_once_send_each_run_once(postgres_url, redis_url, tmp_path):
+    """A watcher and an ingest (or two hosts) send what is unsent at the same moment: each waits for
+    the other's group (the sending lock) and reads only what is still unsent, so every run goes out
+    once. Without the lock both read the same unsent runs and most go out twice."""
+    settings = Settings(data_dir=tmp_path / "data", database_url=postgres_url, broker_url=redis_url,
+                        max_queue_depth=100_000, tasks=["normalize"], _env_file=None)
+    engine = make_engine(postgres_url)
+    migrate(engine)
+    with transaction(session_factory(engine)) as s:
+        for i in range(600):
+            files.register_file(s, path=f"/archive/{i}.jpg", size_bytes=1, mtime_ns=1, sha256=f"{i:064x}",
+                                fmt="JPEG", width=8, height=8, rejected_reason=None, work=[("normalize", "")])
+    engine.dispose()
+    producers = [Registrar(settings=settings, app=create_app(settings), roots=[]) for _ in range(2)]
+    start = threading.Barrier(2)
+    sent: list[int] = []
+
+    def send(reg):
+        start.wait()
+        sent.append(reg.send_pending())
+
+    threads = [threading.Thread(target=send, args=(reg,)) for reg in producers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    ids = _run_ids(_messages(redis_url))
+    assert sum(sent) == 600 and len(ids) == 600 and len(set(ids)) == 600
+    for reg in producers:
+        reg.close()
