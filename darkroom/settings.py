@@ -7,10 +7,12 @@ project reads the environment for configuration.
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+import pathspec
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
@@ -168,6 +170,13 @@ class Settings(BaseSettings):
         "RECONCILE_SECONDS of its death). At least twice HEARTBEAT_SECONDS.")
     log_level: str = "INFO"
 
+    # Serving and monitoring.
+    serve_token: SecretStr | None = Field(
+        None, description="The token `darkroom serve` asks for (a bearer token, or typed into its login form); "
+        "needed to serve on any address but loopback.")
+    task_events: bool = Field(
+        False, description="Workers send Celery's task events, so that Flower (or `celery events`) can follow them.")
+
     @field_validator("broker_url")
     @classmethod
     def _check_broker_url(cls, value: SecretStr) -> SecretStr:
@@ -186,13 +195,6 @@ class Settings(BaseSettings):
             raise ValueError("must be at least twice DARKROOM_HEARTBEAT_SECONDS (a heartbeat late by one refresh "
                              "must not look like a dead process)")
         return value
-
-    # Serving and monitoring.
-    serve_token: SecretStr | None = Field(
-        None, description="The token `darkroom serve` asks for (a bearer token, or typed into its login form); "
-        "needed to serve on any address but loopback.")
-    task_events: bool = Field(
-        False, description="Workers send Celery's task events, so that Flower (or `celery events`) can follow them.")
 
     @field_validator("face_max_side")
     @classmethod
@@ -218,10 +220,6 @@ class Settings(BaseSettings):
     @field_validator("ignore")
     @classmethod
     def _check_ignore(cls, value: list[str]) -> list[str]:
-        import re
-
-        import pathspec
-
         for pattern in value:
             try:
                 pathspec.GitIgnoreSpec.from_lines([pattern])
