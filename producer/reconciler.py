@@ -31,7 +31,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from storage import ledger
+from storage import cluster, ledger
+from storage import results as stored
 from storage.db import read_only, transaction
 from storage.models import QUEUED, RUNNING, utcnow
 from worker.broker import master
@@ -44,6 +45,8 @@ EPOCH_KEY = "darkroom:broker-epoch"
 MASTER_KEY = "darkroom:broker-master"
 #: The most time a turn spends folding counts (the rest is folded on the next turn).
 FOLD_SECONDS = 5.0
+#: The most time a turn spends pairing near-duplicates of hashes saved before pairs were stored.
+PAIR_SECONDS = 2.0
 #: Holders read (and heartbeats asked for) per page.
 HOLDER_PAGE = 1000
 
@@ -93,6 +96,11 @@ class Reconciler:
                             "sending %d pending run(s) again", resent)
         elif self._epoch is None:
             self._epoch = current.decode()
+        # The identity workers check as they start (storage.cluster): mirrored again when Redis lost
+        # it (restarted without persistence, flushed, or a new master without it).
+        identity = getattr(self.registrar, "identity", None)
+        if identity is not None and (lost or failover or cluster.mirrored(client) is None):
+            cluster.mirror(client, identity)
         taken_over = self._take_over(client)
         if failover and resent:
             log.warning("sent %d queued run(s) again after the broker's failover", resent)
@@ -102,6 +110,9 @@ class Reconciler:
             self.registrar.send_pending()
         # Bring the counts `status` reads up to date with what the workers did since the last turn.
         ledger.fold_pending(self.registrar.sessions, seconds=FOLD_SECONDS)
+        # Hashes saved before near-duplicate pairs were stored (migration 0012) are paired a little
+        # each turn; until then their near-duplicates are looked up through the bands.
+        stored.pair_pending(self.registrar.sessions, seconds=PAIR_SECONDS)
         return Reconciled(broker_lost=lost, resent=resent, expired=expired, failover=failover,
                           taken_over=taken_over)
 

@@ -246,3 +246,30 @@ def test_a_worker_that_cannot_read_in_place_originals_says_so_as_it_starts(tmp_p
     (record,) = caplog.records
     assert "in-place originals cannot be read on this host" in record.getMessage()
     assert str(archive / "rocket.jpg") in record.getMessage() and socket.gethostname() in record.getMessage()
+
+
+def test_the_reconciler_mirrors_the_identity_again_when_redis_lost_it(tmp_path, redis_url):
+    """Redis restarted without persistence (or flushed): the identity a worker checks at start is
+    back on the producer's next reconciler turn, so a worker started then is still checked."""
+    import redis
+
+    from darkroom.settings import Settings
+    from producer.reconciler import Reconciler
+    from producer.registrar import Registrar
+    from storage import cluster as identity_of
+    from storage.db import make_engine, migrate
+    from worker.app import create_app
+
+    db_url = f"sqlite:///{tmp_path / 'producer.db'}"
+    settings = Settings(data_dir=tmp_path / "data", database_url=db_url, broker_url=redis_url, tasks=["normalize"])
+    engine = make_engine(db_url)
+    migrate(engine)
+    engine.dispose()
+    registrar = Registrar(settings=settings, app=create_app(settings), roots=[tmp_path])
+    client = redis.Redis.from_url(redis_url)
+    assert identity_of.mirrored(client) == registrar.identity
+    client.flushdb()
+    assert identity_of.mirrored(client) is None
+    Reconciler(registrar).check()
+    assert identity_of.mirrored(client) == registrar.identity
+    registrar.close()

@@ -157,3 +157,32 @@ def test_two_near_duplicates_hashed_at_once_by_two_workers_pair(postgres_url):
     with sessions() as s:
         assert results.PHASHES.stored_pairs(s, [a, b], 8) == {a: [b], b: [a]}
     engine.dispose()
+
+
+def test_the_reconciler_pairs_the_hashes_saved_before_pairs_were_stored(tmp_path, redis_url):
+    """A store upgraded by migration 0012 has hashes and no pairs: the producer's reconciler pairs
+    them as it turns, and reads then come from the stored pairs."""
+    from darkroom.settings import Settings
+    from producer.reconciler import Reconciler
+    from producer.registrar import Registrar
+    from storage.db import make_engine, migrate, session_factory
+    from worker.app import create_app
+
+    db_url = f"sqlite:///{tmp_path / 'darkroom.db'}"
+    engine = make_engine(db_url)
+    migrate(engine)
+    sessions = session_factory(engine)
+    hashes = _planted()[:40]
+    with transaction(sessions) as s:
+        ids = [_register(s, i) for i in range(len(hashes))]
+        results.PHASHES.save(s, "", [(i, f"{h:016x}") for i, h in zip(ids, hashes)])
+        s.execute(NearPair.__table__.delete())
+        s.execute(update(PHash).values(paired_within=None))
+    settings = Settings(data_dir=tmp_path / "data", database_url=db_url, broker_url=redis_url, tasks=["phash"])
+    registrar = Registrar(settings=settings, app=create_app(settings), roots=[tmp_path])
+    Reconciler(registrar).check()
+    registrar.close()
+    with sessions() as s:
+        assert not results.PHASHES.looks_up(s, 8)
+        assert {k: sorted(v) for k, v in results.PHASHES.stored_pairs(s, ids, 10).items()} == _truth(ids, hashes, 10)
+    engine.dispose()
