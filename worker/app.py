@@ -20,7 +20,6 @@ from celery.signals import worker_init, worker_process_init, worker_process_shut
 
 from darkroom import catalog
 from darkroom.settings import Settings, load_settings
-from storage.stores import open_store
 from worker.broker import transport_options
 from worker.cluster import check_or_exit
 from worker.pipeline import execute, int_list
@@ -87,7 +86,6 @@ def create_app(settings: Settings | None = None) -> Celery:
     def make_runtime() -> Runtime:
         consumed = sorted(app.amqp.queues.consume_from or ()) if app.amqp.queues.consume_from else None
         runtime = Runtime.create(settings, consumed)
-        runtime.blobs = open_store(settings.blob_location)  # DARKROOM_BLOB_URL: a folder or a bucket
         # The process's heartbeat (the reconciler takes over its runs once it is gone), written
         # before the runtime is handed out, so before the process claims anything.
         runtime.start_heartbeat()

@@ -28,6 +28,7 @@ from darkroom.settings import Settings
 from storage.blobs import BlobStore
 from storage.db import make_engine, session_factory
 from storage.results import ArtifactData
+from storage.stores import open_store
 from tasks.base import InferenceModel, Output
 from tasks.imaging import encode
 from worker.broker import for_settings
@@ -141,7 +142,7 @@ class Runtime:
         identity = str(Holder.mine())
         engine = make_engine(settings.db_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow,
                              application_name=f"darkroom-worker {identity}")
-        return cls(settings=settings, sessions=session_factory(engine), blobs=BlobStore(settings.blob_dir),
+        return cls(settings=settings, sessions=session_factory(engine), blobs=open_store(settings.blob_location),
                    identity=identity, queues=sorted(queues) if queues else None)
 
     # --- the heartbeat -------------------------------------------------------------------------------
