@@ -1033,6 +1033,11 @@ def measure_size(backend: str, url: str, plan: Plan, opts: Options, redis_url: s
         log(f"  phash save with pairing: {pairing['ms_per_photo']:.1f} ms a photo ({pairing['photos']} photos, "
             f"{pairing['pairs']} pairs, {pairing['statements']} statements)")
         if paths:
+            # The counts of what the rerun changed are folded first: that is the rerun's work, which
+            # the registrar's periodic fold would otherwise do inside the registration timed here.
+            from storage import ledger as ledger_of
+
+            ledger_of.fold_pending(factory)
             reg = time_register(url, redis_url, paths, work / f"register-{backend}-{plan.n}", mode)
             shutil.rmtree(work / f"register-{backend}-{plan.n}", ignore_errors=True)
             seconds[REGISTER], statements[REGISTER] = reg["seconds"], reg["statements"]
