@@ -35,6 +35,18 @@ def _import_bench():
     return report, runner
 
 
+def _stores_and_sizes(db: str, images: str) -> tuple[list[str], list[int]]:
+    """The databases `--db` names and the sizes `--images` lists, or a one-line usage error."""
+    backends = {"postgres": ["postgresql"], "postgresql": ["postgresql"], "sqlite": ["sqlite"],
+                "both": ["postgresql", "sqlite"]}
+    if db not in backends:
+        raise fail(f"--db takes postgres, sqlite or both; got {db!r}")
+    sizes = _ints(images, "--images")
+    if not sizes:
+        raise fail("--images needs at least one size")
+    return backends[db], sizes
+
+
 def _ints(text: str, what: str) -> list[int]:
     if text.strip().lower() in ("", "none", "0"):
         return []
@@ -166,13 +178,7 @@ def ledger_command(
     photo, a filtered page of 100, the full stream, the reconciler after the broker lost everything,
     rerun, and registering real files against sha256sum. Prints seconds, the cost per 1,000 images
     and its growth with the size, the targets, and each table's rows and bytes."""
-    backends = {"postgres": ["postgresql"], "postgresql": ["postgresql"], "sqlite": ["sqlite"],
-                "both": ["postgresql", "sqlite"]}
-    if db not in backends:
-        raise fail(f"--db takes postgres, sqlite or both; got {db!r}")
-    sizes = _ints(images, "--images")
-    if not sizes:
-        raise fail("--images needs at least one size")
+    dbs, sizes = _stores_and_sizes(db, images)
     if files:
         for module in ("skimage", "sklearn"):
             try:
@@ -182,7 +188,7 @@ def ledger_command(
                            "'darkroom[bench]' (or --files 0)") from None
     from bench import ledger
 
-    opts = ledger.Options(sizes=sizes, dbs=backends[db], postgres_url=postgres_url, files=files,
+    opts = ledger.Options(sizes=sizes, dbs=dbs, postgres_url=postgres_url, files=files,
                           stream_seconds=stream_seconds, lookups=lookups, repeat=repeat, seed=seed, json_path=json_path)
     try:
         data = ledger.run(opts, log=lambda msg: console.print(msg, highlight=False, soft_wrap=True, markup=False))
@@ -230,20 +236,14 @@ def web_command(
 ) -> None:
     """`darkroom serve` over the synthetic archive of `bench ledger`: the server time of a gallery page and an
     API page of 100 (first, deep in the archive, filtered by a label) and thumbnails served per second."""
-    backends = {"postgres": ["postgresql"], "postgresql": ["postgresql"], "sqlite": ["sqlite"],
-                "both": ["postgresql", "sqlite"]}
-    if db not in backends:
-        raise fail(f"--db takes postgres, sqlite or both; got {db!r}")
-    sizes = _ints(images, "--images")
-    if not sizes:
-        raise fail("--images needs at least one size")
+    dbs, sizes = _stores_and_sizes(db, images)
     try:
         __import__("skimage")
     except ImportError:
         raise fail("`darkroom bench web` needs scikit-image for its thumbnail: pip install -e '.[bench]'") from None
     from bench import web
 
-    opts = web.Options(sizes=sizes, dbs=backends[db], postgres_url=postgres_url, repeat=repeat, thumbs=thumbs,
+    opts = web.Options(sizes=sizes, dbs=dbs, postgres_url=postgres_url, repeat=repeat, thumbs=thumbs,
                        seed=seed)
     try:
         rows = web.run(opts, log=lambda msg: console.print(msg, highlight=False, soft_wrap=True, markup=False))

@@ -238,29 +238,13 @@ def create_app(settings: Settings, sessions: sessionmaker[Session] | None = None
     @app.get("/thumbs/{sha256}", tags=["pictures"], summary="A photo's thumbnail (JPEG), cached for ever by its hash",
              responses={200: {"content": {"image/jpeg": {}}}, 404: {}})
     def thumb(request: Request, sha256: str):
-        sha = _sha(sha256)
-        with state.read_one() as s:
-            try:
-                pic = state.media.thumb(s, sha)
-            except media.NoOriginal:
-                return _placeholder()
-        if pic is None:
-            raise HTTPException(404, f"no photo has the sha256 {sha}")
-        return _send(request, pic)
+        return _by_sha(request, sha256, state.read_one, state.media.thumb)
 
     @app.get("/images/{sha256}/preview", tags=["pictures"],
              summary=f"The original, at most {media.PREVIEW_SIDE} px on its longest side (JPEG)",
              responses={200: {"content": {"image/jpeg": {}}}, 404: {}})
     def preview(request: Request, sha256: str):
-        sha = _sha(sha256)
-        with state.read() as s:
-            try:
-                pic = state.media.preview(s, sha)
-            except media.NoOriginal:
-                return _placeholder()
-        if pic is None:
-            raise HTTPException(404, f"no photo has the sha256 {sha}")
-        return _send(request, pic)
+        return _by_sha(request, sha256, state.read, state.media.preview)
 
     @app.get("/images/{sha256}/artifacts/{kind}/{idx}", tags=["pictures"],
              summary="An image a task made: faces_boxed, face_crop, augmented, contact_sheet",
@@ -411,6 +395,20 @@ def _authorized(request: Request, token: str) -> bool:
 def _local(path: str) -> str:
     """A redirect target that stays on this server (a path, not //host or a URL)."""
     return path if path.startswith("/") and not path.startswith("//") and "\\" not in path else "/"
+
+
+def _by_sha(request: Request, sha256: str, read: Any, fetch: Any) -> Response:
+    """A photo's picture by its sha256 (validated first): ``fetch(session, sha)`` in a session of
+    ``read()``; the placeholder when the photo has none to show, 404 when no photo has the hash."""
+    sha = _sha(sha256)
+    with read() as s:
+        try:
+            pic = fetch(s, sha)
+        except media.NoOriginal:
+            return _placeholder()
+    if pic is None:
+        raise HTTPException(404, f"no photo has the sha256 {sha}")
+    return _send(request, pic)
 
 
 def _send(request: Request, pic: media.Picture) -> Response:
