@@ -96,11 +96,10 @@ class Reconciler:
                             "sending %d pending run(s) again", resent)
         elif self._epoch is None:
             self._epoch = current.decode()
-        # The identity workers check as they start (storage.cluster): mirrored again when Redis lost
-        # it (restarted without persistence, flushed, or a new master without it).
-        identity = getattr(self.registrar, "identity", None)
-        if identity is not None and (lost or failover or cluster.mirrored(client) is None):
-            cluster.mirror(client, identity)
+        # The identity workers check as they start (storage.cluster), mirrored again every turn: one
+        # SET, and Redis has it back soon after losing it (restarted without persistence, flushed, a
+        # new master without it).
+        cluster.mirror(client, self.registrar.identity)
         taken_over = self._take_over(client)
         if failover and resent:
             log.warning("sent %d queued run(s) again after the broker's failover", resent)

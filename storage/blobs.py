@@ -119,6 +119,10 @@ class BlobStore:
         sha, size = self.put_file(source, link=link, max_bytes=max_bytes)
         return sha, size, self.path_for(sha)
 
+    def answers(self, *, bucket_needed: bool = False) -> None:
+        """Raise (:class:`BlobStoreUnavailable`, :class:`BlobStoreDenied`) unless the store can be
+        asked; a folder always can (a missing one is made by the first blob). See the S3 store's."""
+
     # --- the clusters that wrote here ---------------------------------------------------------------
 
     def _mark(self, cluster: str) -> Path:

@@ -16,9 +16,9 @@ import socket
 import uuid as uuidlib
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from storage.db import insert
 from storage.models import Cluster, TaskRun, utcnow
 
 #: The Redis key (in the broker's database) that mirrors the identity.
@@ -71,8 +71,7 @@ def ensure(session: Session, blob_url: str) -> Identity:
     at once record one: the second's insert does nothing."""
     row = session.get(Cluster, 1)
     if row is None:
-        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-        session.execute(dialect.insert(Cluster).values(
+        session.execute(insert(session, Cluster).values(
             id=1, uuid=uuidlib.uuid4().hex, created_at=utcnow(), blob_url=blob_url, host=socket.gethostname(),
         ).on_conflict_do_nothing())
         row = session.scalars(select(Cluster).where(Cluster.id == 1).execution_options(populate_existing=True)).one()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -157,6 +158,12 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
                 fcntl.flock(fh, fcntl.LOCK_UN)
     else:
         yield
+
+
+def insert(session: Session, table: Any) -> Any:
+    """An INSERT into ``table`` in the session's database's dialect (PostgreSQL's or SQLite's), so that
+    ``.on_conflict_do_nothing()`` / ``.on_conflict_do_update()`` can follow it."""
+    return (postgresql if session.get_bind().dialect.name == "postgresql" else sqlite).insert(table)
 
 
 def chunks(values: Sequence[Any], size: int = 500) -> Iterable[Sequence[Any]]:

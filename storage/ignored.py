@@ -10,10 +10,9 @@ from collections import Counter
 from collections.abc import Iterable
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from storage.db import chunks
+from storage.db import chunks, insert
 from storage.models import IgnoredCount, IgnoredFile, shown, utcnow
 
 
@@ -34,16 +33,15 @@ def record(session: Session, items: Iterable[tuple[str, str]]) -> int:
     by_path = dict(items)
     if not by_path:
         return 0
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     added: Counter[str] = Counter()
     now = utcnow()
-    for chunk in chunks(new_paths(session, by_path)):
+    for chunk in chunks(list(by_path)):
         rows = [{"path": p, "kind": by_path[p], "seen_at": now} for p in chunk]
-        inserted = session.execute(dialect.insert(IgnoredFile).values(rows).on_conflict_do_nothing(
+        inserted = session.execute(insert(session, IgnoredFile).values(rows).on_conflict_do_nothing(
             index_elements=[IgnoredFile.path]).returning(IgnoredFile.kind))
         added.update(kind for (kind,) in inserted)
     for kind, n in sorted(added.items()):
-        stmt = dialect.insert(IgnoredCount).values(kind=kind, n=n)
+        stmt = insert(session, IgnoredCount).values(kind=kind, n=n)
         session.execute(stmt.on_conflict_do_update(index_elements=[IgnoredCount.kind],
                                                    set_={"n": IgnoredCount.n + stmt.excluded.n}))
     return sum(added.values())

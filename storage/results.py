@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, selectinload
 from storage import capture
 from storage.blobs import BlobStore
 from storage.db import chunks
+from storage.db import insert as insert_for
 from storage.ledger import state_of
 from storage.models import (
     DONE,
@@ -1010,6 +1011,15 @@ def _page_artifacts(session: Session, image_ids: Sequence[int]) -> Artifacts:
 #: first message that decodes the photo. Not one of the results: neither counted in the Results JSON's
 #: ``artifacts`` nor exported.
 THUMB = "thumb"
+
+
+def save_thumbnails(session: Session, thumbs: dict[int, ArtifactData]) -> None:
+    """Store each photo's thumbnail (image id -> artifact) unless one is there already (two messages
+    of one photo may both have made one: the first stored stays)."""
+    if thumbs:
+        rows = [{"image_id": image_id, **dataclasses.asdict(art)} for image_id, art in thumbs.items()]
+        session.execute(insert_for(session, Artifact).values(rows)
+                        .on_conflict_do_nothing(index_elements=["image_id", "kind", "idx"]))
 
 
 def artifacts_for(session: Session, image_id: int) -> list[Artifact]:

@@ -136,25 +136,17 @@ class S3BlobStore(BlobStore):
                                               "allow s3:CreateBucket)") from None
         self._bucket_ready = True
 
-    def reachable(self) -> None:
-        """Raise (:class:`BlobStoreUnavailable`, :class:`BlobStoreDenied`) unless the bucket answers."""
+    def answers(self, *, bucket_needed: bool = False) -> None:
+        """Raise (:class:`BlobStoreUnavailable`, :class:`BlobStoreDenied`) unless the endpoint answers and lets us
+        in; a bucket not made yet is fine (the producer makes it with its first blob) unless ``bucket_needed``."""
         try:
             self.client().head_bucket(Bucket=self.bucket)
         except Exception as exc:  # noqa: BLE001
-            if self._missing(exc):
+            if not self._missing(exc):
+                raise self._trouble(exc, "show the bucket") from None
+            if bucket_needed:
                 raise BlobStoreUnavailable(f"the bucket {self.bucket!r} does not exist at {self.url} "
                                            f"({SETTING})") from None
-            raise self._trouble(exc, "show the bucket") from None
-
-    def answers(self) -> None:
-        """Raise (:class:`BlobStoreUnavailable`, :class:`BlobStoreDenied`) unless the endpoint answers and lets us
-        in; a bucket not made yet is fine (the producer makes it with its first blob)."""
-        try:
-            self.client().head_bucket(Bucket=self.bucket)
-        except Exception as exc:  # noqa: BLE001
-            if self._missing(exc):
-                return
-            raise self._trouble(exc, "show the bucket") from None
 
     # --- objects ----------------------------------------------------------------------------------
 
@@ -245,7 +237,7 @@ class S3BlobStore(BlobStore):
             return True
         except Exception as exc:  # noqa: BLE001
             if self._missing(exc):
-                self.reachable()  # a missing bucket is the store away (or the wrong URL), not a missing mark
+                self.answers(bucket_needed=True)  # a missing bucket is the store away (or the wrong URL), not a missing mark
                 return False
             raise self._trouble(exc, "look up an object") from None
 

@@ -555,14 +555,13 @@ def test_a_thumbnail_stored_twice_keeps_the_first(store):
 
     from storage.db import transaction
     from storage.models import Artifact, Image
-    from storage.results import ArtifactData
-    from worker.pipeline import _save_thumbs
+    from storage.results import ArtifactData, save_thumbnails
 
     with store.sessions() as s:
         image_id = s.scalar(select(Image.id).where(Image.sha256 == store.shas["coffee"]))
         before = s.scalar(select(Artifact.data).where(Artifact.image_id == image_id, Artifact.kind == "thumb"))
     with transaction(store.sessions) as s:
-        _save_thumbs(s, {image_id: ArtifactData("thumb", 0, "image/jpeg", 1, 1, b"other")})
+        save_thumbnails(s, {image_id: ArtifactData("thumb", 0, "image/jpeg", 1, 1, b"other")})
     with store.sessions() as s:
         after = s.scalar(select(Artifact.data).where(Artifact.image_id == image_id, Artifact.kind == "thumb"))
     assert after == before and after != b"other"

@@ -95,9 +95,7 @@ def _store_problem(store: BlobStore, known: cluster.Identity | None) -> str | No
                 return (f"the blob store {store.url} holds none of cluster {known.short}'s originals; set "
                         f"DARKROOM_BLOB_URL to the producer's blob store ({where})")
         else:  # no blob stored yet: the store need only answer
-            answers = getattr(store, "answers", None)
-            if answers is not None:
-                answers()
+            store.answers()
     except (BlobStoreUnavailable, BlobStoreDenied) as exc:
         return f"{exc}; set DARKROOM_BLOB_URL to a blob store this host can reach ({where})"
     return None

@@ -32,14 +32,13 @@ from typing import Any
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from darkroom import catalog
 from storage import cluster, ledger
 from storage.db import read_only, transaction
 from storage.models import DONE, FAILED, REJECTED, Artifact
-from storage.results import THUMB, ArtifactData, save_artifacts
+from storage.results import THUMB, ArtifactData, save_artifacts, save_thumbnails
 from tasks.base import ModelUnavailable, one_line
 from tasks.imaging import BadImage, decode
 from worker.cluster import UnknownRuns
@@ -305,7 +304,7 @@ class Message:
                     for c in group:
                         save_artifacts(s, c.image_id, kinds, arts[c.image_id])
             ledger.finish_runs(s, [c.run_id for _step, group, _o, _a in writes for c in group], status=DONE)
-            _save_thumbs(s, self.thumbs)
+            save_thumbnails(s, self.thumbs)
         for _step, group, _o, _a in writes:
             for c in group:
                 self.states[c.run_id] = DONE
@@ -371,17 +370,6 @@ class Message:
                  f" (with {len(others)} more: " + ", ".join(
                      f"{c.task} {c.run_id} {self.states.get(c.run_id, '?')}" for c in others[:8])
                  + (", ..." if len(others) > 8 else "") + ")" if others else "")
-
-
-def _save_thumbs(session: Any, thumbs: dict[int, ArtifactData]) -> None:
-    """Store each photo's thumbnail unless one is there already (two messages of one photo may both
-    have made one: the first stored stays)."""
-    if not thumbs:
-        return
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    rows = [{"image_id": image_id, "kind": a.kind, "idx": a.idx, "mime": a.mime, "width": a.width, "height": a.height,
-             "data": a.data, "blob": a.blob} for image_id, a in thumbs.items()]
-    session.execute(dialect.insert(Artifact).values(rows).on_conflict_do_nothing(index_elements=["image_id", "kind", "idx"]))
 
 
 def _finish(rt: Runtime, run_id: int, status: str, error: str) -> str:
