@@ -128,6 +128,18 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 120)
         raise
 
 
+def end(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Ends a process a test started, in its finalizer: SIGTERM, and SIGKILL if it is still there
+    after ``timeout`` seconds (nothing to assert: the test has said what it had to)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def write_slowly(src: Path, dst: Path, chunks: int = 6, pause: float = 0.25) -> None:
     """Copies ``src`` to ``dst`` in chunks with pauses, as a slow download or network copy writes."""
     data = src.read_bytes()

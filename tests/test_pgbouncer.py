@@ -29,7 +29,7 @@ from producer.registrar import Registrar
 from storage import ledger
 from storage.db import make_engine, migrate, read_only, schema_is_current, session_factory, transaction
 from storage.models import DONE, Normalization, TaskRun
-from tests.harness import ROOT, PrivatePgbouncer, base_env
+from tests.harness import ROOT, PrivatePgbouncer, base_env, end
 from tests.photos import big_photos
 from worker.app import create_app
 
@@ -203,10 +203,5 @@ def test_worker_processes_stay_within_their_connection_budget(route, bouncer, da
             assert peak_server <= SERVER_POOL + 1  # pgbouncer's pool, and the counting connection itself
     finally:
         registrar.close()
-        if worker.poll() is None:
-            worker.terminate()
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        end(worker)
 

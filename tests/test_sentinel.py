@@ -25,7 +25,7 @@ from producer.reconciler import Reconciler
 from producer.registrar import Registrar
 from storage.db import make_engine, migrate
 from storage.models import DONE, Normalization, TaskRun
-from tests.harness import ROOT, PrivateSentinel, base_env, free_port
+from tests.harness import ROOT, PrivateSentinel, base_env, end, free_port
 from tests.photos import big_photos
 from worker.app import create_app
 from worker.broker import connect, for_settings, master, transport_options
@@ -141,9 +141,4 @@ def test_a_failover_mid_run_loses_no_work(sentinel, tmp_path, photos):
             assert conn.scalar(select(func.count()).select_from(Normalization)) == n  # one result each
     finally:
         registrar.close()
-        if worker.poll() is None:
-            worker.terminate()
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        end(worker)
