@@ -560,7 +560,15 @@ class Statements:
     whose statements grow with its images is where its time goes)."""
 
     def __init__(self) -> None:
-        self.n = 0
+        self.events = 0
+
+    @property
+    def n(self) -> int:
+        """Statements so far: those SQLAlchemy ran, and those the Results JSON's page queries ran
+        on the driver's cursor (``storage.results.PageQuery``, which pass by its events)."""
+        from storage.results import PageQuery
+
+        return self.events + PageQuery.executed
 
     def count(self, engine) -> None:
         from sqlalchemy import event
@@ -568,7 +576,7 @@ class Statements:
         event.listen(engine, "before_cursor_execute", self._one)
 
     def _one(self, *_args) -> None:
-        self.n += 1
+        self.events += 1
 
 
 #: Statements of the last call timed by :func:`_median_s` (per command, see :func:`measure_size`).

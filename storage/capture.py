@@ -88,8 +88,8 @@ def capture_json(image: Image) -> dict[str, Any] | None:
     """The Results JSON's ``capture`` object; None when the photo's metadata said nothing (or it
     was registered before this was read)."""
     local, offset = image.taken_local, image.taken_offset
-    fields = (local, image.camera_make, image.camera_model, image.lens, image.gps_lat, image.orientation)
-    if all(v is None for v in fields):
+    if (local is None and image.camera_make is None and image.camera_model is None and image.lens is None
+            and image.gps_lat is None and image.orientation is None):
         return None
     taken = utc = None
     if local is not None:

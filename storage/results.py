@@ -62,14 +62,110 @@ def ids_in(session: Session, column: Any, ids: Sequence[int]) -> Iterator[Any]:
     ``IN`` list per chunk of :func:`storage.db.chunks`."""
     ids = list(ids)
     if session.get_bind().dialect.name == "postgresql":
-        for start in range(0, len(ids), 50_000):
-            # As the array's text ('{1,2,3}', cast in SQL): made by one join, not dumped id by id.
-            text = "{" + ",".join(map(str, map(int, ids[start:start + 50_000]))) + "}"
+        for start in range(0, len(ids), ARRAY_IDS):
+            text = _array_text(ids[start:start + ARRAY_IDS])
             yield column == sa.any_(sa.cast(sa.bindparam("ids", text, type_=sa.Text, unique=True),
                                             postgresql.ARRAY(sa.Integer)))
     else:
         for chunk in chunks(ids):
             yield column.in_(chunk)
+
+
+#: Ids a PostgreSQL statement carries as one array parameter.
+ARRAY_IDS = 50_000
+
+
+class PageQuery:
+    """A SELECT of plain columns about a page of images, which a stream runs page after page (a
+    million photos: some twenty thousand times each).
+
+    ``build(condition)`` makes the statement, ``condition`` being that ``column`` is one of the
+    page's ids. On PostgreSQL (psycopg) the statement is compiled once, its ids go as one array
+    parameter per :data:`ARRAY_IDS`, and it runs on the driver's cursor of the session's connection
+    (in its transaction), its rows the driver's tuples: none of SQLAlchemy's per-statement set-up
+    and per-row objects, which cost a stream more than the database's work. Only columns that
+    SQLAlchemy would hand over unchanged are read so; a statement with any other runs through
+    SQLAlchemy, as on every other database (a chunk of :func:`storage.db.chunks` ids per statement).
+
+    Statements run on the driver's cursor pass by SQLAlchemy's events: :attr:`executed` counts
+    them (the ledger benchmark adds them to the statements it counts), and :attr:`every` holds
+    each query (the plan tests explain each)."""
+
+    #: Statements run on the driver's cursor, by every query of this process.
+    executed: int = 0
+    #: Every query made.
+    every: list[PageQuery] = []
+
+    def __init__(self, column: Any, build: Callable[[Any], Any], *, named: bool = False) -> None:
+        self.column = column
+        self.build = build
+        #: Rows whose columns are also read by name (``row.sha256``), as SQLAlchemy's rows are.
+        self.named = named
+        self._compiled: dict[str, tuple[str, dict[str, Any]] | None] = {}
+        PageQuery.every.append(self)
+
+    def rows(self, session: Session, ids: Sequence[int], **values: Any) -> list[tuple]:
+        """The statement's rows for ``ids`` (in its order, per chunk of ids); ``values``: those of
+        the statement's own bind parameters (``sa.bindparam(name, placeholder)``)."""
+        ids = list(ids)
+        if not ids:
+            return []
+        connection = session.connection()
+        compiled = self.compiled(connection.dialect)
+        if compiled is None:
+            return [row for cond in ids_in(session, self.column, ids)
+                    for row in connection.execute(self.build(cond), values).all()]
+        sql, params = compiled
+        out: list[tuple] = []
+        dbapi = connection.connection.dbapi_connection
+        if self.named:
+            from psycopg.rows import namedtuple_row  # the driver is psycopg: _compile said so
+
+            cursor = dbapi.cursor(row_factory=namedtuple_row)
+        else:
+            cursor = dbapi.cursor()
+        try:
+            for start in range(0, len(ids), ARRAY_IDS):
+                cursor.execute(sql, {**params, **values, "page_ids": _array_text(ids[start:start + ARRAY_IDS])})
+                PageQuery.executed += 1
+                out += cursor.fetchall()
+        finally:
+            cursor.close()
+        return out
+
+    def compiled(self, dialect: Any) -> tuple[str, dict[str, Any]] | None:
+        """(SQL, its parameters but ``page_ids``) run on the driver's cursor on this dialect, or
+        None where the statement runs through SQLAlchemy."""
+        key = f"{dialect.name}+{dialect.driver}"
+        if key not in self._compiled:
+            self._compiled[key] = None
+            if key == "postgresql+psycopg":
+                ids = sa.cast(sa.bindparam("page_ids", "{}", type_=sa.Text), postgresql.ARRAY(sa.Integer))
+                statement = self.build(self.column == sa.any_(ids))
+                # Rows as the driver gives them are the rows only when no column's type converts them.
+                if all(_unconverted(column.type) for column in statement.selected_columns):
+                    compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+                    params = {name: value for name, value in compiled.params.items() if name != "page_ids"}
+                    self._compiled[key] = (compiled.string, params)
+        return self._compiled[key]
+
+
+def _unconverted(type_: Any) -> bool:
+    """Whether SQLAlchemy hands a column of this type over as psycopg reads it: integers, text,
+    booleans, floats (not decimals) and times, and a decorator of one that reads nothing differently."""
+    if isinstance(type_, sa.types.TypeDecorator):
+        if type(type_).process_result_value is not sa.types.TypeDecorator.process_result_value:
+            return False
+        type_ = type_.impl_instance
+    if isinstance(type_, sa.Float):
+        return not type_.asdecimal
+    return (isinstance(type_, (sa.Integer, sa.String, sa.Boolean, sa.DateTime, sa.Date))
+            and not isinstance(type_, sa.Enum))
+
+
+def _array_text(ids: Sequence[int]) -> str:
+    """Ids as PostgreSQL's array text ('{1,2,3}', cast in SQL): made by one join, not dumped id by id."""
+    return "{" + ",".join(map(str, map(int, ids))) + "}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +288,10 @@ class NormalizationResults(TaskResults):
     """Lesson 2: one report per mode; ``normalize`` is the scale report in the contract's shape."""
 
     fields = ("normalize", "normalizations")
+    # Columns, not ORM objects: a stream reads a million of them.
+    _page = PageQuery(Normalization.image_id, lambda ids: select(
+        Normalization.image_id, Normalization.mode, Normalization.per_channel, sa.cast(Normalization.report, sa.Text))
+        .where(ids).order_by(Normalization.id))
 
     def save(self, session: Session, model: str, items: Sequence[tuple[int, Any]]) -> None:
         for image_id, reports in items:
@@ -203,13 +303,8 @@ class NormalizationResults(TaskResults):
     def read(self, session: Session, image_ids: Sequence[int], ctx: ReadContext,
              artifacts: Artifacts | None = None) -> dict[int, dict[str, Any]]:
         reports: dict[int, dict[tuple[str, bool], dict[str, Any]]] = {}
-        for ids in ids_in(session, Normalization.image_id, image_ids):
-            # Columns, not ORM objects: a stream reads a million of them.
-            rows = _rows(session, select(Normalization.image_id, Normalization.mode, Normalization.per_channel,
-                                          sa.cast(Normalization.report, sa.Text)).where(ids)
-                                   .order_by(Normalization.id))
-            for image_id, mode, per_channel, report in rows:
-                reports.setdefault(image_id, {})[(mode, per_channel)] = _json(report)
+        for image_id, mode, per_channel, report in self._page.rows(session, image_ids):
+            reports.setdefault(image_id, {})[(mode, bool(per_channel))] = _json(report)
         return {image_id: self.to_json({"": list(norms.values())}, (), ctx) for image_id, norms in reports.items()}
 
     def to_json(self, by_model: dict[str, Any], artifacts: Sequence[tuple[str, int]], ctx: ReadContext) -> dict[str, Any]:
@@ -246,6 +341,9 @@ class LabelResults(TaskResults):
     """Lesson 4: the top-k labels per model; ``labels`` are the configured classifier's."""
 
     fields = ("labels", "labels_by_model")
+    _page = PageQuery(Label.image_id, lambda ids: select(
+        Label.image_id, Label.model, Label.rank, Label.class_id, Label.label, Label.score)
+        .where(ids).order_by(Label.image_id, Label.model, Label.rank))
 
     def save(self, session: Session, model: str, items: Sequence[tuple[int, Any]]) -> None:
         """Two statements for a whole batch: delete the model's labels of these images, insert the new."""
@@ -263,13 +361,9 @@ class LabelResults(TaskResults):
     def read(self, session: Session, image_ids: Sequence[int], ctx: ReadContext,
              artifacts: Artifacts | None = None) -> dict[int, dict[str, Any]]:
         by_image: dict[int, dict[str, list[dict[str, Any]]]] = {}
-        for ids in ids_in(session, Label.image_id, image_ids):
-            rows = _rows(session, select(Label.image_id, Label.model, Label.rank, Label.class_id, Label.label,
-                                          Label.score).where(ids)
-                                   .order_by(Label.image_id, Label.model, Label.rank))
-            for image_id, model, rank, class_id, label, score in rows:
-                by_image.setdefault(image_id, {}).setdefault(model, []).append(
-                    {"rank": rank, "class_id": class_id, "label": label, "score": score})
+        for image_id, model, rank, class_id, label, score in self._page.rows(session, image_ids):
+            by_image.setdefault(image_id, {}).setdefault(model, []).append(
+                {"rank": rank, "class_id": class_id, "label": label, "score": score})
         return {image_id: self.to_json(labels_by_model, (), ctx) for image_id, labels_by_model in by_image.items()}
 
     def to_json(self, by_model: dict[str, Any], artifacts: Sequence[tuple[str, int]], ctx: ReadContext) -> dict[str, Any]:
@@ -310,6 +404,9 @@ class FaceResults(TaskResults):
 
     fields = ("faces",)
     artifact_kinds = ("faces_boxed", "face_crop")
+    _page = PageQuery(Face.image_id, lambda ids: select(
+        Face.image_id, Face.model, Face.x, Face.y, Face.w, Face.h, Face.confidence, sa.cast(Face.keypoints, sa.Text))
+        .where(ids).order_by(Face.image_id, Face.model, Face.idx))
 
     def save(self, session: Session, model: str, items: Sequence[tuple[int, Any]]) -> None:
         for image_id, faces in items:
@@ -323,14 +420,10 @@ class FaceResults(TaskResults):
              artifacts: Artifacts | None = None) -> dict[int, dict[str, Any]]:
         crops = _artifact_keys(session, image_ids, ("face_crop",), artifacts)
         found: dict[int, dict[str, list[dict[str, Any]]]] = {}
-        for ids in ids_in(session, Face.image_id, image_ids):
-            rows = _rows(session, select(Face.image_id, Face.model, Face.x, Face.y, Face.w, Face.h, Face.confidence,
-                                         sa.cast(Face.keypoints, sa.Text)).where(ids)
-                         .order_by(Face.image_id, Face.model, Face.idx))
-            for image_id, model, x, y, w, h, confidence, keypoints in rows:
-                found.setdefault(image_id, {}).setdefault(model, []).append(
-                    {"box": [x, y, w, h], "confidence": confidence,
-                     "keypoints": None if keypoints is None else _json(keypoints)})
+        for image_id, model, x, y, w, h, confidence, keypoints in self._page.rows(session, image_ids):
+            found.setdefault(image_id, {}).setdefault(model, []).append(
+                {"box": [x, y, w, h], "confidence": confidence,
+                 "keypoints": None if keypoints is None else _json(keypoints)})
         return {image_id: self.to_json(by_model, crops.get(image_id, ()), ctx) for image_id, by_model in found.items()}
 
     def to_json(self, by_model: dict[str, Any], artifacts: Sequence[tuple[str, int]], ctx: ReadContext) -> dict[str, Any]:
@@ -394,6 +487,9 @@ class PHashResults(TaskResults):
     fields = ("phash", "near_duplicates")
     #: Near-duplicates listed per photo at most (the ``duplicates`` command lists whole groups).
     LIMIT = 100
+    _page = PageQuery(PHash.image_id, lambda ids: select(PHash.image_id, PHash.hash, PHash.paired_within).where(ids))
+    _pairs = PageQuery(NearPair.image_id, lambda ids: select(NearPair.image_id, NearPair.other_id).where(
+        ids, NearPair.distance <= sa.bindparam("distance", 0, type_=sa.SmallInteger)))
 
     def save(self, session: Session, model: str, items: Sequence[tuple[int, Any]]) -> None:
         if not items:
@@ -449,12 +545,10 @@ class PHashResults(TaskResults):
              artifacts: Artifacts | None = None) -> dict[int, dict[str, Any]]:
         hashes: dict[int, int] = {}
         paired: set[int] = set()
-        for ids in ids_in(session, PHash.image_id, image_ids):
-            for image_id, value, within in _rows(session,
-                    select(PHash.image_id, PHash.hash, PHash.paired_within).where(ids)):
-                hashes[image_id] = value
-                if within is not None and within >= ctx.near_distance:
-                    paired.add(image_id)
+        for image_id, value, within in self._page.rows(session, image_ids):
+            hashes[image_id] = value
+            if within is not None and within >= ctx.near_distance:
+                paired.add(image_id)
         if ctx.near_lookup is not None:
             # The same answer as near(), from the caller's index.
             near = self._as_shas(session, ctx.near_lookup(list(hashes)))
@@ -480,10 +574,8 @@ class PHashResults(TaskResults):
         """The stored near-duplicates (image ids) within ``distance`` of each of ``image_ids`` (whose
         pairs are stored up to at least that distance): one indexed statement per chunk of ids."""
         out: dict[int, list[int]] = {}
-        for ids in ids_in(session, NearPair.image_id, image_ids):
-            for image_id, other in _rows(session, select(NearPair.image_id, NearPair.other_id).where(
-                    ids, NearPair.distance <= distance)):
-                out.setdefault(image_id, []).append(other)
+        for image_id, other in self._pairs.rows(session, image_ids, distance=distance):
+            out.setdefault(image_id, []).append(other)
         return out
 
     def near(self, session: Session, image_id: int, value: int, distance: int) -> list[str]:
@@ -529,9 +621,7 @@ class PHashResults(TaskResults):
         """Each photo's near-duplicates (image ids) as the Results JSON lists them: the first
         :attr:`LIMIT` by image id, as sorted sha256s, read for every photo at once."""
         first = {image_id: sorted(others)[: self.LIMIT] for image_id, others in near.items()}
-        shas: dict[int, str] = {}
-        for ids in ids_in(session, Image.id, sorted({o for others in first.values() for o in others})):
-            shas.update((image_id, sha) for image_id, sha in _rows(session, select(Image.id, Image.sha256).where(ids)))
+        shas = dict(_SHAS.rows(session, sorted({o for others in first.values() for o in others})))
         return {image_id: sorted(shas[o] for o in others if o in shas) for image_id, others in first.items()}
 
     def all_hashes(self, session: Session, batch: int = 10_000) -> Iterable[tuple[int, int]]:
@@ -816,17 +906,23 @@ def _page_ids(session: Session, search: _Search, after: int, limit: int) -> list
     return ids[:limit]
 
 
+def load_rows(session: Session, ids: Sequence[int]) -> list[Any]:
+    """The images of ``ids`` in that order, as rows of the ``images`` columns: what
+    :func:`results_json` takes (a page of :func:`iter_page_ids`)."""
+    return _load(session, ids, relations=False)
+
+
 def _load(session: Session, ids: Sequence[int], *, relations: bool = True) -> list[Any]:
     """The images of ``ids`` in that order: objects with their runs and files (``relations``), or
     rows of the ``images`` columns (a stream, whose Results JSON reads runs and files as columns)."""
     # A stream's images as rows of the table's columns (read as image.sha256 like the objects, at a
     # third of the cost of mapping them).
-    query = select(Image).options(selectinload(Image.runs), selectinload(Image.files)) if relations \
-        else select(*Image.__table__.columns)
-    execute = session.scalars if relations else (lambda q: _rows(session, q))
-    images = {}
-    for cond in ids_in(session, Image.id, ids):
-        images.update((image.id, image) for image in execute(query.where(cond)))
+    if relations:
+        query = select(Image).options(selectinload(Image.runs), selectinload(Image.files))
+        found = [image for cond in ids_in(session, Image.id, ids) for image in session.scalars(query.where(cond))]
+    else:
+        found = _IMAGES.rows(session, ids)
+    images = {image.id: image for image in found}
     return [images[i] for i in ids if i in images]
 
 
@@ -872,9 +968,37 @@ def iter_pages(session: Session, flt: ResultFilter = ResultFilter(), *, after: i
         cursor = page[-1].id
         if left is not None:
             left -= len(page)
-        session.expunge_all()
-        session.rollback()
-        session.connection(execution_options=options)
+        _next_transaction(session, options)
+
+
+def iter_page_ids(session: Session, flt: ResultFilter = ResultFilter(), *, after: int | None = None,
+                  limit: int | None = None, batch: int = 500) -> Iterator[list[int]]:
+    """The ids of :func:`iter_pages`'s pages, without their rows (for readers elsewhere: a stream
+    whose pages worker processes read, :mod:`storage.stream`): :data:`SEARCH_BATCH` ids a
+    statement, a transaction each, handed out ``batch`` at a time."""
+    options = dict(session.connection().get_execution_options())
+    search = _search(session, flt)
+    cursor = after or 0
+    left = limit
+    while left is None or left > 0:
+        n = SEARCH_BATCH if left is None else min(SEARCH_BATCH, left)
+        ids = _page_ids(session, search, cursor, n)
+        _next_transaction(session, options)
+        for start in range(0, len(ids), batch):
+            yield ids[start:start + batch]
+        if len(ids) < n:
+            return
+        cursor = ids[-1]
+        if left is not None:
+            left -= len(ids)
+
+
+def _next_transaction(session: Session, options: dict[str, Any]) -> None:
+    """End a reading session's transaction (its objects let go) and begin the next with the same
+    execution options: a long stream holds no snapshot and no lock for its whole length."""
+    session.expunge_all()
+    session.rollback()
+    session.connection(execution_options=options)
 
 
 def _hex(text: str) -> bool:
@@ -949,16 +1073,11 @@ def results_json(session: Session, images: Sequence[Image], stores: Sequence[Tas
     # Paths and runs as columns, a statement each for the whole page (not ORM objects: a stream
     # reads a million images' worth).
     paths_of: dict[int, list[str]] = {}
-    for cond in ids_in(session, SourceFile.image_id, ids):
-        for image_id, path in _rows(session, select(SourceFile.image_id, SourceFile.path).where(cond)
-                                              .order_by(SourceFile.image_id, SourceFile.id)):
-            paths_of.setdefault(image_id, []).append(path)
+    for image_id, path in _PATHS.rows(session, ids):
+        paths_of.setdefault(image_id, []).append(path)
     runs_of: dict[int, list[tuple[str, str, str, str | None]]] = {}
-    for cond in ids_in(session, TaskRun.image_id, ids):
-        for image_id, task, model, status, error in _rows(session,
-                select(TaskRun.image_id, TaskRun.task, TaskRun.model, TaskRun.status, TaskRun.error).where(cond)
-                .order_by(TaskRun.image_id, TaskRun.id)):
-            runs_of.setdefault(image_id, []).append((task, model, status, error))
+    for image_id, task, model, status, error in _RUNS.rows(session, ids):
+        runs_of.setdefault(image_id, []).append((task, model, status, error))
     out = []
     for image in images:
         paths = paths_of.get(image.id, [])
@@ -995,16 +1114,25 @@ def _page_artifacts(session: Session, image_ids: Sequence[int]) -> Artifacts:
     of :data:`INDEXED_KINDS` (two statements a chunk, a few rows per image instead of one per artifact)."""
     counts: dict[int, dict[str, int]] = {}
     keys: dict[int, list[tuple[str, int]]] = {}
-    for ids in ids_in(session, Artifact.image_id, image_ids):
-        for image_id, kind, n in _rows(session, select(Artifact.image_id, Artifact.kind, func.count())
-                                                 .where(ids, Artifact.kind != THUMB)
-                                                 .group_by(Artifact.image_id, Artifact.kind)):
-            counts.setdefault(image_id, {})[kind] = n
-    for ids in ids_in(session, Artifact.image_id, image_ids):
-        for image_id, kind, idx in _rows(session, select(Artifact.image_id, Artifact.kind, Artifact.idx)
-                                                   .where(ids, Artifact.kind.in_(INDEXED_KINDS))):
-            keys.setdefault(image_id, []).append((kind, idx))
+    for image_id, kind, n in _ARTIFACT_COUNTS.rows(session, image_ids):
+        counts.setdefault(image_id, {})[kind] = n
+    for image_id, kind, idx in _INDEXED_ARTIFACTS.rows(session, image_ids):
+        keys.setdefault(image_id, []).append((kind, idx))
     return Artifacts(counts, keys)
+
+
+# The Results JSON's reads of a page besides the tasks' own.
+_IMAGES = PageQuery(Image.id, lambda ids: select(*Image.__table__.columns).where(ids), named=True)
+_SHAS = PageQuery(Image.id, lambda ids: select(Image.id, Image.sha256).where(ids))
+_PATHS = PageQuery(SourceFile.image_id, lambda ids: select(SourceFile.image_id, SourceFile.path).where(ids)
+                   .order_by(SourceFile.image_id, SourceFile.id))
+_RUNS = PageQuery(TaskRun.image_id, lambda ids: select(
+    TaskRun.image_id, TaskRun.task, TaskRun.model, TaskRun.status, TaskRun.error).where(ids)
+    .order_by(TaskRun.image_id, TaskRun.id))
+_ARTIFACT_COUNTS = PageQuery(Artifact.image_id, lambda ids: select(Artifact.image_id, Artifact.kind, func.count())
+                             .where(ids, Artifact.kind != THUMB).group_by(Artifact.image_id, Artifact.kind))
+_INDEXED_ARTIFACTS = PageQuery(Artifact.image_id, lambda ids: select(Artifact.image_id, Artifact.kind, Artifact.idx)
+                               .where(ids, Artifact.kind.in_(INDEXED_KINDS)))
 
 
 #: The gallery's thumbnail of a photo (`darkroom serve`): an artifact no task owns, made once by the

@@ -502,3 +502,34 @@ def test_the_configured_classifier_without_labels_yet_matches_nothing(cli, monke
     code, stdout, _ = cli("--jsonl", "--label", "tabby", "--model", "vgg16")
     assert code == 0 and len(stdout.splitlines()) == len(oracle(cli.sessions, results.ResultFilter(
         label="tabby", model="vgg16")))
+
+
+@pytest.mark.parametrize("args", [
+    ["--jsonl"], ["--json"], ["--jsonl", "--label", "golden retriever"], ["--jsonl", "--status", "done", "--limit", "12"],
+    ["--json", "--faces", "1+", "--after", sha_of(3)],
+])
+def test_a_stream_in_worker_processes_is_the_stream_of_one_process(cli, monkeypatch, args):
+    """Past PARALLEL_AFTER images the rest of a stream is read and written by worker processes, each
+    with a connection of its own (storage.stream): the same bytes, in the same order, as one process."""
+    from darkroom.cli import ledger as commands
+    from storage import stream
+
+    monkeypatch.setattr(commands, "RESULTS_PAGE", 4)
+    monkeypatch.setattr(commands, "PARALLEL_AFTER", 4)
+    code, alone, stderr = cli(*args, "--jobs", "1")
+    assert code == 0, stderr
+    pages = []
+    real = stream.json_pages
+
+    def counted(ids, *a, **kw):
+        for count, text in real(ids, *a, **kw):
+            pages.append(count)
+            yield count, text
+
+    monkeypatch.setattr(stream, "json_pages", counted)
+    code, together, stderr = cli(*args, "--jobs", "3")
+    assert code == 0, stderr
+    assert together == alone
+    assert len(pages) >= 2 and all(0 < n <= 4 for n in pages)  # the workers wrote pages of their own
+    if "--json" in args:
+        json.loads(together)

@@ -8,6 +8,7 @@ does not load them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -342,6 +343,9 @@ RESULTS_PAGE = 500
 #: about one photo per 250 stored hashes — and a short listing of a large store never builds it.
 NEAR_INDEX_AFTER = 200
 NEAR_INDEX_HASHES_PER_IMAGE = 250
+#: A --json or --jsonl stream longer than this many images goes on in worker processes
+#: (``storage.stream``; --jobs): a short one is written before they would have started.
+PARALLEL_AFTER = 2000
 
 
 def results(
@@ -383,10 +387,14 @@ def results(
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most this many images.")] = None,
     after: Annotated[str | None, typer.Option(
         "--after", help="Start after this image: the sha256 of the last one of the previous page.")] = None,
+    jobs: Annotated[int | None, typer.Option(
+        "--jobs", min=1, max=64, help="Processes that read and write a long --json or --jsonl stream, each with "
+                                      "a database connection (default: the cores + 1, at most 8; 1: this one "
+                                      "process).")] = None,
 ) -> None:
     """Print the results of some or all images, as they are read (each cell one short line; --json
     and --jsonl have the full text). Filters combine; --limit and --after page through them."""
-    from storage import ledger
+    from storage import ledger, stream
     from storage import results as stored
     from storage.db import read_only
 
@@ -436,11 +444,30 @@ def results(
             index_after = max(NEAR_INDEX_AFTER, hashes // NEAR_INDEX_HASHES_PER_IMAGE)
             # Stored pairs serve every photo in one read a page, unless some hash is not paired yet.
             lookups = stored.PHASHES.looks_up(s, ctx.near_distance)
+            workers = jobs or stream.default_jobs()
             for page in pages:
                 if lookups and ctx.near_lookup is None and writer.count + len(page) > index_after:
                     # A long stream: every hash in memory once beats a look-up through the bands per photo.
                     ctx = dataclasses.replace(ctx, near_lookup=_NearIndex(s, ctx.near_distance))
                 writer.write(stored.results_json(s, page, stores, ctx))
+                if (not selectors and writer.kind != "table" and workers > 1 and writer.count >= PARALLEL_AFTER
+                        and len(page) == RESULTS_PAGE):
+                    # A long stream: the rest of its pages read and written by worker processes.
+                    pages.close()
+                    left = None if limit is None else limit - writer.count
+                    if left == 0:
+                        break
+                    if lookups and ctx.near_lookup is None:
+                        ctx = dataclasses.replace(ctx, near_lookup=_NearIndex(s, ctx.near_distance))
+                    ids = stored.iter_page_ids(s, flt, after=page[-1].id, limit=left, batch=RESULTS_PAGE)
+                    try:
+                        with _terminated_as_exit():
+                            for count, text in stream.json_pages(ids, s.get_bind(), stores, ctx, jobs=workers,
+                                                                 separator=writer.separator):
+                                writer.write_encoded(count, text)
+                    except stream.StreamWorkerFailed as exc:
+                        raise fail(str(exc)) from None
+                    break
         writer.close()
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly.
@@ -451,6 +478,22 @@ def results(
         raise typer.Exit(0) from None
     if writer.count == 0 and writer.kind == "table" and filtering:
         err.print("no image matches the filters", highlight=False)
+
+
+@contextlib.contextmanager
+def _terminated_as_exit():
+    """SIGTERM ends the command as Ctrl-C does, through its ``finally`` blocks (the stream's worker
+    processes stopped), not at once."""
+    import signal
+
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 class _NearIndex:
@@ -580,28 +623,39 @@ class _ResultsWriter:
         self.widths = self._widths() if kind == "table" else {}
 
     def write(self, items: list[dict]) -> None:
-        import sys
-
         import orjson  # JSON a few times faster than the standard library's: a stream writes a million
 
         if self.kind == "table":
             if items:
                 out.print(self._table(items, header=self.count == 0))
+            self.count += len(items)
         else:
-            lines = [orjson.dumps(item).decode() for item in items]
-            if self.kind == "json" and lines:
-                sys.stdout.write(("[\n" if self.count == 0 else ",\n") + ",\n".join(lines))
-            elif lines:
-                sys.stdout.write("\n".join(lines) + "\n")
-            sys.stdout.flush()
-        self.count += len(items)
+            self.write_encoded(len(items), self.separator.join(map(orjson.dumps, items)))
+
+    @property
+    def separator(self) -> bytes:
+        """What comes between two images' JSON objects: a comma in the array, a line each."""
+        return b",\n" if self.kind == "json" else b"\n"
+
+    def write_encoded(self, count: int, text: bytes) -> None:
+        """``count`` images' JSON objects, already encoded and joined by :attr:`separator`."""
+        import sys
+
+        if count:
+            if self.kind == "json":
+                sys.stdout.buffer.write(b"[\n" if self.count == 0 else b",\n")
+                sys.stdout.buffer.write(text)
+            else:
+                sys.stdout.buffer.write(text + b"\n")
+            sys.stdout.buffer.flush()
+        self.count += count
 
     def close(self) -> None:
         import sys
 
         if self.kind == "json":
-            sys.stdout.write("\n]\n" if self.count else "[]\n")
-            sys.stdout.flush()
+            sys.stdout.buffer.write(b"\n]\n" if self.count else b"[]\n")
+            sys.stdout.buffer.flush()
 
     @staticmethod
     def _widths() -> dict[str, int]:
