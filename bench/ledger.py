@@ -25,8 +25,10 @@ times, per size:
 - a filtered page of 100 for three filters (a label above a score, two faces or more, failed): the
   keyset page and its Results JSON;
 - the full stream: `darkroom results --jsonl` over every image, its output read by the bench:
-  images/s from its first line (the CLI's start-up apart) and the growth of its resident memory
-  from then to its peak (stopped after ``stream_seconds`` of output);
+  images/s from its first line (the CLI's start-up apart) and the growth of the memory of the
+  command and its worker processes together (summed PSS) from then to its peak (stopped after
+  ``stream_seconds`` of output); and, as its baseline in the same run, the stream in one process
+  (``--jobs 1``);
 - the reconciler after the broker lost everything: every pending run sent again to a private
   ``redis-server`` (flushed first), backpressure out of the way; seconds, runs and peak memory;
 - ``rerun`` of the phash task over the whole store (committed);
@@ -110,6 +112,8 @@ COMMANDS = (STATUS, PHOTO_PATH, PHOTO_SHA, PAGE_LABEL, PAGE_FACES, PAGE_FAILED, 
 #: The most seconds each may take at the largest size (None: no such target).
 LIMIT_S = {STATUS: 1.0, PHOTO_PATH: 0.05, PHOTO_SHA: 0.05, PAGE_LABEL: 0.2, PAGE_FACES: 0.2, PAGE_FAILED: 0.2}
 STREAM_MIN_IMG_S = 10_000
+#: Seconds of the stream in one process (--jobs 1), the baseline of the stream's workers.
+STREAM_ONE_SECONDS = 15.0
 STREAM_MAX_MB = 300
 REGISTER_MIN_RATIO = 0.8
 GROWTH_MAX = 1.5
@@ -697,23 +701,25 @@ def _memory_growth_mb(start_kb: int) -> float:
     return max(0, _vm_kb("VmHWM") - start_kb) / 1024.0
 
 
-def time_stream(url: str, seconds: float, work: Path) -> dict[str, Any]:
-    """`darkroom results --jsonl` over the whole store, as a person runs it, its output read here: the
-    images/s from its first line to its last (the CLI's start-up apart), and the growth of its
-    resident memory from when the first line came (its peak, from the kernel, when it ended).
-    Stopped after ``seconds`` of output."""
+def time_stream(url: str, seconds: float, work: Path, jobs: int | None = None) -> dict[str, Any]:
+    """`darkroom results --jsonl` over the whole store, as a person runs it (``jobs``: its --jobs;
+    None: its default, worker processes past the first pages), its output read here: the images/s
+    from its first line to its last (the CLI's start-up apart), and the memory of the command and
+    its workers together (their proportional set sizes, PSS, summed: a page a forked worker shares
+    with the writer counts once), sampled twice a second: its peak, and its growth from when the
+    first line came. Stopped after ``seconds`` of output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DARKROOM_")}
     env.update(DARKROOM_DATABASE_URL=url, DARKROOM_DATA_DIR=str(work / "stream"), TF_CPP_MIN_LOG_LEVEL="2",
                DARKROOM_START_LOCAL_REDIS="false")
-    peak_file = work / "stream-peak-kb"
     work.mkdir(parents=True, exist_ok=True)
-    peak_file.unlink(missing_ok=True)
+    args = [sys.executable, "-m", "darkroom", "results", "--jsonl", *(["--jobs", str(jobs)] if jobs else [])]
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", _PEAK_WRAPPER, str(peak_file), "results", "--jsonl"], cwd=ROOT,
-                                env=env, stdout=subprocess.PIPE, stderr=err, bufsize=1 << 20)
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, bufsize=1 << 20)
         images = nbytes = 0
         first = base_kb = None
+        peak_kb = processes = 0
+        sampled = 0.0
         stopped = False
         try:
             # Read as `wc -l` would, a block at a time (a Python loop over lines would take a good part
@@ -725,45 +731,52 @@ def time_stream(url: str, seconds: float, work: Path) -> dict[str, Any]:
                     if b"\n" not in head:
                         continue
                     first = time.perf_counter()
-                    base_kb = _proc_kb(proc.pid, "VmRSS")
+                    base_kb, _ = _tree_pss_kb(proc.pid)
                     json.loads(head.split(b"\n", 1)[0])
                     chunk, head = head, b""
                 images += chunk.count(b"\n")
                 nbytes += len(chunk)
-                if time.perf_counter() - first > seconds:
+                now = time.perf_counter()
+                if now - sampled >= 0.5:
+                    sampled = now
+                    kb, n = _tree_pss_kb(proc.pid)
+                    peak_kb, processes = max(peak_kb, kb), max(processes, n)
+                if now - first > seconds:
                     stopped = True
                     break
             end = time.perf_counter()
-            peak_kb = _proc_kb(proc.pid, "VmHWM")  # while it runs (when it is stopped)
             if stopped:
                 proc.terminate()
         finally:
             proc.stdout.close()
             proc.wait()
-        with contextlib.suppress(OSError, ValueError):
-            peak_kb = int(peak_file.read_text())  # its own last word, when it ended by itself
         if not stopped and proc.returncode != 0:
             err.seek(0)
             raise RuntimeError(f"darkroom results --jsonl failed ({proc.returncode}): {err.read().decode()[-2000:]}")
     if first is None:
         raise RuntimeError("darkroom results --jsonl printed nothing")
     streamed = end - first
+    peak_kb = max(peak_kb, base_kb or 0)
     return {"seconds": streamed, "startup_s": first - start, "images": images, "bytes": nbytes, "stopped": stopped,
-            "img_s": (images - 1) / streamed if streamed > 0 else float(images),
+            "img_s": (images - 1) / streamed if streamed > 0 else float(images), "processes": processes,
             "memory_mb": max(0, peak_kb - (base_kb or 0)) / 1024.0, "peak_mb": peak_kb / 1024.0}
 
 
-#: `python -c` running the `darkroom` command, which writes its peak resident memory (VmHWM, KiB: the
-#: process's own since its exec, unlike a fork's rusage) to the file named first as it exits.
-_PEAK_WRAPPER = (
-    "import atexit, pathlib, runpy, sys\n"
-    "out = pathlib.Path(sys.argv.pop(1))\n"
-    "def peak():\n"
-    "    out.write_text(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
-    "atexit.register(peak)\n"
-    "sys.argv[0] = 'darkroom'\n"
-    "runpy.run_module('darkroom', run_name='__main__', alter_sys=True)\n"
-)
+def _tree_pss_kb(pid: int) -> tuple[int, int]:
+    """(the summed PSS, KiB, of ``pid`` and its children; how many processes that is)."""
+    pids = [pid]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                pids.append(int(stat.parent.name))
+    total = 0
+    for p in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
+    return total, len(pids)
 
 
 def _proc_kb(pid: int, key: str) -> int:
@@ -1022,8 +1035,11 @@ def measure_size(backend: str, url: str, plan: Plan, opts: Options, redis_url: s
         stream = time_stream(url, opts.stream_seconds, work)
         seconds[STREAM] = stream["seconds"]
         extra["stream"] = stream
-        log(f"  stream {stream['images']:,} images in {stream['seconds']:.1f} s: {stream['img_s']:,.0f} images/s, "
-            f"+{stream['memory_mb']:.0f} MB")
+        # The baseline in the same run: the stream in one process (--jobs 1).
+        one = extra["stream_one"] = time_stream(url, min(opts.stream_seconds, STREAM_ONE_SECONDS), work, jobs=1)
+        log(f"  stream {stream['images']:,} images in {stream['seconds']:.1f} s: {stream['img_s']:,.0f} images/s in "
+            f"{stream['processes']} processes ({stream['img_s'] / one['img_s']:.2f}x one process's "
+            f"{one['img_s']:,.0f}/s), +{stream['memory_mb']:.0f} MB")
         rec = _child("reconcile", {"url": url, "redis_url": redis_url, "data_dir": str(work / "reconcile")},
                      timeout=3600)
         if not rec["broker_lost"] or rec["resent"] != rec["pending"] or rec["unsent_after"]:
@@ -1210,8 +1226,11 @@ def report(data: dict[str, Any]) -> str:
         details = []
         for r in rows:
             st, rec, rr = r["stream"], r["reconcile"], r["rerun"]
+            one = r.get("stream_one")
             text = (f"{r['n']:,}: fill {r['fill_s']:.1f} s; stream {st['images']:,} images"
-                    f"{' (stopped at the time limit)' if st['stopped'] else ''}, {st['img_s']:,.0f} images/s, "
+                    f"{' (stopped at the time limit)' if st['stopped'] else ''}, {st['img_s']:,.0f} images/s"
+                    f" in {st.get('processes', 1)} processes"
+                    + (f" = {st['img_s'] / one['img_s']:.2f}x one process's {one['img_s']:,.0f}/s" if one else "") + ", "
                     f"{st['bytes'] / st['images'] if st['images'] else 0:,.0f} bytes of JSON each, "
                     f"+{st['memory_mb']:.0f} MB; reconciler {rec['resent']:,} runs resent in {rec['messages']:,} "
                     f"messages, +{rec['memory_mb']:.0f} MB; rerun {rr['requeued']:,} runs requeued")

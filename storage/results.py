@@ -75,12 +75,27 @@ def ids_in(session: Session, column: Any, ids: Sequence[int]) -> Iterator[Any]:
 ARRAY_IDS = 50_000
 
 
+class Page(list):
+    """A page of a stream (image ids, or rows of images) that holds every image from its first id
+    to its last (``span``): its reads are ranges of an index, not look-ups of each id. Only a
+    stream of every image has such pages (:func:`iter_pages`, :func:`iter_page_ids`)."""
+
+    def __init__(self, items: Iterable[Any], span: tuple[int, int] | None) -> None:
+        super().__init__(items)
+        self.span = span
+
+
+def _span(page: Any) -> tuple[int, int] | None:
+    return getattr(page, "span", None)
+
+
 class PageQuery:
     """A SELECT of plain columns about a page of images, which a stream runs page after page (a
     million photos: some twenty thousand times each).
 
     ``build(condition)`` makes the statement, ``condition`` being that ``column`` is one of the
-    page's ids. On PostgreSQL (psycopg) the statement is compiled once, its ids go as one array
+    page's ids, or within the page's span (a :class:`Page` that has one: the range is cheaper to
+    plan and to read). On PostgreSQL (psycopg) the statement is compiled once, its ids go as one array
     parameter per :data:`ARRAY_IDS`, and it runs on the driver's cursor of the session's connection
     (in its transaction), its rows the driver's tuples: none of SQLAlchemy's per-statement set-up
     and per-row objects, which cost a stream more than the database's work. Only columns that
@@ -107,12 +122,15 @@ class PageQuery:
     def rows(self, session: Session, ids: Sequence[int], **values: Any) -> list[tuple]:
         """The statement's rows for ``ids`` (in its order, per chunk of ids); ``values``: those of
         the statement's own bind parameters (``sa.bindparam(name, placeholder)``)."""
+        span = _span(ids)
         ids = list(ids)
         if not ids:
             return []
         connection = session.connection()
-        compiled = self.compiled(connection.dialect)
+        compiled = self.compiled(connection.dialect, spanned=span is not None)
         if compiled is None:
+            if span is not None:
+                return connection.execute(self.build(self.column.between(*span)), values).all()
             return [row for cond in ids_in(session, self.column, ids)
                     for row in connection.execute(self.build(cond), values).all()]
         sql, params = compiled
@@ -125,27 +143,38 @@ class PageQuery:
         else:
             cursor = dbapi.cursor()
         try:
-            for start in range(0, len(ids), ARRAY_IDS):
-                cursor.execute(sql, {**params, **values, "page_ids": _array_text(ids[start:start + ARRAY_IDS])})
+            if span is not None:
+                cursor.execute(sql, {**params, **values, "page_first": span[0], "page_last": span[1]})
                 PageQuery.executed += 1
                 out += cursor.fetchall()
+            else:
+                for start in range(0, len(ids), ARRAY_IDS):
+                    cursor.execute(sql, {**params, **values, "page_ids": _array_text(ids[start:start + ARRAY_IDS])})
+                    PageQuery.executed += 1
+                    out += cursor.fetchall()
         finally:
             cursor.close()
         return out
 
-    def compiled(self, dialect: Any) -> tuple[str, dict[str, Any]] | None:
-        """(SQL, its parameters but ``page_ids``) run on the driver's cursor on this dialect, or
-        None where the statement runs through SQLAlchemy."""
-        key = f"{dialect.name}+{dialect.driver}"
+    def compiled(self, dialect: Any, *, spanned: bool = False) -> tuple[str, dict[str, Any]] | None:
+        """(SQL, its parameters but the page's: ``page_ids``, or ``page_first`` and ``page_last``
+        when ``spanned``) run on the driver's cursor on this dialect, or None where the statement
+        runs through SQLAlchemy."""
+        key = f"{dialect.name}+{dialect.driver}{' spanned' if spanned else ''}"
         if key not in self._compiled:
             self._compiled[key] = None
-            if key == "postgresql+psycopg":
-                ids = sa.cast(sa.bindparam("page_ids", "{}", type_=sa.Text), postgresql.ARRAY(sa.Integer))
-                statement = self.build(self.column == sa.any_(ids))
+            if key.startswith("postgresql+psycopg"):
+                if spanned:
+                    statement = self.build(self.column.between(sa.bindparam("page_first", 0, type_=sa.Integer),
+                                                               sa.bindparam("page_last", 0, type_=sa.Integer)))
+                else:
+                    ids = sa.cast(sa.bindparam("page_ids", "{}", type_=sa.Text), postgresql.ARRAY(sa.Integer))
+                    statement = self.build(self.column == sa.any_(ids))
                 # Rows as the driver gives them are the rows only when no column's type converts them.
                 if all(_unconverted(column.type) for column in statement.selected_columns):
                     compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-                    params = {name: value for name, value in compiled.params.items() if name != "page_ids"}
+                    params = {name: value for name, value in compiled.params.items()
+                              if name not in ("page_ids", "page_first", "page_last")}
                     self._compiled[key] = (compiled.string, params)
         return self._compiled[key]
 
@@ -908,8 +937,9 @@ def _page_ids(session: Session, search: _Search, after: int, limit: int) -> list
 
 def load_rows(session: Session, ids: Sequence[int]) -> list[Any]:
     """The images of ``ids`` in that order, as rows of the ``images`` columns: what
-    :func:`results_json` takes (a page of :func:`iter_page_ids`)."""
-    return _load(session, ids, relations=False)
+    :func:`results_json` takes (a page of :func:`iter_page_ids`; a :class:`Page` stays one)."""
+    rows = _load(session, ids, relations=False)
+    return Page(rows, span) if (span := _span(ids)) is not None else rows
 
 
 def _load(session: Session, ids: Sequence[int], *, relations: bool = True) -> list[Any]:
@@ -921,7 +951,7 @@ def _load(session: Session, ids: Sequence[int], *, relations: bool = True) -> li
         query = select(Image).options(selectinload(Image.runs), selectinload(Image.files))
         found = [image for cond in ids_in(session, Image.id, ids) for image in session.scalars(query.where(cond))]
     else:
-        found = _IMAGES.rows(session, ids)
+        found = _IMAGES.rows(session, ids)  # a Page's by its span
     images = {image.id: image for image in found}
     return [images[i] for i in ids if i in images]
 
@@ -958,6 +988,8 @@ def iter_pages(session: Session, flt: ResultFilter = ResultFilter(), *, after: i
         if direct:
             page = _rows(session, search.drivers[0][0].with_only_columns(*Image.__table__.columns)
                          .where(Image.id > cursor).order_by(Image.id).limit(n))
+            if flt == ResultFilter() and page:
+                page = Page(page, (page[0].id, page[-1].id))
         else:
             page = _load(session, _page_ids(session, search, cursor, n), relations=False)
         if not page:
@@ -978,6 +1010,7 @@ def iter_page_ids(session: Session, flt: ResultFilter = ResultFilter(), *, after
     statement, a transaction each, handed out ``batch`` at a time."""
     options = dict(session.connection().get_execution_options())
     search = _search(session, flt)
+    every = flt == ResultFilter()  # each page holds every image from its first id to its last
     cursor = after or 0
     left = limit
     while left is None or left > 0:
@@ -985,7 +1018,8 @@ def iter_page_ids(session: Session, flt: ResultFilter = ResultFilter(), *, after
         ids = _page_ids(session, search, cursor, n)
         _next_transaction(session, options)
         for start in range(0, len(ids), batch):
-            yield ids[start:start + batch]
+            page = ids[start:start + batch]
+            yield Page(page, (page[0], page[-1])) if every else page
         if len(ids) < n:
             return
         cursor = ids[-1]
@@ -1066,8 +1100,11 @@ def _pages_in_one_session(session: Session) -> Iterator[list[Image]]:
 def results_json(session: Session, images: Sequence[Image], stores: Sequence[TaskResults],
                  ctx: ReadContext = ReadContext()) -> list[dict[str, Any]]:
     """Each image's results in the documented JSON shape, the tasks' fields read for all of
-    ``images`` at once (a few statements per task, not per image)."""
+    ``images`` at once (a few statements per task, not per image; ranges of their indexes for a
+    :class:`Page` of every image in its span)."""
     ids = [image.id for image in images]
+    if (span := _span(images)) is not None:
+        ids = Page(ids, span)
     arts = _page_artifacts(session, ids)
     per_store = [(store, store.read(session, ids, ctx, arts)) for store in stores]
     # Paths and runs as columns, a statement each for the whole page (not ORM objects: a stream

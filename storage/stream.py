@@ -13,6 +13,7 @@ Each page is read in a transaction of its own, as :func:`storage.results.iter_pa
 from __future__ import annotations
 
 import collections
+import gc
 import multiprocessing
 import os
 import signal
@@ -113,6 +114,9 @@ class _Workers:
         inherited = engine if method == "fork" else None
         self.procs: list[Any] = []
         self.conns: list[Any] = []
+        # The writer's objects kept out of the collector's sight while the workers are forked: a
+        # collection in a worker would otherwise touch, and so copy, every page of the writer's heap.
+        gc.freeze()
         try:
             for k in range(jobs):
                 mine, theirs = context.Pipe()
@@ -127,6 +131,8 @@ class _Workers:
         except BaseException:
             self.stop()
             raise
+        finally:
+            gc.unfreeze()
 
     def send(self, k: int, ids: list[int]) -> None:
         try:

@@ -311,16 +311,20 @@ def test_one_photo_is_index_look_ups(big_postgres, selector):
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("query", results.PageQuery.every, ids=lambda q: str(q.build(q.column == 0).columns_clause_froms[0]))
-def test_each_query_of_a_stream_page_reads_an_index(big_postgres, query):
+@pytest.mark.parametrize("spanned", [False, True], ids=["ids", "span"])
+def test_each_query_of_a_stream_page_reads_an_index(big_postgres, query, spanned):
     """The statements a stream runs on the driver's cursor (storage.results.PageQuery), explained
-    for a page of 500 ids from the middle of the store: index reads only."""
-    compiled = query.compiled(big_postgres.dialect)
+    for a page of 500 images from the middle of the store, by their ids and by their span: index
+    reads only."""
+    compiled = query.compiled(big_postgres.dialect, spanned=spanned)
     assert compiled is not None, "every page query runs on the driver's cursor on PostgreSQL"
     sql, params = compiled
-    ids = "{" + ",".join(str(i) for i in range(PLAN_IMAGES // 2, PLAN_IMAGES // 2 + 500)) + "}"
+    first = PLAN_IMAGES // 2
+    page = {"page_first": first, "page_last": first + 499} if spanned else {
+        "page_ids": "{" + ",".join(str(i) for i in range(first, first + 500)) + "}"}
     with big_postgres.connect() as conn:
         cursor = conn.connection.dbapi_connection.cursor()
-        cursor.execute(f"EXPLAIN {sql}", {**params, "distance": 8, "page_ids": ids})
+        cursor.execute(f"EXPLAIN {sql}", {**params, "distance": 8, **page})
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "Seq Scan" not in plan, f"{sql}\n{plan}"
 

@@ -533,3 +533,23 @@ def test_a_stream_in_worker_processes_is_the_stream_of_one_process(cli, monkeypa
     assert len(pages) >= 2 and all(0 < n <= 4 for n in pages)  # the workers wrote pages of their own
     if "--json" in args:
         json.loads(together)
+
+
+def test_a_page_of_every_image_in_its_span_reads_as_its_ids_do(store):
+    """A page of every image from its first id to its last is read by ranges of the indexes
+    (results.Page): the same Results JSON as reading each of its ids."""
+    from darkroom import catalog
+
+    _url, sessions = store
+    with read_only(sessions) as s:
+        pages = list(results.iter_page_ids(s, batch=9))
+        assert all(isinstance(page, results.Page) and page.span == (page[0], page[-1]) for page in pages)
+        for page in pages:
+            spanned = results.load_rows(s, page)
+            by_ids = results.load_rows(s, list(page))
+            assert results.Page is type(spanned) and [r.id for r in spanned] == [r.id for r in by_ids] == page
+            assert (results.results_json(s, spanned, catalog.result_stores())
+                    == results.results_json(s, by_ids, catalog.result_stores()))
+        # a filtered stream's pages skip images: read by their ids
+        assert not any(isinstance(page, results.Page) for page in results.iter_page_ids(
+            s, results.ResultFilter(status=DONE), batch=9))
