@@ -83,6 +83,7 @@ class InboxWatcher:
         self.reconcile_every = reconcile_seconds
         self._last_reconcile = float("-inf")
         #: Paths the registrar left alone (recorded once; not handed over again on every rescan).
+        #: Each scan keeps those it still finds: the set holds what the inbox holds, no more.
         self.ignored: set[Path] = set()
 
     # --- life --------------------------------------------------------------------------------
@@ -128,7 +129,15 @@ class InboxWatcher:
         """Make every unregistered file below the root a candidate; returns how many were new."""
         self._last_scan = self.clock()
         found = 0
-        paths = (p for p in walk(self.root, self.registrar.ignore_rules(self.root)) if p not in self.ignored)
+        still_ignored: set[Path] = set()
+
+        def unignored(path: Path) -> bool:
+            if path in self.ignored:
+                still_ignored.add(path)
+                return False
+            return True
+
+        paths = filter(unignored, walk(self.root, self.registrar.ignore_rules(self.root)))
         # A chunk of the walk at a time, each looked up in one query: the ledger may hold far more
         # files than the inbox (a whole archive ingested in place), and none of them is read here.
         while chunk := list(itertools.islice(paths, 500)):
@@ -142,6 +151,7 @@ class InboxWatcher:
                 if known.get(str(path)) != (st.st_size, st.st_mtime_ns) and path not in self.candidates:
                     self.candidates[path] = _Candidate(last_event=self._last_scan)
                     found += 1
+        self.ignored = still_ignored  # those deleted since are forgotten
         if found:
             log.info("scan of %s found %d new file(s)", self.root, found)
         return found

@@ -121,6 +121,11 @@ def test_the_watcher_leaves_clutter_alone_and_counts_it_once(tmp_path, redis_url
     again.step()
     assert again.counts[Outcome.IGNORED] == 7 and _counts(registrar) == {"pattern": 2, "sidecar": 1, "system": 2,
                                                                          "video": 2}
+    # The watcher remembers the ignored files the inbox holds, not those deleted since.
+    remembered = set(watcher.ignored)
+    assert inbox / "later.mp4" in remembered
+    (inbox / "later.mp4").unlink()
+    assert watcher.scan() == 0 and watcher.ignored == remembered - {inbox / "later.mp4"}
     registrar.close()
 
 
