@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from psycopg.rows import namedtuple_row
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, selectinload
@@ -137,8 +138,6 @@ class PageQuery:
         out: list[tuple] = []
         dbapi = connection.connection.dbapi_connection
         if self.named:
-            from psycopg.rows import namedtuple_row  # the driver is psycopg: _compile said so
-
             cursor = dbapi.cursor(row_factory=namedtuple_row)
         else:
             cursor = dbapi.cursor()

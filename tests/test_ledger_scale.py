@@ -409,12 +409,14 @@ def test_the_workers_of_a_killed_stream_end_with_it(stream_cli):
 
 
 @pytest.mark.postgres
-def test_a_terminated_stream_stops_its_workers_and_says_nothing(stream_cli):
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "Ctrl-C"])
+def test_a_stopped_stream_ends_its_workers_and_says_nothing(stream_cli, sig, code):
+    """Stopped, the stream ends between two pages (no statement cut off halfway), its workers with it."""
     proc = stream_cli("--jsonl", "--jobs", "2", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     workers = _wait_for_workers(proc, 3000)
-    proc.terminate()
+    proc.send_signal(sig)
     _out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 128 + signal.SIGTERM and err == b""
+    assert (proc.returncode, err.decode()) == (code, "")
     assert not any(map(_alive, workers))
 
 

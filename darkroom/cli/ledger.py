@@ -8,7 +8,6 @@ does not load them.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -461,10 +460,11 @@ def results(
                         ctx = dataclasses.replace(ctx, near_lookup=_NearIndex(s, ctx.near_distance))
                     ids = stored.iter_page_ids(s, flt, after=page[-1].id, limit=left, batch=RESULTS_PAGE)
                     try:
-                        with _terminated_as_exit():
+                        with _StopBetweenPages() as stopping:
                             for count, text in stream.json_pages(ids, s.get_bind(), stores, ctx, jobs=workers,
                                                                  separator=writer.separator):
                                 writer.write_encoded(count, text)
+                                stopping.check()
                     except stream.StreamWorkerFailed as exc:
                         raise fail(str(exc)) from None
                     break
@@ -480,20 +480,40 @@ def results(
         err.print("no image matches the filters", highlight=False)
 
 
-@contextlib.contextmanager
-def _terminated_as_exit():
-    """SIGTERM ends the command as Ctrl-C does, through its ``finally`` blocks (the stream's worker
-    processes stopped), not at once."""
-    import signal
+class _StopBetweenPages:
+    """SIGTERM and Ctrl-C end a stream between two pages, through its ``finally`` blocks (its worker
+    processes stopped, its transaction ended), not in the middle of a statement, which would leave
+    the connection mid-command and the ending with a traceback. A second signal ends it at once."""
 
-    def stop(signum, _frame):
+    def __enter__(self) -> _StopBetweenPages:
+        import signal
+
+        self.signum: int | None = None
+        self.old = {sig: signal.signal(sig, self._note) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _note(self, signum, _frame) -> None:
+        if self.signum is not None:
+            self._raise(signum)
+        self.signum = signum
+
+    def check(self) -> None:
+        if self.signum is not None:
+            self._raise(self.signum)
+
+    @staticmethod
+    def _raise(signum: int) -> None:
+        import signal
+
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise SystemExit(128 + signum)
 
-    old = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+    def __exit__(self, *_exc) -> None:
+        import signal
+
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
 
 
 class _NearIndex:
