@@ -339,12 +339,15 @@ def test_disk_full_for_outputs_retries_and_leaves_no_partial_files(tmp_path, red
     data = small_disk / "data"
     dr = Darkroom(tmp_path, redis_url, f"sqlite:///{data / 'darkroom.db'}", tasks="normalize,augment")
     dr.env["DARKROOM_DATA_DIR"] = str(data)
+    dr.data = data  # where `up` logs
     ledger = LedgerReader(f"sqlite:///{data / 'darkroom.db'}")
     dr.inbox.mkdir()
     assert dr.run("migrate").returncode == 0
     up = dr.start("up", str(dr.inbox), name="up")
     try:
-        time.sleep(3)
+        # Up and watching before the disk fills (a loaded machine may take a while to start the worker).
+        dr.wait_for_log(" ready.", proc=up)
+        dr.wait_for_log("for new files", proc=up)
         filler = _fill(small_disk, leave=64 * 1024)
         for name in ("astronaut", "chelsea", "rocket"):
             shutil.copy(photos[name], dr.inbox / f"{name}.jpg")

@@ -570,7 +570,12 @@ def test_every_task_on_two_worker_hosts(cluster, photos, tiny_classifier):
     assert cluster.ingest(list(photos.values()), **every).returncode == 0
     runs = cluster.wait_all_done(5 * len(photos), timeout=300)
     assert {r["status"] for r in runs} == {"done"}, [(r["task"], r["status"], r["error"]) for r in runs]
-    assert {host_of(r, lab.w1, lab.w2) for r in runs} == {"w1", "w2"}
+    # Every run ran on a worker host. Which host ran which is a race here (the first worker whose
+    # TensorFlow is up claims the other queued runs of its model into its batch, and on a loaded
+    # machine one host can take them all); that both hosts take work is the plumbing case's
+    # (test_both_worker_hosts_work_and_no_blob_lands_on_their_disks).
+    hosts = {host_of(r, lab.w1, lab.w2) for r in runs}
+    assert hosts and hosts <= {"w1", "w2"}, [r["worker"] for r in runs]
     done = lab.producer.darkroom("results", "--json", env=cluster.settings(**every))
     assert done.returncode == 0, done.stderr
     results = {Path(r["path"]).name: r for r in json.loads(done.stdout)}
