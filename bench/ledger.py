@@ -687,7 +687,9 @@ def _child(kind: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
 
 
 def _vm_kb(key: str) -> int:
-    return _proc_kb(os.getpid(), key)
+    from bench.procs import status_kb
+
+    return status_kb(os.getpid(), key) or 0
 
 
 def _memory_start() -> int:
@@ -764,11 +766,9 @@ def time_stream(url: str, seconds: float, work: Path, jobs: int | None = None) -
 
 def _tree_pss_kb(pid: int) -> tuple[int, int]:
     """(the summed PSS, KiB, of ``pid`` and its children; how many processes that is)."""
-    pids = [pid]
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                pids.append(int(stat.parent.name))
+    from bench.procs import children
+
+    pids = [pid, *children(pid)]
     total = 0
     for p in pids:
         with contextlib.suppress(OSError, ValueError, IndexError):
@@ -777,14 +777,6 @@ def _tree_pss_kb(pid: int) -> tuple[int, int]:
                     total += int(line.split()[1])
                     break
     return total, len(pids)
-
-
-def _proc_kb(pid: int, key: str) -> int:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def child_reconcile(args: dict[str, Any]) -> dict[str, Any]:

@@ -45,7 +45,8 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def _status_kb(pid: int, key: str) -> int | None:
+def status_kb(pid: int, key: str) -> int | None:
+    """A ``/proc/PID/status`` figure in KiB (``VmRSS``, ``VmHWM``); None when the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):
@@ -57,12 +58,12 @@ def _status_kb(pid: int, key: str) -> int | None:
 
 def peak_rss_mb(pid: int) -> float | None:
     """Peak resident memory of ``pid`` since it started (VmHWM), in MiB."""
-    kb = _status_kb(pid, "VmHWM")
+    kb = status_kb(pid, "VmHWM")
     return None if kb is None else kb / 1024.0
 
 
 def rss_mb(pid: int) -> float | None:
-    kb = _status_kb(pid, "VmRSS")
+    kb = status_kb(pid, "VmRSS")
     return None if kb is None else kb / 1024.0
 
 

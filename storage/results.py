@@ -141,16 +141,13 @@ class PageQuery:
             cursor = dbapi.cursor(row_factory=namedtuple_row)
         else:
             cursor = dbapi.cursor()
+        pages = [{"page_first": span[0], "page_last": span[1]}] if span is not None else [
+            {"page_ids": _array_text(ids[start:start + ARRAY_IDS])} for start in range(0, len(ids), ARRAY_IDS)]
         try:
-            if span is not None:
-                cursor.execute(sql, {**params, **values, "page_first": span[0], "page_last": span[1]})
+            for page in pages:
+                cursor.execute(sql, {**params, **values, **page})
                 PageQuery.executed += 1
                 out += cursor.fetchall()
-            else:
-                for start in range(0, len(ids), ARRAY_IDS):
-                    cursor.execute(sql, {**params, **values, "page_ids": _array_text(ids[start:start + ARRAY_IDS])})
-                    PageQuery.executed += 1
-                    out += cursor.fetchall()
         finally:
             cursor.close()
         return out

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, insert, select, text
 
+from bench.procs import children
 from darkroom.settings import Settings
 from producer.reconciler import EPOCH_KEY, Reconciler
 from producer.registrar import Registrar
@@ -329,18 +330,6 @@ def test_each_query_of_a_stream_page_reads_an_index(big_postgres, query, spanned
     assert "Seq Scan" not in plan, f"{sql}\n{plan}"
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -390,7 +379,7 @@ def _wait_for_workers(proc: subprocess.Popen, lines: int) -> list[int]:
     assert lines > PARALLEL_AFTER
     for _ in range(lines):
         assert proc.stdout.readline()
-    workers = _children(proc.pid)
+    workers = children(proc.pid)
     assert len(workers) == 2, workers
     return workers
 

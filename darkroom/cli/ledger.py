@@ -444,10 +444,15 @@ def results(
             # Stored pairs serve every photo in one read a page, unless some hash is not paired yet.
             lookups = stored.PHASHES.looks_up(s, ctx.near_distance)
             workers = jobs or stream.default_jobs()
+
+            def indexed(ctx):
+                # A long stream: every hash in memory once beats a look-up through the bands per photo.
+                return dataclasses.replace(ctx, near_lookup=_NearIndex(s, ctx.near_distance)) \
+                    if lookups and ctx.near_lookup is None else ctx
+
             for page in pages:
-                if lookups and ctx.near_lookup is None and writer.count + len(page) > index_after:
-                    # A long stream: every hash in memory once beats a look-up through the bands per photo.
-                    ctx = dataclasses.replace(ctx, near_lookup=_NearIndex(s, ctx.near_distance))
+                if writer.count + len(page) > index_after:
+                    ctx = indexed(ctx)
                 writer.write(stored.results_json(s, page, stores, ctx))
                 if (not selectors and writer.kind != "table" and workers > 1 and writer.count >= PARALLEL_AFTER
                         and len(page) == RESULTS_PAGE):
@@ -456,8 +461,7 @@ def results(
                     left = None if limit is None else limit - writer.count
                     if left == 0:
                         break
-                    if lookups and ctx.near_lookup is None:
-                        ctx = dataclasses.replace(ctx, near_lookup=_NearIndex(s, ctx.near_distance))
+                    ctx = indexed(ctx)  # before the workers are forked: they share it
                     ids = stored.iter_page_ids(s, flt, after=page[-1].id, limit=left, batch=RESULTS_PAGE)
                     try:
                         with _StopBetweenPages() as stopping:
